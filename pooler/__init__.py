@@ -1,0 +1,1 @@
+"""maitred's data plane: the PostgreSQL protocol-relay pooler."""

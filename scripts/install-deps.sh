@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, etcd and
+# Prometheus packages, and the Python distribution with its test extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v pgbench >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian starts a packaged cluster and a pgbouncer service on install; maitred's tests start their own.
+for svc in postgresql pgbouncer etcd; do
+  (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+done
+
+if ! python3 -c "import maitred, pooler, uvloop, scramp, hypothesis, psycopg, pytest_timeout" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .maitred/.installed ]; then
+  echo "installing the maitred Python distribution with its test extras"
+  python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+  mkdir -p .maitred && touch .maitred/.installed
+fi
