@@ -1,0 +1,162 @@
+"""The pooler process: its config, its pools, its listening sockets and the registry of cancel keys."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Awaitable
+
+from .client import Client
+from .config import Config
+from .objects import Limits, Pool
+from .userlist import load_userlist
+
+log = logging.getLogger("maitred")
+
+
+class Pooler:
+    """Everything one pooler process knows; the clients, servers and pools all hang off it."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time
+        self.userlist: dict[str, str] = {}
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.db_limits: dict[str, Limits] = {}
+        self.user_limits: dict[str, Limits] = {}
+        self.clients: set[Client] = set()
+        self.cancel_keys: dict[tuple[int, int], Client] = {}
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.shutting_down = False
+        self.log_connections = bool(config.get("log_connections"))
+        self.load_userlist()
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    def load_userlist(self) -> None:
+        path = self.config.get("auth_file")
+        self.userlist = load_userlist(path) if path else {}
+
+    def has_auth_file(self) -> bool:
+        return bool(self.config.get("auth_file"))
+
+    def user_secret(self, user: str) -> str | None:
+        return self.userlist.get(user)
+
+    # -- pools -------------------------------------------------------------------------------------------
+
+    def get_pool(self, dbname: str, user: str) -> Pool:
+        """The pool for a client of `dbname` as `user` (a [databases] entry with user= pins the server user)."""
+        db = self.config.database_for(dbname)
+        server_user = db.user or user
+        key = (dbname, server_user)
+        pool = self.pools.get(key)
+        if pool is None:
+            password = db.password if db.user else None
+            if password is None:
+                password = self.userlist.get(server_user)
+            db_limits = self.db_limits.setdefault(dbname, Limits(dbname))
+            db_limits.max_connections = db.max_db_connections or self.config.get("max_db_connections")
+            user_limits = self.user_limits.get(server_user)
+            if user_limits is None:
+                entry = self.config.users.get(server_user)
+                maximum = entry.max_user_connections if entry and entry.max_user_connections is not None \
+                    else self.config.get("max_user_connections")
+                user_limits = self.user_limits[server_user] = Limits(server_user, maximum)
+            pool = self.pools[key] = Pool(self, dbname, db, server_user, server_user, password,
+                                          db_limits, user_limits)
+        return pool
+
+    # -- clients -----------------------------------------------------------------------------------------
+
+    def client_connected(self, client: Client) -> None:
+        self.clients.add(client)
+
+    def client_disconnected(self, client: Client) -> None:
+        self.clients.discard(client)
+        self.cancel_keys.pop(client.cancel_key, None)
+
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    def register_cancel_key(self, client: Client) -> tuple[int, int]:
+        while True:
+            key = (int.from_bytes(os.urandom(4), "big") & 0x7fffffff, int.from_bytes(os.urandom(4), "big"))
+            if key not in self.cancel_keys:
+                self.cancel_keys[key] = client
+                return key
+
+    def cancel(self, pid: int, key: int) -> None:
+        """Forward a CancelRequest to the server running that client's query, and to nothing else."""
+        client = self.cancel_keys.get((pid, key))
+        server = client.server if client is not None else None
+        if server is None or not server.ready:
+            return
+        self.spawn(self._send_cancel(server.pool.db, server.address, server.backend_pid, server.backend_key))
+
+    async def _send_cancel(self, db, address: str, pid: int, key: int) -> None:
+        from .protocol import cancel_request
+        try:
+            if address.startswith("unix:"):
+                _, writer = await asyncio.open_unix_connection(address[5:])
+            else:
+                host, _, port = address.rpartition(":")
+                _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(cancel_request(pid, key))
+            await writer.drain()
+            writer.close()
+        except OSError as exc:
+            log.warning("cancel request to %s failed: %s", address, exc)
+
+    # -- listening ---------------------------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        cfg = self.config
+        port = cfg.get("listen_port")
+        backlog = cfg.get("listen_backlog")
+        reuse_port = bool(cfg.get("so_reuseport"))
+        addrs = [a.strip() for a in (cfg.get("listen_addr") or "").split(",") if a.strip()]
+        for addr in addrs:
+            host = None if addr == "*" else addr
+            server = await self.loop.create_server(lambda: Client(self), host, port, backlog=backlog,
+                                                   reuse_address=True, reuse_port=reuse_port)
+            self.listeners.append(server)
+            for sock in server.sockets:
+                log.info("listening on %s", _address(sock))
+        sock_dir = cfg.get("unix_socket_dir")
+        if sock_dir:
+            path = os.path.join(sock_dir, f".s.PGSQL.{port}")
+            if os.path.exists(path):
+                os.unlink(path)
+            server = await self.loop.create_unix_server(lambda: Client(self), path, backlog=backlog)
+            os.chmod(path, int(str(cfg.get("unix_socket_mode") or "0777"), 8))
+            self.listeners.append(server)
+            log.info("listening on unix:%s", path)
+        if not self.listeners:
+            raise RuntimeError("nothing to listen on: set listen_addr or unix_socket_dir")
+
+    def stop_listening(self) -> None:
+        for server in self.listeners:
+            server.close()
+        self.listeners = []
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Awaitable) -> asyncio.Task:
+        """Run a background task and keep a reference until it ends (asyncio keeps only weak ones)."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def log_event(self, logger: logging.Logger, text: str, conn) -> None:
+        if self.log_connections:
+            logger.info("%s %s", conn.describe(), text)
+
+
+def _address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)

@@ -1,0 +1,193 @@
+"""Authentication, both ways: checking a client against the auth_file secret, and logging in to PostgreSQL.
+
+SCRAM is done by scramp; md5 and cleartext are a line of hashing each. Secrets come in PgBouncer's three
+forms: a plain password, `md5<hex>` and a SCRAM-SHA-256 verifier.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+
+from scramp import ScramClient, ScramException, ScramMechanism
+
+from . import protocol
+
+SCRAM = "SCRAM-SHA-256"
+_mechanism = ScramMechanism(SCRAM)
+
+
+class AuthFailed(Exception):
+    """The client's credentials are wrong; the message is what the client is told."""
+
+
+def md5_secret(password: str, user: str) -> str:
+    return "md5" + hashlib.md5((password + user).encode()).hexdigest()
+
+
+def md5_response(secret_md5: str, salt: bytes) -> str:
+    """The md5 client response from an `md5<hex>` secret and the server's 4-byte salt."""
+    return "md5" + hashlib.md5(secret_md5[3:].encode() + salt).hexdigest()
+
+
+def parse_scram_secret(secret: str) -> tuple[bytes, bytes, bytes, int]:
+    """`SCRAM-SHA-256$iter:salt$stored:server` → (salt, stored_key, server_key, iterations), scramp's order."""
+    try:
+        head, keys = secret.split("$", 1)[1].split("$")
+        iterations, salt = head.split(":")
+        stored, server = keys.split(":")
+        return (base64.b64decode(salt), base64.b64decode(stored), base64.b64decode(server), int(iterations))
+    except (ValueError, IndexError) as exc:
+        raise ValueError("malformed SCRAM secret") from exc
+
+
+def secret_kind(secret: str) -> str:
+    if secret.startswith("SCRAM-SHA-256$"):
+        return "scram"
+    if len(secret) == 35 and secret.startswith("md5"):
+        return "md5"
+    return "plain"
+
+
+def password_matches(password: str, user: str, secret: str) -> bool:
+    """Check a cleartext password against any kind of stored secret."""
+    kind = secret_kind(secret)
+    if kind == "plain":
+        return hmac.compare_digest(password.encode(), secret.encode())
+    if kind == "md5":
+        return hmac.compare_digest(md5_secret(password, user), secret)
+    salt, stored, server, iterations = parse_scram_secret(secret)
+    _, stored2, server2, _ = _mechanism.make_auth_info(password, iteration_count=iterations, salt=salt)
+    return hmac.compare_digest(stored, stored2) and hmac.compare_digest(server, server2)
+
+
+def _failed(user: str) -> AuthFailed:
+    return AuthFailed(f'password authentication failed for user "{user}"')
+
+
+class ClientAuth:
+    """One client's authentication exchange, driven by the password messages ('p') it sends.
+
+    `start()` gives the first request to send; `feed(body)` returns (message to send or None, done); it
+    raises AuthFailed when the client is not who it claims to be. An unknown user goes through
+    the same exchange against a made-up secret, so the answer does not tell which users exist.
+    """
+
+    def __init__(self, method: str, user: str, secret: str | None):
+        self.user = user
+        self.known = secret is not None
+        self.secret = secret if secret is not None else "SCRAM-SHA-256$4096:" + base64.b64encode(
+            os.urandom(16)).decode() + "$AAAA:AAAA"
+        if method == "md5" and secret_kind(self.secret) == "scram":
+            method = "scram-sha-256"   # an md5 exchange cannot be checked against a SCRAM verifier
+        if method == "scram-sha-256" and secret_kind(self.secret) == "md5":
+            raise AuthFailed(f'SCRAM authentication requires a plain or SCRAM secret for user "{user}"')
+        self.method = method
+        self._salt = os.urandom(4)
+        self._scram = None
+
+    def start(self) -> bytes:
+        if self.method == "plain":
+            return protocol.AUTH_CLEARTEXT
+        if self.method == "md5":
+            return protocol.auth_md5(self._salt)
+        return protocol.auth_sasl([SCRAM])
+
+    def feed(self, body: bytes) -> tuple[bytes | None, bool]:
+        if self.method == "plain":
+            password = body.rstrip(b"\x00").decode(errors="replace")
+            if self.known and password_matches(password, self.user, self.secret):
+                return None, True
+            raise _failed(self.user)
+        if self.method == "md5":
+            answer = body.rstrip(b"\x00").decode(errors="replace")
+            if self.known and self._md5_ok(answer):
+                return None, True
+            raise _failed(self.user)
+        return self._scram_step(body)
+
+    def _md5_ok(self, answer: str) -> bool:
+        secret = self.secret if secret_kind(self.secret) == "md5" else md5_secret(self.secret, self.user)
+        return hmac.compare_digest(md5_response(secret, self._salt), answer)
+
+    def _scram_step(self, body: bytes) -> tuple[bytes | None, bool]:
+        try:
+            if self._scram is None:
+                mech, _, rest = body.partition(b"\x00")
+                if mech.decode(errors="replace") != SCRAM:
+                    raise AuthFailed("unsupported SASL mechanism " + mech.decode(errors="replace"))
+                (length,) = struct.unpack_from("!i", rest)
+                client_first = rest[4:4 + length].decode()
+                self._scram = _mechanism.make_server(self._auth_info)
+                self._set_client_first(client_first)
+                return protocol.auth_sasl_continue(self._scram.get_server_first().encode()), False
+            self._scram.set_client_final(body.decode())
+            if not self.known:
+                raise _failed(self.user)
+            return protocol.auth_sasl_final(self._scram.get_server_final().encode()), True
+        except (ScramException, UnicodeDecodeError, struct.error, ValueError) as exc:
+            raise _failed(self.user) from exc
+
+    def _set_client_first(self, client_first: str) -> None:
+        """libpq sends an empty SCRAM user name (`n=,`): PostgreSQL uses the startup packet's user instead.
+
+        scramp refuses an empty name, so it is given a placeholder, and then the bare message as the client
+        sent it, because the client's proof is computed over exactly those bytes.
+        """
+        gs2_flag, authzid, bare = client_first.split(",", 2)
+        if not bare.startswith("n=,"):
+            self._scram.set_client_first(client_first)
+            return
+        self._scram.set_client_first(f"{gs2_flag},{authzid},n=user,{bare[3:]}")
+        self._scram.client_first_bare = bare
+
+    def _auth_info(self, _username: str):
+        if secret_kind(self.secret) == "plain":
+            return _mechanism.make_auth_info(self.secret, iteration_count=4096)
+        return parse_scram_secret(self.secret)
+
+
+class ServerLogin:
+    """The pooler's side of PostgreSQL's authentication requests, for one server connection."""
+
+    def __init__(self, user: str, password: str | None):
+        self.user = user
+        self.password = password
+        self._scram: ScramClient | None = None
+
+    def _need_password(self) -> str:
+        if self.password is None:
+            raise AuthFailed(f'no password known for user "{self.user}" to log in to the server')
+        return self.password
+
+    def answer(self, code: int, payload: bytes) -> bytes | None:
+        """The reply to an AuthenticationRequest, or None when none is due (Ok, SASLFinal)."""
+        if code == 0:
+            return None
+        if code == 3:
+            password = self._need_password()
+            if secret_kind(password) != "plain":
+                raise AuthFailed("server asks for a cleartext password but only a hashed secret is known")
+            return protocol.password_message(password.encode() + b"\x00")
+        if code == 5:
+            password = self._need_password()
+            secret = password if secret_kind(password) == "md5" else md5_secret(password, self.user)
+            return protocol.password_message(md5_response(secret, payload[:4]).encode() + b"\x00")
+        if code == 10:
+            mechanisms = [m.decode() for m in payload.split(b"\x00") if m]
+            if SCRAM not in mechanisms:
+                raise AuthFailed(f"server offers no supported SASL mechanism: {mechanisms}")
+            password = self._need_password()
+            if secret_kind(password) != "plain":
+                raise AuthFailed("server asks for SCRAM but only a hashed secret is known")
+            self._scram = ScramClient([SCRAM], self.user, password)
+            return protocol.sasl_initial_response(SCRAM, self._scram.get_client_first().encode())
+        if code == 11 and self._scram is not None:
+            self._scram.set_server_first(payload.decode())
+            return protocol.password_message(self._scram.get_client_final().encode())
+        if code == 12 and self._scram is not None:
+            self._scram.set_server_final(payload.decode())
+            return None
+        raise AuthFailed(f"unsupported authentication request {code} from server")

@@ -1,0 +1,403 @@
+"""The life of a client connection: startup packet, authentication, then relaying to whichever server it holds.
+
+Once logged in, `data_received` is the hot path: it reads only the 5-byte message headers, to count the
+ReadyForQuery messages the server will owe (one per Query, Sync and FunctionCall), to catch Terminate, and
+to refuse what is not a frontend message; the bytes go to the server exactly as they came.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from . import protocol
+from .auth import AuthFailed, ClientAuth
+from .server import TRACKED_PARAMS
+
+if TYPE_CHECKING:
+    from .app import Pooler
+    from .objects import Pool
+    from .server import Server
+
+log = logging.getLogger("maitred.client")
+
+_unpack_int = struct.Struct("!I").unpack_from
+_Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
+
+# Message types a client may send once logged in (PostgreSQL's frontend messages).
+FRONTEND_TYPES = bytearray(256)
+for _t in b"BCdcfDEHFPpQSX":
+    FRONTEND_TYPES[_t] = 1
+
+STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
+_CANONICAL = {name.lower(): name for name in TRACKED_PARAMS}
+
+# Above this many bytes queued while the client waits for a server, stop reading from it.
+PENDING_LIMIT = 256 * 1024
+
+
+class Client(asyncio.Protocol):
+    """One connection from an application to the pooler."""
+
+    def __init__(self, app: "Pooler"):
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.state = STARTUP
+        self.closed = False
+        self.pool: Pool | None = None
+        self.server: Server | None = None      # the server bytes go to right now
+        self.user = ""
+        self.dbname = ""
+        self.params: dict[str, str] = {}        # the tracked session parameters this client expects
+        self.startup = b""
+        self.auth: ClientAuth | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.pending_syncs = 0
+        self.requested = False                 # waiting for, or being handed, a server
+        self.login_pending = False             # waiting for a server only to learn the welcome parameters
+        self.skip = 0
+        self.partial = b""
+        self.wait_started = 0.0
+        self.connected_at = app.now()
+        self.idle_since = self.connected_at
+        self.active = False
+        self.pause_reasons: set[str] = set()
+        self.cancel_key = (0, 0)
+        self.peer = ""
+        self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.app.client_connected(self)
+
+    def connection_lost(self, exc) -> None:
+        self._gone("client closed the connection" if exc is None else f"client connection lost: {exc}")
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != ACTIVE:
+            self._login_data(data)
+            return
+        self.active = True
+        # Scan the message headers: count the ReadyForQuery messages this owes, find Terminate, refuse junk.
+        partial = self.partial
+        if partial:
+            scan = partial + data
+            self.partial = b""
+        else:
+            scan = data
+        pos = self.skip
+        end = len(scan)
+        syncs = 0
+        terminate = -1
+        while pos < end:
+            if end - pos < 5:
+                self.partial = scan[pos:]
+                pos = end
+                break
+            kind = scan[pos]
+            length = _unpack_int(scan, pos + 1)[0]
+            if kind == _Q or kind == _S or kind == _F:
+                syncs += 1
+            elif kind == _X:
+                terminate = pos
+                break
+            elif not FRONTEND_TYPES[kind]:
+                self.protocol_violation(f"invalid frontend message type {kind}")
+                return
+            if length < 4 or length > self.max_length:
+                self.protocol_violation(f"invalid message length {length}")
+                return
+            pos += 1 + length
+        self.skip = pos - end
+        if terminate >= 0:
+            # Forward what came before Terminate; the server connection stays with the pooler.
+            data = scan[len(partial):terminate]
+            self.skip = 0
+            # Bytes of Terminate itself already went out with the last chunk: that server is not clean.
+            self.partial = partial if terminate < len(partial) else b""
+        server = self.server
+        if data:
+            if server is not None:
+                server.expected += syncs
+                server.transport.write(data)
+            else:
+                self.pending.append(data)
+                self.pending_bytes += len(data)
+                self.pending_syncs += syncs
+                if not self.requested:
+                    self.requested = True
+                    self.pool.acquire(self)
+                if self.pending_bytes > PENDING_LIMIT:
+                    self.pause_reading("waiting")
+            pool = self.pool
+            pool.stats.bytes_received += len(data)
+            pool.stats.query_count += syncs
+        if terminate >= 0:
+            self._gone("client sent Terminate")
+
+    def at_boundary(self) -> bool:
+        """No half-sent message is on its way to the server, so the server may go to someone else."""
+        return self.skip == 0 and not self.partial
+
+    # -- login -----------------------------------------------------------------------------------------
+
+    def _login_data(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.startup += data
+        try:
+            while self.startup and self.state in (STARTUP, AUTH):
+                if self.state == STARTUP:
+                    if not self._startup_packet():
+                        return
+                else:
+                    if not self._password_message():
+                        return
+        except protocol.ProtocolError as exc:
+            self.protocol_violation(str(exc))
+
+    def _startup_packet(self) -> bool:
+        buf = self.startup
+        if len(buf) < 8:
+            return False
+        length, code = struct.unpack_from("!II", buf)
+        if length < 8 or length > protocol.MAX_STARTUP_PACKET:
+            raise protocol.ProtocolError(f"invalid length of startup packet: {length}")
+        if len(buf) < length:
+            return False
+        body, self.startup = buf[8:length], buf[length:]
+        if code in (protocol.SSL_REQUEST_CODE, protocol.GSSENC_REQUEST_CODE) and length == 8:
+            self.transport.write(b"N")
+            return True
+        if code == protocol.CANCEL_REQUEST_CODE and length == 16:
+            self.app.cancel(*struct.unpack("!II", body))
+            self.close()
+            return False
+        if code >> 16 != 3:
+            raise protocol.ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xffff}: "
+                                         "server supports 3.0")
+        self._start(protocol.parse_startup_params(body))
+        return True
+
+    def _start(self, params: dict[str, str]) -> None:
+        app = self.app
+        self.user = params.pop("user", "")
+        if not self.user:
+            self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
+            return
+        self.dbname = params.pop("database", "") or self.user
+        if "replication" in params:
+            self.fatal(protocol.FEATURE_NOT_SUPPORTED, "replication connections are not supported")
+            return
+        ignored = {p.lower() for p in app.config.get("ignore_startup_parameters") or ()}
+        for name, value in params.items():
+            canonical = _CANONICAL.get(name.lower())
+            if canonical is not None:
+                self.params[canonical] = value
+            elif name.lower() not in ignored and not (name == "options" and not value.strip()):
+                self.fatal(protocol.PROTOCOL_VIOLATION, f"unsupported startup parameter: {name}")
+                return
+        if app.client_count() > app.config.get("max_client_conn"):
+            self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
+            return
+        if app.shutting_down:
+            self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
+            return
+        if app.config.database_for(self.dbname) is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
+            return
+        method = app.config.get("auth_type")
+        secret = app.user_secret(self.user)
+        if method == "trust":
+            if app.has_auth_file() and secret is None:
+                self.fatal(protocol.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+                return
+            self._authenticated()
+            return
+        try:
+            self.auth = ClientAuth(method, self.user, secret)
+        except AuthFailed as exc:
+            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            return
+        self.state = AUTH
+        self.transport.write(self.auth.start())
+
+    def _password_message(self) -> bool:
+        messages, used = protocol.split_messages(self.startup, 65536)
+        if not messages:
+            if len(self.startup) >= 5 and self.startup[0] != 0x70:
+                raise protocol.ProtocolError("expected password response, got message type "
+                                             f"{self.startup[0]}")
+            return False
+        kind, body = messages[0]
+        self.startup = self.startup[5 + len(body):]
+        if kind != 0x70:
+            raise protocol.ProtocolError(f"expected password response, got message type {kind}")
+        try:
+            reply, done = self.auth.feed(body)
+        except AuthFailed as exc:
+            self.app.log_event(log, f"login failed: {exc}", self)
+            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            return False
+        if reply:
+            self.transport.write(reply)
+        if done:
+            self.auth = None
+            self._authenticated()
+        return True
+
+    def _authenticated(self) -> None:
+        self.transport.write(protocol.AUTH_OK)
+        pool = self.app.get_pool(self.dbname, self.user)
+        self.pool = pool
+        pool.clients.add(self)
+        pool.stats.client_logins += 1
+        if pool.welcome is not None:
+            self.finish_login(pool.welcome)
+            return
+        # The first client of a pool waits for a server to learn what to tell it (server_version, ...).
+        self.state = LOGIN_WAIT
+        self.login_pending = True
+        self.requested = True
+        pool.acquire(self)
+
+    def finish_login(self, welcome: dict[str, str]) -> None:
+        self.login_pending = False
+        self.requested = False
+        reported = dict(welcome)
+        for name in TRACKED_PARAMS:
+            if name in self.params:
+                reported[name] = self.params[name]
+            else:
+                self.params[name] = welcome.get(name, "")
+        out = [protocol.parameter_status(k, v) for k, v in reported.items()]
+        self.cancel_key = self.app.register_cancel_key(self)
+        out.append(protocol.backend_key_data(*self.cancel_key))
+        out.append(protocol.ready_for_query())
+        self.transport.write(b"".join(out))
+        self.state = ACTIVE
+        self.startup = b""
+        self.app.log_event(log, "login attempt: db=%s user=%s" % (self.dbname, self.user), self)
+        # Bytes that arrived while we were logging in are ordinary traffic.
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.pending_bytes = self.pending_syncs = 0
+            for chunk in pending:
+                self.data_received(chunk)
+
+    # -- servers ---------------------------------------------------------------------------------------
+
+    def attach(self, server: "Server") -> None:
+        """The server is ours: send what waited for it."""
+        self.server = server
+        self.requested = False
+        if self.pending:
+            server.expected += self.pending_syncs
+            server.transport.write(b"".join(self.pending))
+            self.pending = []
+            self.pending_bytes = self.pending_syncs = 0
+        self.resume_reading("waiting")
+        if "client" in self.pause_reasons:
+            server.pause_reading()
+
+    def server_unavailable(self, reason: str) -> None:
+        """No server can be had (login failing, PostgreSQL down): say so instead of hanging."""
+        self.requested = False
+        self.fatal(protocol.CONNECTION_FAILURE, reason)
+
+    def server_lost(self, server: "Server", reason: str) -> None:
+        if self.server is server:
+            self.server = None
+        self.requested = False
+        self.fatal(protocol.CONNECTION_FAILURE, reason)
+
+    def statement_mode_violation(self, server: "Server") -> None:
+        server.client = None
+        self.server = None
+        server.close("transaction blocks not allowed in statement pooling mode")
+        self.fatal(protocol.PROTOCOL_VIOLATION, "transaction blocks not allowed in statement pooling mode")
+
+    # -- back-pressure ---------------------------------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.pause_reasons and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self.pause_reasons:
+            self.pause_reasons.discard(reason)
+            if not self.pause_reasons and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.pause_reasons.add("client")
+        if self.server is not None:
+            self.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.pause_reasons.discard("client")
+        if self.server is not None:
+            self.server.resume_reading()
+
+    # -- the end ---------------------------------------------------------------------------------------
+
+    def fatal(self, sqlstate: str, text: str) -> None:
+        """Tell the client why, then close it."""
+        if self.closed:
+            return
+        self.app.log_event(log, f"closing because: {text}", self)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(protocol.fatal(sqlstate, text))
+        self.close()
+
+    def protocol_violation(self, text: str) -> None:
+        server = self.server
+        if server is not None:
+            # Part of this chunk may never reach the server: its state is unknown, so it cannot be reused.
+            self.server = None
+            server.client = None
+            server.close("client protocol violation")
+        self.fatal(protocol.PROTOCOL_VIOLATION, text)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._gone("closed by the pooler")
+
+    def _gone(self, reason: str) -> None:
+        """Release everything this client held, exactly once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.state = CLOSED
+        pool = self.pool
+        self.app.client_disconnected(self)
+        if pool is None:
+            return
+        pool.clients.discard(self)
+        if self.requested:
+            pool.cancel_wait(self)
+        server = self.server
+        self.server = None
+        if server is None or server.closed:
+            return
+        if server.expected or server.status != protocol.IDLE or not self.at_boundary():
+            # Mid-transaction or mid-result: its transaction, locks and state must not reach anyone else.
+            server.client = None
+            server.close("client disconnect while server was not ready")
+        elif not pool.transactional or self.app.config.get("server_reset_query_always"):
+            server.client = None
+            server.reset(server.detach)
+        else:
+            server.detach()
+
+    def describe(self) -> str:
+        return f"C-{id(self) & 0xffffff:06x} {self.dbname}/{self.user}@{self.peer}"

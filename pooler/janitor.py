@@ -1,0 +1,110 @@
+"""Periodic sweeps: timeouts, idle and aged servers, the reserve pool and min_pool_size.
+
+The hot path never reads the clock; it only sets an `active` flag. Every sweep turns those flags into
+"idle since" times, so every timeout is accurate to within one sweep period.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from . import protocol
+from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP
+
+if TYPE_CHECKING:
+    from .app import Pooler
+    from .objects import Pool
+
+log = logging.getLogger("maitred.janitor")
+
+PERIOD = 0.25
+
+
+async def run(app: "Pooler") -> None:
+    while True:
+        await asyncio.sleep(PERIOD)
+        try:
+            sweep(app)
+        except Exception:  # a bug in one sweep must not stop all the sweeps after it
+            log.exception("janitor sweep failed")
+
+
+def sweep(app: "Pooler") -> None:
+    now = app.now()
+    cfg = app.config
+    _sweep_clients(app, now, cfg)
+    for pool in list(app.pools.values()):
+        _sweep_pool(pool, now, cfg)
+
+
+def _sweep_clients(app: "Pooler", now: float, cfg) -> None:
+    login_timeout = cfg.get("client_login_timeout")
+    idle_timeout = cfg.get("client_idle_timeout")
+    for client in list(app.clients):
+        if client.active:
+            client.active = False
+            client.idle_since = now
+        if client.state in (STARTUP, AUTH, LOGIN_WAIT):
+            if login_timeout and now - client.connected_at > login_timeout:
+                client.fatal(protocol.PROTOCOL_VIOLATION, "client_login_timeout")
+        elif client.state == ACTIVE and client.server is None and not client.requested:
+            user = cfg.users.get(client.user)
+            timeout = getattr(user, "client_idle_timeout", None) or idle_timeout
+            if timeout and now - client.idle_since > timeout:
+                client.fatal(protocol.PROTOCOL_VIOLATION, "client_idle_timeout")
+
+
+def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
+    user = cfg.users.get(pool.user)
+    query_timeout = getattr(user, "query_timeout", None) or cfg.get("query_timeout")
+    idle_tx_timeout = getattr(user, "idle_transaction_timeout", None) or cfg.get("idle_transaction_timeout")
+
+    # Clients waiting for a server.
+    for client in list(pool.waiting):
+        waited = now - client.wait_started
+        if pool.query_wait_timeout and waited > pool.query_wait_timeout:
+            pool.cancel_wait(client)
+            client.requested = False
+            client.fatal(protocol.PROTOCOL_VIOLATION, "query_wait_timeout")
+        elif query_timeout and waited > query_timeout:
+            pool.cancel_wait(client)
+            client.requested = False
+            client.fatal(protocol.QUERY_CANCELED, "query_timeout")
+    if pool.waiting:
+        use_reserve = pool.reserve_size > 0 and pool.oldest_wait(now) > cfg.get("reserve_pool_timeout")
+        pool.grow(use_reserve)
+
+    # Servers.
+    server_idle_timeout = cfg.get("server_idle_timeout")
+    for server in list(pool.servers):
+        if server.active:
+            server.active = False
+            server.idle_since = now if server.client is not None else server.idle_since
+        client = server.client
+        if client is not None and server.ready and server.internal is None:
+            if server.expected and server.z_count != server.z_seen:
+                server.z_seen = server.z_count
+                server.busy_since = now
+            elif not server.expected:
+                server.z_seen = -1
+            if query_timeout and server.expected and now - server.busy_since > query_timeout:
+                server.close("query_timeout")
+                continue
+            in_tx = server.status != protocol.IDLE and not server.expected
+            if in_tx and idle_tx_timeout and now - max(client.idle_since, server.idle_since) > idle_tx_timeout:
+                server.client = None
+                client.server = None
+                server.close("idle transaction timeout")
+                client.fatal(protocol.IDLE_IN_TRANSACTION_TIMEOUT, "idle transaction timeout")
+    for server in list(pool.idle):
+        if server_idle_timeout and now - server.idle_since > server_idle_timeout \
+                and len(pool.servers) > pool.min_size:
+            server.close("server idle timeout")
+        elif pool.server_lifetime and now - server.connected_at > pool.server_lifetime:
+            server.close("server lifetime over")
+
+    # Warm connections.
+    if len(pool.servers) < pool.min_size and pool.may_open() \
+            and now - pool.last_connect_failure > cfg.get("server_login_retry"):
+        pool.open_server()

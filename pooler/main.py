@@ -1,0 +1,76 @@
+"""`maitred pooler CONFIG.ini`: load the config, listen, serve until told to stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+
+from . import janitor
+from .app import Pooler
+from .config import ConfigError, load_config
+
+log = logging.getLogger("maitred")
+
+
+def setup_logging(logfile: str | None, quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    fmt = logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        handlers.append(logging.FileHandler(logfile))
+    root = logging.getLogger()
+    root.handlers = []
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def raise_fd_limit() -> None:
+    """Each client and server is a file descriptor: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config) -> None:
+    app = Pooler(config)
+    await app.listen()
+    app.spawn(janitor.run(app))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("process up: maitred pooler, pid %d", os.getpid())
+    await stop.wait()
+    log.info("shutting down")
+    app.stop_listening()
+
+
+def run(path: str, quiet: bool = False, verbose: bool = False) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"maitred: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.get("logfile"), quiet, verbose)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    raise_fd_limit()
+    pidfile = config.get("pidfile")
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    try:
+        import uvloop
+        uvloop.run(serve(config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        if pidfile and os.path.exists(pidfile):
+            os.unlink(pidfile)
+    return 0

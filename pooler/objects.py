@@ -1,0 +1,233 @@
+"""Pool bookkeeping: who waits, which servers are idle, and the limits that say whether one more may open.
+
+One `Pool` per (database, user). Servers are reused LIFO (PgBouncer's default, server_round_robin = 0), so
+a busy pool keeps its warm connections and lets the cold ones age out through server_idle_timeout.
+Clients wait FIFO.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import Pooler
+    from .client import Client
+    from .server import Server
+
+log = logging.getLogger("maitred.pool")
+
+
+class Limits:
+    """Connection counts shared by every pool of one database, or of one user (max_*_connections)."""
+
+    __slots__ = ("name", "max_connections", "connections", "paused")
+
+    def __init__(self, name: str, max_connections: int = 0):
+        self.name = name
+        self.max_connections = max_connections
+        self.connections = 0
+        self.paused = False
+
+    def full(self) -> bool:
+        return 0 < self.max_connections <= self.connections
+
+
+class Stats:
+    """Counters one pool adds to on the hot path; the console and /metrics read them."""
+
+    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "wait_time", "assignments",
+                 "client_logins", "login_failures")
+
+    def __init__(self):
+        self.xact_count = self.query_count = self.bytes_received = self.bytes_sent = 0
+        self.assignments = self.client_logins = self.login_failures = 0
+        self.wait_time = 0.0
+
+
+class Pool:
+    """The servers of one (database, user) pair and the clients that take turns on them."""
+
+    def __init__(self, app: "Pooler", name: str, db, user: str, server_user: str, server_password: str | None,
+                 db_limits: Limits, user_limits: Limits):
+        self.app = app
+        self.name = name              # the client-facing database name
+        self.db = db                  # config.DatabaseEntry
+        self.user = user
+        self.server_user = server_user
+        self.server_password = server_password
+        self.db_limits = db_limits
+        self.user_limits = user_limits
+        self.idle: list[Server] = []
+        self.servers: set[Server] = set()
+        self.waiting: deque[Client] = deque()
+        self.clients: set[Client] = set()
+        self.connecting = 0
+        self.welcome: dict[str, str] | None = None
+        self.last_connect_failure = 0.0
+        self.last_connect_error = ""
+        self.stats = Stats()
+        self.configure()
+
+    # -- settings ---------------------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        """(Re)read this pool's effective settings: user entry over database entry over [pgbouncer]."""
+        cfg = self.app.config
+        user_entry = cfg.users.get(self.user)
+
+        def pick(key: str, global_key: str):
+            for entry in (user_entry, self.db):
+                value = getattr(entry, key, None) if entry is not None else None
+                if value is not None:
+                    return value
+            return cfg.get(global_key)
+
+        self.mode = pick("pool_mode", "pool_mode")
+        self.size = pick("pool_size", "default_pool_size")
+        self.reserve_size = pick("reserve_pool_size", "reserve_pool_size")
+        self.min_size = getattr(self.db, "min_pool_size", None)
+        if self.min_size is None:
+            self.min_size = cfg.get("min_pool_size")
+        self.server_lifetime = getattr(self.db, "server_lifetime", None) or cfg.get("server_lifetime")
+        qwt = getattr(user_entry, "query_wait_timeout", None) if user_entry else None
+        if qwt is None:
+            qwt = getattr(self.db, "query_wait_timeout", None)
+        self.query_wait_timeout = cfg.get("query_wait_timeout") if qwt is None else qwt
+        self.transactional = self.mode != "session"
+        self.statement = self.mode == "statement"
+        self.trim()
+        self.serve_waiting()
+
+    # -- clients asking for servers --------------------------------------------------------------------
+
+    def acquire(self, client: "Client") -> None:
+        """Give `client` a server now if one is idle, else queue it and open a connection if allowed."""
+        if self.idle:
+            self.idle.pop().assign(client)
+            return
+        client.wait_started = self.app.now()
+        self.waiting.append(client)
+        self.grow()
+
+    def cancel_wait(self, client: "Client") -> None:
+        try:
+            self.waiting.remove(client)
+        except ValueError:
+            pass
+
+    def release(self, server: "Server") -> None:
+        """A clean server comes back: hand it to the first waiting client, park it, or retire it."""
+        if server.closed:
+            return
+        if self.app.now() - server.connected_at >= self.server_lifetime > 0 or self.over_size() \
+                or self.db_limits.paused or server.close_needed:
+            server.close("server lifetime over" if not self.over_size() else "too many servers in the pool")
+            self.serve_waiting()
+            return
+        if self.waiting:
+            server.assign(self.waiting.popleft())
+        else:
+            server.park()
+            self.idle.append(server)
+
+    def serve_waiting(self) -> None:
+        while self.waiting and self.idle:
+            self.idle.pop().assign(self.waiting.popleft())
+        if self.waiting:
+            self.grow()
+
+    # -- server connections -----------------------------------------------------------------------------
+
+    def capacity(self, use_reserve: bool = False) -> int:
+        size = self.size if self.size > 0 else 1 << 30
+        return size + (self.reserve_size if use_reserve else 0)
+
+    def over_size(self) -> bool:
+        return self.size > 0 and len(self.servers) > self.capacity(self.reserve_in_use())
+
+    def reserve_in_use(self) -> bool:
+        return self.size > 0 and len(self.servers) > self.size
+
+    def may_open(self, use_reserve: bool = False) -> bool:
+        return (len(self.servers) < self.capacity(use_reserve) and not self.db_limits.full()
+                and not self.user_limits.full() and not self.db_limits.paused)
+
+    def grow(self, use_reserve: bool = False) -> None:
+        """Open connections for waiting clients that no connection in progress will serve."""
+        if self.app.now() - self.last_connect_failure < self.app.config.get("server_login_retry"):
+            if not any(s.ready for s in self.servers):
+                self.fail_waiting(self.retry_message())
+            return
+        while self.connecting < len(self.waiting) and self.may_open(use_reserve):
+            self.open_server()
+
+    def open_server(self) -> None:
+        from .server import Server
+
+        self.connecting += 1
+        self.db_limits.connections += 1
+        self.user_limits.connections += 1
+        server = Server(self)
+        self.servers.add(server)
+        server.start()
+
+    def server_ready(self, server: "Server") -> None:
+        self.connecting -= 1
+        self.last_connect_failure = 0.0
+        if self.welcome is None:
+            self.welcome = dict(server.params)
+        self.release(server)
+
+    def server_closed(self, server: "Server", login_failed: bool, reason: str) -> None:
+        """Account for a server that went away; tell waiting clients when no server can come."""
+        if server not in self.servers:
+            return
+        self.servers.discard(server)
+        self.db_limits.connections -= 1
+        self.user_limits.connections -= 1
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        if login_failed:
+            self.connecting -= 1
+            self.stats.login_failures += 1
+            self.last_connect_failure = self.app.now()
+            self.last_connect_error = reason
+            if not any(s.ready for s in self.servers):
+                self.fail_waiting(reason)
+                return
+        self.serve_waiting()
+
+    def retry_message(self) -> str:
+        return "server login has been failing, try again later (server_login_retry)"
+
+    def fail_waiting(self, reason: str) -> None:
+        waiting, self.waiting = self.waiting, deque()
+        for client in waiting:
+            client.server_unavailable(reason)
+
+    def trim(self) -> None:
+        """Close idle servers beyond the pool size now, so a smaller pool takes effect at once."""
+        while self.idle and self.over_size():
+            self.idle.pop(0).close("too many servers in the pool")
+
+    # -- state for the console, the metrics and the janitor ---------------------------------------------
+
+    def oldest_wait(self, now: float) -> float:
+        return now - self.waiting[0].wait_started if self.waiting else 0.0
+
+    def counts(self) -> dict[str, int]:
+        active = sum(1 for s in self.servers if s.client is not None)
+        login = self.connecting
+        idle = len(self.idle)
+        return {
+            "cl_active": len(self.clients) - len(self.waiting),
+            "cl_waiting": len(self.waiting),
+            "sv_active": active,
+            "sv_idle": idle,
+            "sv_used": 0,
+            "sv_tested": max(0, len(self.servers) - active - idle - login),
+            "sv_login": login,
+        }

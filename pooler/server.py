@@ -1,0 +1,370 @@
+"""The life of a server connection: connect, log in, serve clients in turn, run the pooler's own queries.
+
+While a client is linked, `data_received` is the hot path: bytes go to the client as they came, and only
+message headers are read, to count ReadyForQuery messages and to see ParameterStatus changes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import TYPE_CHECKING, Callable
+
+from . import protocol
+from .auth import AuthFailed, ServerLogin
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .objects import Pool
+
+log = logging.getLogger("maitred.server")
+
+_unpack_int = struct.Struct("!I").unpack_from
+_Z, _S, _E, _IDLE = 0x5A, 0x53, 0x45, protocol.IDLE
+
+TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
+                  "application_name")
+
+
+def set_statement(diff: dict[str, str]) -> str:
+    """One simple query that brings a server's reported parameters to a client's values."""
+    parts = []
+    for name, value in diff.items():
+        if "\\" in value:
+            quoted = "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+        else:
+            quoted = "'" + value.replace("'", "''") + "'"
+        parts.append(f'SET "{name}" TO {quoted}')
+    return ";".join(parts)
+
+
+class Server(asyncio.Protocol):
+    """One connection from the pooler to PostgreSQL."""
+
+    def __init__(self, pool: "Pool"):
+        self.pool = pool
+        self.app = pool.app
+        self.transport: asyncio.Transport | None = None
+        self.client: Client | None = None
+        self.ready = False            # logged in
+        self.closed = False
+        self.close_needed = False     # retire at the next release (RECONNECT, config change)
+        self.params: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = 0
+        self.expected = 0             # ReadyForQuery messages still owed to the linked client
+        self.status = _IDLE           # the last ReadyForQuery status byte
+        self.z_count = 0              # ReadyForQuery messages seen; the janitor measures progress with it
+        self.z_seen = -1              # z_count when the janitor last saw this server busy
+        self.busy_since = 0.0
+        self.skip = 0                 # bytes of the current message not yet seen
+        self.partial = b""            # a message start too short to read (header, or a Z/S message)
+        self.internal: Callable[[str | None], None] | None = None
+        self.internal_error: str | None = None
+        self.buffer = b""             # slow-path input (login, internal queries)
+        self.login: ServerLogin | None = None
+        self.connected_at = self.app.now()
+        self.idle_since = self.connected_at
+        self.last_used = self.connected_at
+        self.active = False           # saw traffic since the janitor last looked
+        self.reading_paused = False
+        self.address = ""
+
+    # -- connecting and logging in ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.app.spawn(self._connect())
+
+    async def _connect(self) -> None:
+        db = self.pool.db
+        loop = asyncio.get_running_loop()
+        timeout = self.app.config.get("server_connect_timeout") or None
+        try:
+            if not db.host or db.host.startswith("/"):
+                path = f"{db.host or self.app.config.get('unix_socket_dir')}/.s.PGSQL.{db.port}"
+                self.address = f"unix:{path}"
+                coro = loop.create_unix_connection(lambda: self, path)
+            else:
+                self.address = f"{db.host}:{db.port}"
+                coro = loop.create_connection(lambda: self, db.host, db.port)
+            await asyncio.wait_for(coro, timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            self._login_failed(f"cannot connect to server {self.address}: {reason}")
+
+    def connection_made(self, transport) -> None:
+        if self.closed:
+            transport.close()
+            return
+        self.transport = transport
+        db = self.pool.db
+        params = {"user": self.pool.server_user, "database": db.dbname or self.pool.name}
+        params.update(getattr(db, "startup_params", None) or {})
+        self.login = ServerLogin(self.pool.server_user, self.pool.server_password)
+        transport.write(protocol.startup_message(params))
+
+    def _login_data(self) -> None:
+        messages, used = protocol.split_messages(self.buffer)
+        self.buffer = self.buffer[used:]
+        for kind, body in messages:
+            if kind == 0x52:      # 'R' authentication request
+                code = protocol.read_int(body)
+                try:
+                    reply = self.login.answer(code, body[4:])
+                except (AuthFailed, ValueError) as exc:
+                    self._login_failed(f"server login failed: {exc}")
+                    return
+                if reply:
+                    self.transport.write(reply)
+            elif kind == _S:
+                name, value = protocol.parse_parameter_status(body)
+                self.params[name] = value
+            elif kind == 0x4B:    # 'K' BackendKeyData
+                self.backend_pid, self.backend_key = struct.unpack("!II", body[:8])
+            elif kind == _E:
+                fields = protocol.parse_error_fields(body)
+                self._login_failed(fields.get("M", "server login failed"), fields)
+                return
+            elif kind == _Z:
+                self.ready = True
+                self.login = None
+                self.status = body[0]
+                self.buffer = b""
+                self.app.log_event(log, "new server connection", self)
+                self.pool.server_ready(self)
+                return
+
+    def _login_failed(self, reason: str, fields: dict[str, str] | None = None) -> None:
+        if self.closed:
+            return
+        log.warning("S-%s %s/%s@%s: %s", id(self) & 0xffff, self.pool.name, self.pool.server_user,
+                    self.address or "?", reason)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        self.pool.server_closed(self, login_failed=True, reason=reason)
+
+    # -- hand-off -------------------------------------------------------------------------------------
+
+    def assign(self, client: "Client") -> None:
+        """Link a client; bring the session parameters in line first when they differ."""
+        self.client = client
+        pool = self.pool
+        pool.stats.assignments += 1
+        if client.wait_started:
+            pool.stats.wait_time += self.app.now() - client.wait_started
+            client.wait_started = 0.0
+        if client.login_pending:
+            self.client = None
+            client.finish_login(pool.welcome)
+            pool.release(self)
+            return
+        checks = []
+        check_query = self.app.config.get("server_check_query")
+        if check_query and self.app.now() - self.last_used > self.app.config.get("server_check_delay"):
+            checks.append(check_query)
+        client_params = client.params
+        params = self.params
+        diff = {k: v for k, v in client_params.items() if params.get(k) != v}
+        if diff:
+            checks.append(set_statement(diff))
+        if checks:
+            self.run_internal(";".join(checks), self._link_after_setup)
+        else:
+            client.attach(self)
+
+    def _link_after_setup(self, error: str | None) -> None:
+        client = self.client
+        if client is None or client.closed:
+            self.client = None
+            self.pool.release(self)
+        elif error:
+            self.client = None
+            client.fatal(protocol.PROTOCOL_VIOLATION, error)
+            self.pool.release(self)
+        else:
+            client.attach(self)
+
+    def detach(self) -> None:
+        """The linked client is done with this server (transaction end, or it left cleanly)."""
+        client = self.client
+        self.client = None
+        if client is not None and client.server is self:
+            client.server = None
+        self.last_used = self.app.now()
+        if self.reading_paused:
+            self.resume_reading()
+        self.pool.release(self)
+
+    def park(self) -> None:
+        self.idle_since = self.app.now()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- the pooler's own queries ----------------------------------------------------------------------
+
+    def run_internal(self, sql: str, done: Callable[[str | None], None]) -> None:
+        """Send one simple query whose results nobody sees; `done(error or None)` runs at its ReadyForQuery."""
+        self.internal = done
+        self.internal_error = None
+        self.transport.write(protocol.query(sql))
+
+    def _internal_data(self) -> None:
+        messages, used = protocol.split_messages(self.buffer)
+        self.buffer = self.buffer[used:]
+        for kind, body in messages:
+            if kind == _S:
+                self._parameter_changed(body)
+            elif kind == _E and self.internal_error is None:
+                self.internal_error = protocol.parse_error_fields(body).get("M", "internal query failed")
+            elif kind == _Z:
+                self.status = body[0]
+                done, self.internal = self.internal, None
+                self.buffer = b""
+                if self.status != _IDLE:
+                    self.close("server left in a transaction by an internal query")
+                    done(self.internal_error or "server left in a transaction")
+                else:
+                    done(self.internal_error)
+                return
+
+    def reset(self, done: Callable[[], None]) -> None:
+        """Run server_reset_query (session pooling, or always when server_reset_query_always is set)."""
+        query = self.app.config.get("server_reset_query")
+        if not query:
+            done()
+            return
+
+        def finished(error: str | None) -> None:
+            if error and not self.closed:
+                self.close(f"server_reset_query failed: {error}")
+            done()
+
+        self.run_internal(query, finished)
+
+    def _parameter_changed(self, body: bytes) -> None:
+        name, value = protocol.parse_parameter_status(body)
+        self.params[name] = value
+        client = self.client
+        if client is not None and name in client.params:
+            client.params[name] = value
+
+    # -- relaying ---------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or self.internal is not None or client.server is not self:
+            self.buffer += data
+            self._slow_path()
+            return
+        self.active = True
+        partial = self.partial
+        if partial:
+            scan = partial + data
+            self.partial = b""
+        else:
+            scan = data
+        pos = self.skip
+        end = len(scan)
+        released = False
+        while pos < end:
+            if end - pos < 5:
+                self.partial = scan[pos:]
+                pos = end
+                break
+            kind = scan[pos]
+            stop = pos + 1 + _unpack_int(scan, pos + 1)[0]
+            if kind == _Z or kind == _S:
+                if stop > end:
+                    self.partial = scan[pos:]
+                    pos = end
+                    break
+                if kind == _Z:
+                    self.z_count += 1
+                    status = self.status = scan[pos + 5]
+                    expected = self.expected - 1
+                    if expected <= 0:
+                        self.expected = 0
+                        released = status == _IDLE
+                        if status != _IDLE and self.pool.statement:
+                            client.statement_mode_violation(self)
+                            return
+                    else:
+                        self.expected = expected
+                else:
+                    self._parameter_changed(scan[pos + 5:stop])
+            pos = stop
+        self.skip = pos - end
+        client.transport.write(data)
+        self.pool.stats.bytes_sent += len(data)
+        if released:
+            self.pool.stats.xact_count += 1
+            if self.pool.transactional and client.at_boundary():
+                self.detach()
+
+    def _slow_path(self) -> None:
+        try:
+            if not self.ready:
+                self._login_data()
+            elif self.internal is not None:
+                self._internal_data()
+            else:
+                self._unsolicited()
+        except protocol.ProtocolError as exc:
+            self.close(f"protocol error from server: {exc}")
+
+    def _unsolicited(self) -> None:
+        """Data from a server no client is linked to: a parameter change, a notice, or a goodbye."""
+        messages, used = protocol.split_messages(self.buffer)
+        self.buffer = self.buffer[used:]
+        for kind, body in messages:
+            if kind == _S:
+                self._parameter_changed(body)
+            elif kind == _E:
+                self.close("server error: " + protocol.parse_error_fields(body).get("M", "?"))
+                return
+
+    # -- back-pressure from the server's socket --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading("server")
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading("server")
+
+    # -- the end ----------------------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.app.log_event(log, f"closing because: {reason}", self)
+        if self.transport is not None:
+            if self.ready and self.internal is None:
+                self.transport.write(protocol.TERMINATE)
+            self.transport.close()
+        client = self.client
+        self.client = None
+        if client is not None:
+            client.server_lost(self, reason)
+        self.pool.server_closed(self, login_failed=not self.ready, reason=reason)
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed:
+            if not self.ready:
+                self._login_failed("server closed the connection during login")
+            else:
+                self.close("server conn crashed?")
+
+    def describe(self) -> str:
+        return f"S-{id(self) & 0xffffff:06x} {self.pool.name}/{self.pool.server_user}@{self.address}"
