@@ -1,0 +1,220 @@
+"""The catalogue of settings: PgBouncer's names, kinds and defaults (PgBouncer 1.25), plus maitred's own.
+
+Pure data, so the loader, the admin console (SHOW CONFIG, SET), the operator's validation and the README
+all read one source. Kinds: 'int' (C strtol syntax, so 0777 is octal and 0x1f hex, as PgBouncer),
+'float_seconds' (seconds, fractions allowed, no unit suffixes, stored as float seconds), 'bool' (stored as
+bool), 'str', 'enum' (case-insensitive, stored lower-case), 'list' (comma-separated, stored as a tuple),
+'path' (a str; a relative path is taken from the working directory, as PgBouncer does).
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How a setting's text parses (kind, choices), its value when not set, and whether RELOAD applies it."""
+
+    name: str
+    kind: str
+    default: object
+    doc: str
+    choices: tuple[str, ...] = ()
+    reloadable: bool = True
+
+
+def _catalogue(*settings: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in settings}
+
+
+_S = Setting
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+POOL_MODES = ("session", "transaction", "statement")
+_NO_EFFECT = "Accepted for PgBouncer compatibility, no effect in maitred."
+
+# auth_type values PgBouncer knows that maitred refuses, so the error can say "unsupported", not "invalid".
+UNSUPPORTED_CHOICES: dict[str, tuple[str, ...]] = {"auth_type": ("any", "cert", "hba", "ldap", "pam")}
+
+SETTINGS: dict[str, Setting] = _catalogue(
+    # Generic
+    _S("logfile", "path", "", "Log file, written besides stderr; not set means stderr only."),
+    _S("pidfile", "path", "", "PID file written at startup and removed at exit; not set means none.",
+       reloadable=False),
+    _S("listen_addr", "str", "",
+       "Comma-separated TCP addresses to listen on, * for all; not set means Unix socket only (as PgBouncer).",
+       reloadable=False),
+    _S("listen_port", "int", 6432, "Port for TCP and the Unix socket name (.s.PGSQL.<port>).", reloadable=False),
+    _S("unix_socket_dir", "path", "/tmp", "Directory of the Unix socket; empty disables Unix sockets.",
+       reloadable=False),
+    _S("unix_socket_mode", "int", 0o777, "File mode of the Unix socket (write it in octal with a leading 0).",
+       reloadable=False),
+    _S("unix_socket_group", "str", "", "Group owning the Unix socket; not set means unchanged.", reloadable=False),
+    _S("user", "str", "", "Unix user to switch to after startup when started as root.", reloadable=False),
+    _S("pool_mode", "enum", "session", "When a server goes back to the pool: session, transaction or statement.",
+       choices=POOL_MODES),
+    _S("max_client_conn", "int", 100, "Maximum number of client connections."),
+    _S("default_pool_size", "int", 20, "Server connections per (database, user) pool; 0 means unlimited."),
+    _S("min_pool_size", "int", 0, "Keep at least this many server connections per pool; 0 disables."),
+    _S("reserve_pool_size", "int", 0, "Extra server connections a pool may open for waiting clients; 0 disables."),
+    _S("reserve_pool_timeout", "float_seconds", 5.0, "A client waiting this long may use the reserve pool."),
+    _S("max_db_connections", "int", 0, "Server connections per database over all its pools; 0 is unlimited."),
+    _S("max_db_client_connections", "int", 0, "Client connections per database; 0 is unlimited."),
+    _S("max_user_connections", "int", 0, "Server connections per user over all its pools; 0 is unlimited."),
+    _S("max_user_client_connections", "int", 0, "Client connections per user; 0 is unlimited."),
+    _S("server_round_robin", "bool", False, "Reuse server connections round-robin instead of LIFO."),
+    _S("track_extra_parameters", "list", ("IntervalStyle",),
+       "Reported parameters, besides the built-in ones, kept per client and restored on the server.",
+       reloadable=False),
+    _S("ignore_startup_parameters", "list", (), "Startup parameters to ignore instead of refusing the client."),
+    _S("peer_id", "int", 0, _NO_EFFECT + " ([peers] cancel forwarding is not supported.)"),
+    _S("disable_pqexec", "bool", False, "Refuse the simple query protocol (only extended protocol clients work).",
+       reloadable=False),
+    _S("application_name_add_host", "bool", False, "Append the client address and port to application_name."),
+    _S("conffile", "path", "", "Config file to read on RELOAD; defaults to the file given on the command line."),
+    _S("service_name", "str", "pgbouncer", _NO_EFFECT + " (Windows service name.)", reloadable=False),
+    _S("job_name", "str", "pgbouncer", _NO_EFFECT + " (Alias of service_name.)", reloadable=False),
+    _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
+    _S("max_prepared_statements", "int", 200,
+       "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
+    _S("scram_iterations", "int", 4096, "SCRAM-SHA-256 iterations used when hashing a plain-text password."),
+    # Authentication
+    _S("auth_type", "enum", "md5",
+       "Client authentication: trust, plain, md5 or scram-sha-256 (md5 uses SCRAM when the secret is SCRAM).",
+       choices=("trust", "plain", "md5", "scram-sha-256")),
+    _S("auth_hba_file", "path", "", _NO_EFFECT + " (auth_type hba is not supported.)"),
+    _S("auth_ident_file", "path", "", _NO_EFFECT + " (auth_type hba is not supported.)"),
+    _S("auth_file", "path", "", "File of user names and passwords or secrets (PgBouncer's userlist.txt format)."),
+    _S("auth_user", "str", "", "User that runs auth_query for users missing from auth_file; not set disables."),
+    _S("auth_query", "str",
+       "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
+       "FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
+       "Query returning (user name, password or secret) for the user name given as $1."),
+    _S("auth_dbname", "str", "", "Database, of [databases], in which auth_query runs; not set means the target."),
+    _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
+    # Logging
+    _S("syslog", "bool", False, "Also log to syslog."),
+    _S("syslog_ident", "str", "pgbouncer", "Program name used in syslog messages."),
+    _S("syslog_facility", "str", "daemon", "Syslog facility: auth, authpriv, daemon, user or local0-7."),
+    _S("log_connections", "bool", True, "Log successful logins."),
+    _S("log_disconnections", "bool", True, "Log disconnections with their reasons."),
+    _S("log_pooler_errors", "bool", True, "Log the error messages the pooler sends to clients."),
+    _S("log_stats", "bool", True, "Log aggregated statistics every stats_period."),
+    _S("verbose", "int", 0, "Log verbosity, as repeated -v; 3 is the highest."),
+    # Console access
+    _S("admin_users", "list", (), "Users allowed to run every command on the admin console."),
+    _S("stats_users", "list", (), "Users allowed to run read-only SHOW commands on the admin console."),
+    # Connection sanity checks and timeouts
+    _S("server_reset_query", "str", "DISCARD ALL", "Query run when a server is released in session mode."),
+    _S("server_reset_query_always", "bool", False, "Run server_reset_query in every pool mode, not only session."),
+    _S("server_check_delay", "float_seconds", 30.0,
+       "A server idle longer than this is checked with server_check_query before reuse; 0 always checks."),
+    _S("server_check_query", "str", "<empty>",
+       "Query checking an idle server; <empty> sends an empty query (PgBouncer 1.25), empty disables checks."),
+    _S("server_fast_close", "bool", False, "In session mode, close servers marked for reconnect at once."),
+    _S("server_lifetime", "float_seconds", 3600.0, "Close an unused server connected longer than this."),
+    _S("server_idle_timeout", "float_seconds", 600.0, "Close a server idle longer than this; 0 disables."),
+    _S("server_connect_timeout", "float_seconds", 15.0, "Give up a server connection and login after this."),
+    _S("server_login_retry", "float_seconds", 15.0, "After a failed server login, wait this long to retry."),
+    _S("client_login_timeout", "float_seconds", 60.0, "Disconnect a client that has not logged in after this."),
+    _S("autodb_idle_timeout", "float_seconds", 3600.0, "Free databases made from the * entry unused this long."),
+    _S("pool_idle_timeout", "float_seconds", 0.0, "Free a pool empty of clients and servers this long; 0 off."),
+    _S("dns_max_ttl", "float_seconds", 15.0, "How long DNS answers are cached."),
+    _S("dns_nxdomain_ttl", "float_seconds", 15.0, "How long DNS errors and NXDOMAIN answers are cached."),
+    _S("dns_zone_check_period", "float_seconds", 0.0, _NO_EFFECT + " (DNS zone serial polling.)"),
+    _S("resolv_conf", "path", "", _NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
+    _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),
+    _S("login_notify_message", "str", "", "Notice sent to a client after login; empty sends none."),
+    # TLS
+    _S("client_tls_sslmode", "enum", "disable", "TLS for client connections.", choices=SSLMODES),
+    _S("client_tls_key_file", "path", "", "Private key presented to clients."),
+    _S("client_tls_cert_file", "path", "", "Certificate presented to clients."),
+    _S("client_tls_ca_file", "path", "", "CA bundle that validates client certificates."),
+    _S("client_tls_protocols", "str", "secure", "TLS versions for clients: tlsv1.0-tlsv1.3, all or secure."),
+    _S("client_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for clients, OpenSSL syntax."),
+    _S("client_tls13_ciphers", "str", "", "TLS 1.3 cipher suites for clients; empty follows client_tls_ciphers."),
+    _S("client_tls_ecdhcurve", "str", "auto", "ECDH curve for clients: none, auto or a curve name."),
+    _S("client_tls_dheparams", "str", "auto", _NO_EFFECT + " (DHE parameters.)"),
+    _S("server_tls_sslmode", "enum", "prefer", "TLS for server connections.", choices=SSLMODES),
+    _S("server_tls_ca_file", "path", "", "CA bundle that validates server certificates."),
+    _S("server_tls_key_file", "path", "", "Private key presented to servers."),
+    _S("server_tls_cert_file", "path", "", "Certificate presented to servers."),
+    _S("server_tls_protocols", "str", "secure", "TLS versions for servers: tlsv1.0-tlsv1.3, all or secure."),
+    _S("server_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for servers, OpenSSL syntax."),
+    _S("server_tls13_ciphers", "str", "", "TLS 1.3 cipher suites for servers; empty follows server_tls_ciphers."),
+    # Dangerous timeouts
+    _S("query_timeout", "float_seconds", 0.0, "Cancel queries running longer than this; 0 disables."),
+    _S("query_wait_timeout", "float_seconds", 120.0, "Disconnect a client queued longer than this; 0 disables."),
+    _S("cancel_wait_timeout", "float_seconds", 10.0, "Drop a cancel request queued longer than this; 0 disables."),
+    _S("client_idle_timeout", "float_seconds", 0.0, "Close a client idle longer than this; 0 disables."),
+    _S("idle_transaction_timeout", "float_seconds", 0.0, "Close a client idle in transaction this long; 0 off."),
+    _S("transaction_timeout", "float_seconds", 0.0, "Close a client in a transaction this long; 0 off."),
+    _S("suspend_timeout", "float_seconds", 10.0, "How long SUSPEND waits for buffers to flush."),
+    # Low-level network
+    _S("pkt_buf", "int", 4096, "Packet buffer size in bytes.", reloadable=False),
+    _S("max_packet_size", "int", 2147483647, "Largest protocol message accepted, in bytes."),
+    _S("listen_backlog", "int", 128, "Backlog of listen(2).", reloadable=False),
+    _S("sbuf_loopcnt", "int", 5, _NO_EFFECT + " (libevent fairness knob.)"),
+    _S("so_reuseport", "bool", False, "Set SO_REUSEPORT so several processes share the port.", reloadable=False),
+    _S("tcp_defer_accept", "bool", True, "Set TCP_DEFER_ACCEPT on the listening sockets (Linux)."),
+    _S("tcp_socket_buffer", "int", 0, "Socket send and receive buffer size in bytes; 0 keeps the OS default."),
+    _S("tcp_keepalive", "bool", True, "Turn on TCP keepalive with the OS timers."),
+    _S("tcp_keepcnt", "int", 0, "TCP_KEEPCNT; 0 keeps the OS default."),
+    _S("tcp_keepidle", "int", 0, "TCP_KEEPIDLE in seconds; 0 keeps the OS default."),
+    _S("tcp_keepintvl", "int", 0, "TCP_KEEPINTVL in seconds; 0 keeps the OS default."),
+    _S("tcp_user_timeout", "int", 0, "TCP_USER_TIMEOUT in milliseconds; 0 keeps the OS default."),
+)
+
+MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
+    _S("http_addr", "str", "127.0.0.1",
+       "Address of the /metrics, /healthz and /readyz endpoint; the operator sets 0.0.0.0 in pods.",
+       reloadable=False),
+    _S("http_port", "int", 9127, "Port of the HTTP endpoint; 0 disables it.", reloadable=False),
+    _S("shutdown_timeout", "float_seconds", 30.0, "On shutdown, how long clients may finish before being closed."),
+    _S("workers", "int", 1, "Pooler processes sharing the port with SO_REUSEPORT.", reloadable=False),
+    _S("config_watch", "bool", True, "Reload when the config file changes, as on SIGHUP."),
+)
+
+# [databases] connection-string keys. A None default means "inherit"; -1 for such a number also means it, as in PgBouncer.
+DATABASE_KEYS: dict[str, Setting] = _catalogue(
+    _S("host", "str", None,
+       "Server host, comma-separated hosts, or a Unix socket directory; not set: the one in unix_socket_dir."),
+    _S("port", "int", 5432, "Server port."),
+    _S("dbname", "str", None, "Server database name; defaults to the client-side name."),
+    _S("user", "str", None, "Log in to the server as this user for every client: one pool per database."),
+    _S("password", "str", None, "Password for user; not set means the one from auth_file."),
+    _S("auth_user", "str", None, "Overrides the global auth_user."),
+    _S("auth_query", "str", None, "Overrides the global auth_query."),
+    _S("auth_dbname", "str", None, "Overrides the global auth_dbname."),
+    _S("pool_size", "int", None, "Overrides default_pool_size."),
+    _S("min_pool_size", "int", None, "Overrides min_pool_size."),
+    _S("reserve_pool_size", "int", None, "Overrides reserve_pool_size (reserve_pool is an alias)."),
+    _S("max_db_connections", "int", None, "Overrides max_db_connections."),
+    _S("max_db_client_connections", "int", None, "Overrides max_db_client_connections."),
+    _S("pool_mode", "enum", None, "Overrides pool_mode.", choices=POOL_MODES),
+    _S("connect_query", "str", None, "Query run once on each new server connection."),
+    _S("server_lifetime", "float_seconds", None, "Overrides server_lifetime."),
+    _S("query_wait_timeout", "float_seconds", None, "Overrides query_wait_timeout."),
+    _S("load_balance_hosts", "enum", None, "How a host list is used: round-robin (default) or disable.",
+       choices=("round-robin", "disable")),
+    _S("target_session_attrs", "enum", None, "Which servers are accepted (default any).",
+       choices=("any", "read-write", "read-only", "primary", "standby")),
+    _S("client_encoding", "str", None, "client_encoding asked from the server."),
+    _S("datestyle", "str", None, "DateStyle asked from the server."),
+    _S("timezone", "str", None, "TimeZone asked from the server."),
+    _S("application_name", "str", None, "application_name asked from the server."),
+)
+
+DATABASE_KEY_ALIASES = {"reserve_pool": "reserve_pool_size"}
+
+# [users] keys, with the same None and -1 meaning "inherit".
+USER_KEYS: dict[str, Setting] = _catalogue(
+    _S("pool_mode", "enum", None, "Overrides the database's or the global pool_mode.", choices=POOL_MODES),
+    _S("pool_size", "int", None, "Overrides the database's pool_size or default_pool_size."),
+    _S("reserve_pool_size", "int", None, "Overrides the database's or the global reserve_pool_size."),
+    _S("max_user_connections", "int", None, "Overrides max_user_connections."),
+    _S("max_user_client_connections", "int", None, "Overrides max_user_client_connections."),
+    _S("query_timeout", "float_seconds", None, "Overrides query_timeout."),
+    _S("query_wait_timeout", "float_seconds", None, "Overrides query_wait_timeout."),
+    _S("idle_transaction_timeout", "float_seconds", None, "Overrides idle_transaction_timeout."),
+    _S("transaction_timeout", "float_seconds", None, "Overrides transaction_timeout."),
+    _S("client_idle_timeout", "float_seconds", None, "Overrides client_idle_timeout."),
+)
