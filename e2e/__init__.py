@@ -1,0 +1,1 @@
+"""End-to-end suites: a local Kubernetes control plane (controlplane.py) and the kind suite (kind/)."""

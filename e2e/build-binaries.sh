@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Provide etcd, kube-apiserver, kube-controller-manager and helm for the e2e harness.
+#
+# Usage: e2e/build-binaries.sh [--print-dir] [--check]
+#
+#   (no option)  reuse or build the binaries; progress goes to stderr, and the
+#                last line on stdout is KUBEBUILDER_ASSETS=<dir>
+#   --print-dir  same, but print only <dir>
+#   --check      build nothing; exit 1 when a binary is missing or stale
+#
+# $KUBEBUILDER_ASSETS wins when it holds all four binaries. Otherwise they are
+# built once from the wrapper Go module in e2e/k8s (Kubernetes and etcd
+# versions pinned by its go.mod/go.sum) and cached, keyed by version, in
+# ${MAITRED_CACHE:-$HOME/.cache/maitred}/k8s/<version>/. Later runs only check
+# the cache. A cold build takes a while on 2 cores; concurrent callers wait on
+# a lock instead of building twice.
+set -euo pipefail
+
+HELM_VERSION=v3.17.3
+BINARIES=(etcd kube-apiserver kube-controller-manager helm)
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+module="$here/k8s"
+print_dir=false check=false
+for arg in "$@"; do
+  case "$arg" in
+    --print-dir) print_dir=true ;;
+    --check) check=true ;;
+    *) echo "usage: $0 [--print-dir] [--check]" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "build-binaries: $*" >&2; }
+
+report() {
+  if $print_dir; then echo "$1"; else echo "KUBEBUILDER_ASSETS=$1"; fi
+}
+
+complete() {
+  local dir=$1 b
+  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && complete "$KUBEBUILDER_ASSETS"; then
+  log "using \$KUBEBUILDER_ASSETS"
+  report "$KUBEBUILDER_ASSETS"
+  exit 0
+fi
+
+k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$module/go.mod")"
+etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$module/go.mod")"
+cache="${MAITRED_CACHE:-$HOME/.cache/maitred}"
+dest="$cache/k8s/$k8s_version"
+# The stamp ties the cached binaries to the exact module contents and helm version.
+stamp="$(cat "$module/go.mod" "$module/go.sum" <(echo "$HELM_VERSION") | sha256sum | cut -c1-16)"
+
+fresh() { complete "$dest" && [[ "$(cat "$dest/.stamp" 2>/dev/null)" == "$stamp" ]]; }
+
+if fresh; then
+  report "$dest"
+  exit 0
+fi
+if $check; then
+  log "binaries missing or stale in $dest"
+  exit 1
+fi
+
+go="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+if ! "$go" version >/dev/null 2>&1; then
+  log "no Go toolchain found (set GO=/path/to/go): cannot build the binaries"
+  exit 1
+fi
+
+mkdir -p "$cache/k8s"
+exec 9>"$cache/k8s/.build.lock"
+if ! flock -n 9; then
+  log "another build is running; waiting for it"
+  flock 9
+fi
+if fresh; then
+  report "$dest"
+  exit 0
+fi
+
+work="$(mktemp -d "$cache/k8s/.build.XXXXXX")"
+chmod 755 "$work"
+trap 'rm -rf "$work"' EXIT
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
+start=$SECONDS
+
+minor="${k8s_version#v1.}"; minor="${minor%%.*}"
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+log "building kube-apiserver, kube-controller-manager $k8s_version and etcd $etcd_version with $("$go" version | cut -d' ' -f3) (long on a cold cache)"
+(cd "$module" && "$go" build -trimpath -ldflags "$ldflags" -o "$work/" \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager)
+(cd "$module" && "$go" build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
+log "control plane built after $((SECONDS - start))s"
+
+log "building helm $HELM_VERSION"
+GOBIN="$work" GOFLAGS= "$go" install -trimpath \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+echo "$stamp" >"$work/.stamp"
+rm -rf "$dest"
+mv "$work" "$dest"
+trap - EXIT
+log "done after $((SECONDS - start))s: $dest"
+report "$dest"

@@ -1,0 +1,1 @@
+"""The kind suite: tests that need real pods (marker `kind`)."""

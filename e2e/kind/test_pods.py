@@ -1,0 +1,51 @@
+"""Real pods in the kind cluster set up by e2e/kind/run.sh: the image runs and the chart's operator
+becomes ready. Skipped elsewhere (marker `kind`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from kubernetes import client
+
+from e2e.controlplane import wait_for
+
+pytestmark = pytest.mark.kind
+
+
+def _ready(pod: client.V1Pod) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+    )
+
+
+def test_a_pod_from_the_loaded_image_runs(api_client, namespace):
+    core = client.CoreV1Api(api_client)
+    image = os.environ.get("MAITRED_E2E_IMAGE", "maitred:e2e")
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="sleeper"),
+        spec=client.V1PodSpec(containers=[client.V1Container(
+            name="sleeper", image=image, image_pull_policy="Never",
+            command=["python3", "-c", "import time; time.sleep(3600)"],
+        )]),
+    )
+    core.create_namespaced_pod(namespace, pod)
+
+    wait_for(lambda: _ready(core.read_namespaced_pod("sleeper", namespace)), timeout=120,
+             what=f"a pod running {image}")
+
+
+def test_the_charts_operator_pods_become_ready(api_client):
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    release_namespace = os.environ.get("MAITRED_E2E_NAMESPACE", "maitred-system")
+
+    deployments = apps.list_namespaced_deployment(release_namespace).items
+    assert deployments, f"the chart installed no Deployment in {release_namespace}"
+    for deployment in deployments:
+        wait_for(
+            lambda: (apps.read_namespaced_deployment(deployment.metadata.name, release_namespace)
+                     .status.available_replicas or 0) >= (deployment.spec.replicas or 1),
+            timeout=180, what=f"Deployment {deployment.metadata.name} to be available",
+        )
+    pods = core.list_namespaced_pod(release_namespace).items
+    assert pods and all(_ready(p) for p in pods if p.metadata.deletion_timestamp is None)
