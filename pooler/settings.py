@@ -173,7 +173,8 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
     _S("config_watch", "bool", True, "Reload when the config file changes, as on SIGHUP."),
 )
 
-# [databases] connection-string keys. A None default means "inherit"; -1 for such a number also means it, as in PgBouncer.
+# [databases] connection-string keys. A None default means "inherit"; so does -1 for such a number, as in
+# PgBouncer.
 DATABASE_KEYS: dict[str, Setting] = _catalogue(
     _S("host", "str", None,
        "Server host, comma-separated hosts, or a Unix socket directory; not set: the one in unix_socket_dir."),
