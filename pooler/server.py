@@ -161,6 +161,8 @@ class Server(asyncio.Protocol):
             return
         checks = []
         check_query = self.app.config.get("server_check_query")
+        if check_query == "<empty>":
+            check_query = " "      # PgBouncer 1.25's default: an empty query, the cheapest round trip
         if check_query and self.app.now() - self.last_used > self.app.config.get("server_check_delay"):
             checks.append(check_query)
         client_params = client.params

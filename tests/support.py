@@ -1,0 +1,200 @@
+"""Test helpers: a maitred pooler as a real process, raw protocol sockets, and pg_stat_activity counts."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maitred.local_postgres import LocalPostgres, free_port
+
+PASSWORDS = {"app": "app-secret", "md5_role": "md5-secret", "plain_role": "plain-secret", "trust_role": ""}
+
+
+def require_binary(name: str) -> str:
+    """The path of a program the tests need; with CI=true its absence fails the test instead of skipping."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} is not installed (scripts/install-deps.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class PoolerProcess:
+    """`maitred pooler` on a config written from keyword arguments, listening on a free 127.0.0.1 port."""
+
+    def __init__(self, pg: LocalPostgres, workdir: Path, databases: dict[str, str] | None = None,
+                 users: dict[str, str] | None = None, userlist: dict[str, str] | None = None,
+                 maitred: dict[str, object] | None = None, expect_alive: bool = True, **settings):
+        self.pg = pg
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.expect_alive = expect_alive
+        self.databases = databases if databases is not None else {
+            "app": f"host=127.0.0.1 port={pg.port} dbname=app"}
+        self.users = users or {}
+        self.userlist = userlist if userlist is not None else dict(PASSWORDS)
+        self.maitred = {"http_port": 0, **(maitred or {})}
+        self.settings = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": self.port,
+            "unix_socket_dir": "",
+            "auth_type": "scram-sha-256",
+            "auth_file": str(self.workdir / "userlist.txt"),
+            "log_connections": 0,
+            "log_disconnections": 0,
+            **settings,
+        }
+        self.config_path = self.workdir / "pooler.ini"
+        self.log_path = self.workdir / "pooler.log"
+        self.proc: subprocess.Popen | None = None
+
+    def render(self) -> str:
+        lines = ["[databases]"] + [f"{k} = {v}" for k, v in self.databases.items()]
+        if self.users:
+            lines += ["", "[users]"] + [f"{k} = {v}" for k, v in self.users.items()]
+        lines += ["", "[pgbouncer]"] + [f"{k} = {v}" for k, v in self.settings.items()]
+        lines += ["", "[maitred]"] + [f"{k} = {v}" for k, v in self.maitred.items()]
+        return "\n".join(lines) + "\n"
+
+    def write_config(self) -> None:
+        with open(self.workdir / "userlist.txt", "w") as f:
+            for user, secret in self.userlist.items():
+                f.write(f'"{user}" "{secret}"\n')
+        self.config_path.write_text(self.render())
+
+    def start(self, wait: bool = True) -> "PoolerProcess":
+        self.write_config()
+        self.logfile = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "pooler", str(self.config_path)],
+                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pooler exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"pooler did not listen within {timeout}s:\n{self.log_text()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "logfile", None):
+            self.logfile.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def dsn(self, user: str = "app", dbname: str = "app", password: str | None = None, **extra) -> str:
+        password = PASSWORDS.get(user, "") if password is None else password
+        parts = [f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}",
+                 f"password='{password}'" if password else ""]
+        parts += [f"{k}={v}" for k, v in extra.items()]
+        return " ".join(p for p in parts if p)
+
+    def url(self, user: str = "app", dbname: str = "app") -> str:
+        return f"postgresql://{user}:{PASSWORDS.get(user, '')}@127.0.0.1:{self.port}/{dbname}"
+
+    def pgbench(self, *args: str, user: str = "app", timeout: float = 120) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PGPASSWORD=PASSWORDS[user])
+        return subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(self.port), "-U", user, *args, "app"],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    @staticmethod
+    def pgbench_init(pg: LocalPostgres) -> None:
+        env = dict(os.environ, PGPASSWORD=PASSWORDS["app"])
+        subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app",
+                        "app"], env=env, check=True, capture_output=True)
+
+
+def server_connections(pg: LocalPostgres, users: tuple[str, ...] = ("app",)) -> int:
+    """Client backends in PostgreSQL that belong to the given roles (the pooler's server connections)."""
+    names = ",".join(f"'{u}'" for u in users)
+    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                       f"AND usename IN ({names})"))
+
+
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+# -- raw protocol, for what no driver will send ----------------------------------------------------------
+
+def startup_packet(user: str = "app", database: str = "app", **params: str) -> bytes:
+    body = struct.pack("!I", 196608)
+    for key, value in {"user": user, "database": database, **params}.items():
+        body += key.encode() + b"\0" + value.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def raw_connect(port: int, timeout: float = 5) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def read_messages(sock: socket.socket, until: bytes = b"Z", limit: float = 5) -> list[tuple[bytes, bytes]]:
+    """Read backend messages until one of type `until`, an ErrorResponse, or the socket closes."""
+    buf = b""
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        while len(buf) >= 5:
+            length = struct.unpack("!I", buf[1:5])[0]
+            if len(buf) < 1 + length:
+                break
+            kind, body, buf = buf[:1], buf[5:1 + length], buf[1 + length:]
+            out.append((kind, body))
+            if kind in (until, b"E"):
+                return out
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            return out
+        if not chunk:
+            return out
+        buf += chunk
+    return out
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    return {chr(p[0]): p[1:].decode() for p in body.split(b"\0") if p}
