@@ -11,6 +11,19 @@ def _pooler(args: argparse.Namespace) -> int:
     return run(args.config, quiet=args.quiet, verbose=args.verbose)
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from pooler_operator.main import run
+
+    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone,
+               peering=args.peering, priority=args.priority, liveness=args.liveness, verbose=args.verbose)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pooler_operator.render import run
+
+    return run(args.files, crd=args.crd, namespace=args.namespace, image=args.image)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maitred", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -20,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     p.set_defaults(func=_pooler)
+
+    o = sub.add_parser("operator", help="run the Kubernetes operator for PostgresPooler resources")
+    o.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeat for more; "
+                   "default: $MAITRED_WATCH_NAMESPACE, else all namespaces)")
+    o.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    o.add_argument("--standalone", action="store_true", help="run without peering (one replica only)")
+    o.add_argument("--peering", help="kopf peering object for several replicas (default: $MAITRED_PEERING)")
+    o.add_argument("--priority", type=int, help="peering priority (default: newer replicas win)")
+    o.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    o.set_defaults(func=_operator)
+
+    r = sub.add_parser("render", help="print every manifest the operator would apply for a PostgresPooler")
+    r.add_argument("files", nargs="*", help="YAML files with PostgresPoolers (and their Secrets); - is stdin")
+    r.add_argument("--crd", action="store_true", help="print the PostgresPooler CRD instead")
+    r.add_argument("-n", "--namespace", help="namespace for resources that name none")
+    r.add_argument("--image", help="the pooler image when the resource names none")
+    r.set_defaults(func=_render)
     return parser
 
 

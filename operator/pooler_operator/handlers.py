@@ -1,0 +1,161 @@
+"""The kopf handlers: which events lead to a reconcile or a status refresh. No decisions live here.
+
+- A PostgresPooler is reconciled on create, update and resume (operator start).
+- A Secret it references changing reconciles it (an index maps Secrets to the poolers that name them).
+- An owned object deleted by someone is put back by reconciling its owner.
+- Its Deployment changing refreshes the status (replica counts, Ready, Degraded).
+No finalizer: owner references make the garbage collector delete what the operator made, and nothing else
+needs cleaning up.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import threading
+from typing import Any
+
+import kopf
+
+from . import GROUP, PLURAL, VERSION
+from .api import InvalidSpec, parse_pooler
+from .kube import Kube, load_config
+from .objects import MANAGED_BY, default_image, referenced_secrets
+from .reconcile import RetryLater, owner_of, reconcile, refresh_status
+
+log = logging.getLogger(__name__)
+
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+_kube: Kube | None = None
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        load_config()
+        _kube = Kube()
+    return _kube
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    """One reconcile at a time per PostgresPooler, whichever event started it."""
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _poster(body: dict[str, Any]):
+    def post(type_: str, reason: str, message: str) -> None:
+        (kopf.info if type_ == "Normal" else kopf.warn)(body, reason=reason, message=message[:1000])
+    return post
+
+
+def _run(body: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    meta = body["metadata"]
+    with _lock(meta.get("namespace", "default"), meta["name"]):
+        try:
+            result = reconcile(kube(), body, _poster(body), image=default_image())
+        except RetryLater as exc:
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    for change in result.changed:
+        logger.info(change)
+    logger.info(f"{result.outcome.reason}: {result.outcome.message}")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Production settings: state in our own annotations, bounded watches and requests, our name on Events."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.reporting_component = MANAGED_BY
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.level = logging.INFO
+    # A watch ends server-side before the client gives up on it, and reconnects after a short pause.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 15
+    settings.execution.max_workers = 8
+    kube()
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def secret_refs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
+    """(namespace, Secret name) → the PostgresPooler that references it."""
+    try:
+        pooler = parse_pooler(copy.deepcopy(dict(body)))
+    except InvalidSpec:
+        return {}
+    return {(namespace, secret): name for secret in referenced_secrets(pooler)}
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+def reconcile_pooler(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    _run(copy.deepcopy(dict(body)), logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def deleted(body: kopf.Body, **_: Any) -> None:
+    """Only seen when something else holds the object (e.g. foreground deletion); the operator needs no
+    finalizer of its own."""
+    kopf.info(body, reason="Deleting", message="the owned objects go with it (owner references)")
+
+
+def _reconcile_by_name(namespace: str, name: str, logger: Any) -> None:
+    body = kube().get_pooler(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    _run(body, logger)
+
+
+def _is_referenced(namespace: str, name: str, secret_refs: kopf.Index, **_: Any) -> bool:
+    return (namespace, name) in secret_refs
+
+
+@kopf.on.event("v1", "secrets", when=_is_referenced)
+def referenced_secret_changed(namespace: str, name: str, type: str | None, secret_refs: kopf.Index,
+                              logger: Any, **_: Any) -> None:
+    """A users, auth_user or TLS Secret changed: re-render the auth_file and the config (the pooler reloads)."""
+    if type is None:  # the initial listing: the resume handler reconciles everything already
+        return
+    for pooler in set(secret_refs.get((namespace, name), [])):
+        logger.info(f"Secret {name} changed ({type}): reconciling PostgresPooler {pooler}")
+        _reconcile_by_name(namespace, pooler, logger)
+
+
+def _owned_deleted(type: str | None, body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
+    if type != "DELETED":
+        return
+    owner = owner_of(dict(body))
+    if owner:
+        _reconcile_by_name(namespace, owner, logger)
+
+
+for _group_version, _plural in (("v1", "configmaps"), ("v1", "secrets"), ("v1", "services"),
+                                ("v1", "serviceaccounts"), ("policy/v1", "poddisruptionbudgets")):
+    kopf.on.event(*_group_version.split("/"), _plural, labels=MANAGED,
+                  id=f"owned-{_plural}")(_owned_deleted)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_changed(type: str | None, body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
+    """The Deployment's counts moved: refresh the pooler's status; if it was deleted, make it again."""
+    owner = owner_of(dict(body))
+    if not owner:
+        return
+    if type == "DELETED":
+        _reconcile_by_name(namespace, owner, logger)
+        return
+    with _lock(namespace, owner):
+        try:
+            refresh_status(kube(), namespace, owner)
+        except RetryLater as exc:
+            logger.warning(f"status of {owner} not refreshed: {exc}")

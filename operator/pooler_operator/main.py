@@ -1,0 +1,45 @@
+"""`maitred operator`: run the kopf operator, namespaced or cluster-wide, alone or with peers."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+WATCH_NAMESPACE_ENV = "MAITRED_WATCH_NAMESPACE"
+PEERING_ENV = "MAITRED_PEERING"
+
+
+def watched_namespaces(namespaces: list[str] | None, all_namespaces: bool) -> list[str]:
+    """The namespaces to watch: flags first, else MAITRED_WATCH_NAMESPACE (comma-separated); [] = all."""
+    if all_namespaces:
+        return []
+    if namespaces:
+        return namespaces
+    return [ns.strip() for ns in os.environ.get(WATCH_NAMESPACE_ENV, "").split(",") if ns.strip()]
+
+
+def default_priority() -> int:
+    """A newer operator replica outranks an older one, so a rolling upgrade hands over cleanly."""
+    return int(time.time() * 1000) % 2_000_000_000
+
+
+def run(*, namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
+        peering: str | None = None, priority: int | None = None, liveness: str | None = None,
+        verbose: bool = False) -> int:
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    watched = watched_namespaces(namespaces, all_namespaces)
+    peering = peering or os.environ.get(PEERING_ENV) or None
+    kopf.run(
+        clusterwide=not watched,
+        namespaces=watched,
+        standalone=standalone,
+        peering_name=None if standalone else peering,
+        priority=priority if priority is not None else default_priority(),
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,429 @@
+"""Manifest builders: a PostgresPooler plus the Secrets it references in, every owned object out.
+
+Pure: no API calls. The operator and `maitred render` call the same `render`, so what the review shows is
+what the cluster gets. The pooler config is a plain structure (`PoolerConfig`) first and text second: the
+structure decides which changes need a restart (settings the pooler cannot reload), the jinja2 templates only
+lay it out.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import yaml
+
+from pooler.settings import MAITRED_SETTINGS, SETTINGS
+
+from . import API_VERSION, KIND
+from .api import POOL_SETTINGS, PostgresPooler
+
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/maitred/maitred"
+IMAGE_ENV = "MAITRED_POOLER_IMAGE"
+CONFIG_DIR = "/etc/maitred"
+CONFIG_FILE = "pooler.ini"
+USERLIST_FILE = "userlist.txt"
+LISTEN_PORT = 5432
+HTTP_PORT = int(MAITRED_SETTINGS["http_port"].default)
+RESTART_HASH_ANNOTATION = "maitred.dev/restart-hash"
+POOLER_LABEL = "maitred.dev/pooler"
+MANAGED_BY = "maitred-operator"
+GRACE_MARGIN_SECONDS = 5
+
+
+def default_image() -> str:
+    """The pooler image when the spec names none: the operator's env var, else the operator's own version."""
+    from maitred import __version__
+    return os.environ.get(IMAGE_ENV) or f"{DEFAULT_IMAGE_REPOSITORY}:{__version__}"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of the owned objects."""
+
+    pooler: str
+
+    @property
+    def deployment(self) -> str:
+        return self.pooler
+
+    service = service_account = pdb = monitor = deployment
+
+    @property
+    def config(self) -> str:
+        return f"{self.pooler}-config"
+
+    @property
+    def auth(self) -> str:
+        return f"{self.pooler}-auth"
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "maitred", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": "pooler", "app.kubernetes.io/managed-by": MANAGED_BY,
+            POOLER_LABEL: name}
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "maitred", POOLER_LABEL: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+# -- the pooler config --------------------------------------------------------------------------------------
+
+
+class MissingSecret(LookupError):
+    """A referenced Secret, or a key in it, is not there."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__("; ".join(missing))
+        self.missing = missing
+
+
+@dataclass
+class PoolerConfig:
+    """The three sections of the pooler's ini file, values already as text."""
+
+    databases: dict[str, str] = field(default_factory=dict)
+    pgbouncer: dict[str, str] = field(default_factory=dict)
+    maitred: dict[str, str] = field(default_factory=dict)
+
+    def restart_settings(self) -> dict[str, str]:
+        """The settings the pooler reads only at startup: a change to any of them needs new pods."""
+        out = {name: value for name, value in self.pgbouncer.items()
+               if name in SETTINGS and not SETTINGS[name].reloadable}
+        out.update({f"maitred.{name}": value for name, value in self.maitred.items()
+                    if not MAITRED_SETTINGS[name].reloadable})
+        return out
+
+    def flat(self) -> dict[str, str]:
+        return {**{f"databases.{k}": v for k, v in self.databases.items()}, **self.pgbouncer,
+                **{f"maitred.{k}": v for k, v in self.maitred.items()}}
+
+
+def setting_text(value: Any) -> str:
+    """A value as the pooler reads it: booleans as 1/0, whole seconds without a fraction."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Where each TLS file lands in the config volume, and which Secret key it comes from."""
+
+    setting: str
+    secret: str
+    key: str
+    path: str
+
+
+def tls_files(pooler: PostgresPooler) -> list[TLSFiles]:
+    tls = pooler.spec.tls
+    files: list[TLSFiles] = []
+    if tls and tls.client and tls.client.sslmode != "disable":
+        if tls.client.secret_name:
+            files += [TLSFiles("client_tls_cert_file", tls.client.secret_name, "tls.crt", "tls/client/tls.crt"),
+                      TLSFiles("client_tls_key_file", tls.client.secret_name, "tls.key", "tls/client/tls.key")]
+        if tls.client.ca_secret_name:
+            files.append(TLSFiles("client_tls_ca_file", tls.client.ca_secret_name, "ca.crt", "tls/client/ca.crt"))
+    if tls and tls.server and tls.server.sslmode != "disable":
+        if tls.server.ca_secret_name:
+            files.append(TLSFiles("server_tls_ca_file", tls.server.ca_secret_name, "ca.crt", "tls/server/ca.crt"))
+        if tls.server.secret_name:
+            files += [TLSFiles("server_tls_cert_file", tls.server.secret_name, "tls.crt", "tls/server/tls.crt"),
+                      TLSFiles("server_tls_key_file", tls.server.secret_name, "tls.key", "tls/server/tls.key")]
+    return files
+
+
+def pooler_config(pooler: PostgresPooler) -> PoolerConfig:
+    """The settings the pooler runs with, in the order the ini file lists them."""
+    spec = pooler.spec
+    db = spec.database
+    conninfo = f"host={db.host} port={db.port}" + (f" dbname={db.dbname}" if db.dbname else "")
+    pgbouncer: dict[str, Any] = {
+        # A sidecar serves only its own pod's application, over loopback.
+        "listen_addr": "127.0.0.1" if spec.mode == "sidecar" else "*",
+        "listen_port": LISTEN_PORT,
+        "unix_socket_dir": "/tmp",
+        "auth_type": spec.auth.type,
+        "auth_file": f"{CONFIG_DIR}/{USERLIST_FILE}",
+    }
+    if spec.auth.auth_query:
+        pgbouncer["auth_user"] = spec.auth.auth_query.user
+        pgbouncer["auth_query"] = spec.auth.auth_query.query
+    pgbouncer["pool_mode"] = spec.pool_mode
+    pool = spec.pool.model_dump(by_alias=True)
+    for field_name, setting in POOL_SETTINGS.items():
+        if pool[field_name] is not None:
+            pgbouncer[setting] = pool[field_name]
+    if spec.tls and spec.tls.client:
+        pgbouncer["client_tls_sslmode"] = spec.tls.client.sslmode
+    if spec.tls and spec.tls.server:
+        pgbouncer["server_tls_sslmode"] = spec.tls.server.sslmode
+    for f in tls_files(pooler):
+        pgbouncer[f.setting] = f"{CONFIG_DIR}/{f.path}"
+    pgbouncer.update(spec.pooler.parameters)
+    maitred = {
+        "http_addr": "0.0.0.0",
+        "http_port": HTTP_PORT,
+        "workers": spec.pooler.workers,
+        "shutdown_timeout": spec.pooler.shutdown_timeout_seconds,
+        "config_watch": True,
+    }
+    return PoolerConfig(databases={db.dbname or "*": conninfo},
+                        pgbouncer={k: setting_text(v) for k, v in pgbouncer.items()},
+                        maitred={k: setting_text(v) for k, v in maitred.items()})
+
+
+# -- the auth_file ------------------------------------------------------------------------------------------
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def userlist(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> tuple[str, list[str]]:
+    """The auth_file: the users Secret (one key per user, or a ready userlist.txt) plus the auth_user.
+
+    `secrets` maps Secret name to its decoded data. Returns the text and what is missing; a missing part is
+    left out of the text.
+    """
+    auth = pooler.spec.auth
+    missing, lines = [], []
+    if auth.users_secret:
+        data = secrets.get(auth.users_secret.name)
+        if data is None:
+            missing.append(f"Secret {auth.users_secret.name} (spec.auth.usersSecret) not found")
+        elif USERLIST_FILE in data:
+            lines.append(data[USERLIST_FILE].rstrip("\n"))
+        else:
+            for user, password in sorted(data.items()):
+                if "\n" in password or "\r" in password:
+                    missing.append(f"Secret {auth.users_secret.name}: the password of {user} spans lines")
+                    continue
+                lines.append(f"{_quote(user)} {_quote(password)}")
+    if auth.auth_query:
+        ref = auth.auth_query.password_secret
+        data = secrets.get(ref.name)
+        if data is None:
+            missing.append(f"Secret {ref.name} (spec.auth.authQuery.passwordSecret) not found")
+        elif ref.key not in data:
+            missing.append(f"Secret {ref.name} has no key {ref.key} (spec.auth.authQuery.passwordSecret)")
+        else:
+            lines.append(f"{_quote(auth.auth_query.user)} {_quote(data[ref.key].strip())}")
+    return ("\n".join(lines) + "\n" if lines else ""), missing
+
+
+def referenced_secrets(pooler: PostgresPooler) -> list[str]:
+    """Every Secret the resource names, in a stable order (the operator reads and watches these)."""
+    spec = pooler.spec
+    names = []
+    if spec.auth.users_secret:
+        names.append(spec.auth.users_secret.name)
+    if spec.auth.auth_query:
+        names.append(spec.auth.auth_query.password_secret.name)
+    names += [f.secret for f in tls_files(pooler)]
+    if spec.autotune.prometheus and spec.autotune.prometheus.credentials_secret:
+        names.append(spec.autotune.prometheus.credentials_secret.name)
+    return list(dict.fromkeys(names))
+
+
+def tls_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> list[str]:
+    problems = []
+    for f in tls_files(pooler):
+        if f.secret not in secrets:
+            problems.append(f"Secret {f.secret} (spec.tls) not found")
+        elif f.key not in secrets[f.secret]:
+            problems.append(f"Secret {f.secret} has no key {f.key} (spec.tls)")
+    creds = pooler.spec.autotune.prometheus.credentials_secret if pooler.spec.autotune.prometheus else None
+    if creds and creds.name not in secrets:
+        problems.append(f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) not found")
+    return list(dict.fromkeys(problems))
+
+
+def digest(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- manifests ----------------------------------------------------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("pooler_operator", "templates"),
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                          keep_trailing_newline=True, autoescape=False)
+_ENV.filters["json"] = _json
+_ENV.filters["b64"] = _b64
+
+
+@dataclass
+class Rendered:
+    """Every object the operator applies for one PostgresPooler, and the numbers its status reports."""
+
+    manifests: list[dict[str, Any]]
+    config: PoolerConfig
+    ini: str
+    config_hash: str
+    restart_hash: str
+    pool_size: int
+    budget: int | None
+    selector: str
+    warnings: list[str] = field(default_factory=list)
+
+    def by_kind(self, kind: str) -> dict[str, Any] | None:
+        return next((m for m in self.manifests if m["kind"] == kind), None)
+
+
+def owner_reference(pooler: PostgresPooler) -> dict[str, Any] | None:
+    uid = pooler.metadata.get("uid")
+    if not uid:
+        return None
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": pooler.name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _topology_spread(pooler: PostgresPooler) -> list[dict[str, Any]]:
+    """The user's constraints verbatim, else a soft spread over nodes (never both: they would fight)."""
+    template = pooler.spec.template
+    if template and template.topology_spread_constraints is not None:
+        return template.topology_spread_constraints
+    return [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": selector_labels(pooler.name)}}]
+
+
+def _projected_sources(pooler: PostgresPooler, names: Names) -> list[dict[str, Any]]:
+    sources = [{"configMap": {"name": names.config, "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}]}},
+               {"secret": {"name": names.auth, "items": [{"key": USERLIST_FILE, "path": USERLIST_FILE}]}}]
+    by_secret: dict[str, list[dict[str, str]]] = {}
+    for f in tls_files(pooler):
+        by_secret.setdefault(f.secret, []).append({"key": f.key, "path": f.path})
+    for secret, items in by_secret.items():
+        sources.append({"secret": {"name": secret, "items": items}})
+    return sources
+
+
+def budget(pooler: PostgresPooler) -> int | None:
+    """Most server connections one (database, user) pool may open over the whole tier."""
+    if pooler.spec.mode != "deployment":
+        return None
+    pool = pooler.spec.pool
+    per_process = pool.default_pool_size + (pool.reserve_pool_size or 0)
+    if pool.max_db_connections:
+        per_process = min(per_process, pool.max_db_connections)
+    return per_process * pooler.spec.pooler.workers * pooler.spec.replicas
+
+
+def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image: str | None = None,
+           monitoring_available: bool = True, strict: bool = True) -> Rendered:
+    """All owned manifests for `pooler`, in the order they are applied.
+
+    `secrets` holds the decoded data of the referenced Secrets. With strict=False (offline rendering), a
+    missing Secret leaves its part of the auth_file out and becomes a warning instead of MissingSecret.
+    """
+    spec, names, warnings = pooler.spec, Names(pooler.name), []
+    users, problems = userlist(pooler, secrets)
+    problems += tls_problems(pooler, secrets)
+    if problems:
+        if strict:
+            raise MissingSecret(problems)
+        warnings += problems
+
+    config = pooler_config(pooler)
+    inputs_digest = digest(users, {f.path: secrets.get(f.secret, {}).get(f.key) for f in tls_files(pooler)})
+    ini = _ENV.get_template("pooler.ini.j2").render(config=config, name=pooler.name,
+                                                   namespace=pooler.namespace, inputs_digest=inputs_digest)
+    restart_hash = digest(config.restart_settings())
+    owner = owner_reference(pooler)
+    labels = common_labels(pooler.name)
+
+    def meta(name: str, labels: dict[str, str] | None = None,
+             annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name, "namespace": pooler.namespace,
+                               "labels": {**(labels or {}), **common_labels(pooler.name)}}
+        if annotations:
+            out["annotations"] = annotations
+        if owner:
+            out["ownerReferences"] = [owner]
+        return out
+
+    template = spec.template
+    extra_meta = template.metadata if template and template.metadata else None
+    context = dict(
+        spec=spec, names=names, meta=meta, ini=ini, userlist=users,
+        selector=selector_labels(pooler.name),
+        pod_labels={**(extra_meta.labels if extra_meta else {}), **labels},
+        pod_annotations={**(extra_meta.annotations if extra_meta else {}), RESTART_HASH_ANNOTATION: restart_hash},
+        template=template or _NO_TEMPLATE,
+        topology_spread=_topology_spread(pooler),
+        image=spec.pooler.image or image or default_image(),
+        grace_period=spec.pooler.shutdown_timeout_seconds + GRACE_MARGIN_SECONDS,
+        config_dir=CONFIG_DIR, config_path=f"{CONFIG_DIR}/{CONFIG_FILE}",
+        listen_port=LISTEN_PORT, http_port=HTTP_PORT,
+        resources=spec.resources.model_dump(exclude_none=True) if spec.resources else None,
+        projected_sources=_projected_sources(pooler, names),
+        metrics_on_service=spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor",
+    )
+
+    kinds = ["serviceaccount", "secret", "configmap"]
+    if spec.mode == "deployment":
+        kinds += ["service", "deployment"]
+        if spec.replicas > 1 and spec.pod_disruption_budget.enabled:
+            kinds.append("poddisruptionbudget")
+        if spec.monitoring.enabled:
+            if monitoring_available:
+                kinds.append("monitor")
+            else:
+                warnings.append(f"spec.monitoring: the {spec.monitoring.kind} CRD (monitoring.coreos.com) is not "
+                                "installed; no monitor was made")
+    if spec.mode == "sidecar":
+        kinds = ["secret", "configmap"]
+    manifests = [yaml.safe_load(_ENV.get_template(f"{kind}.yaml.j2").render(**context)) for kind in kinds]
+
+    return Rendered(manifests=manifests, config=config, ini=ini, config_hash=digest(ini),
+                    restart_hash=restart_hash, pool_size=spec.pool.default_pool_size, budget=budget(pooler),
+                    selector=selector_string(pooler.name), warnings=warnings)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable YAML: multi-line strings (the pooler config) as literal blocks, no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(documents: list[dict[str, Any]]) -> str:
+    """Manifests as one multi-document YAML stream, keys in the order they were built."""
+    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=120, explicit_start=True)
+
+
+class _NoTemplate:
+    priority_class_name = node_selector = affinity = tolerations = None
+
+
+_NO_TEMPLATE = _NoTemplate()
