@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Awaitable
 
 from .client import Client
@@ -21,7 +22,7 @@ class Pooler:
     def __init__(self, config: Config):
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.now = self.loop.time
+        self.now = time.monotonic      # microsecond resolution; uvloop's loop.time() has milliseconds
         self.userlist: dict[str, str] = {}
         self.pools: dict[tuple[str, str], Pool] = {}
         self.db_limits: dict[str, Limits] = {}
@@ -30,7 +31,11 @@ class Pooler:
         self.cancel_keys: dict[tuple[int, int], Client] = {}
         self.listeners: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
-        self.shutting_down = False
+        self.started_at = time.time()
+        self.paused = False            # PAUSE without a database: every pool
+        self.draining = False          # SHUTDOWN WAIT_FOR_CLIENTS / SIGTERM: let clients go between transactions
+        self.shutting_down = False     # no new clients
+        self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.load_userlist()
 
@@ -137,6 +142,11 @@ class Pooler:
             log.info("listening on unix:%s", path)
         if not self.listeners:
             raise RuntimeError("nothing to listen on: set listen_addr or unix_socket_dir")
+
+    @property
+    def ready(self) -> bool:
+        """Accepting new clients: what /readyz reports."""
+        return bool(self.listeners) and not self.shutting_down
 
     def stop_listening(self) -> None:
         for server in self.listeners:

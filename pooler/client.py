@@ -125,7 +125,10 @@ class Client(asyncio.Protocol):
         server = self.server
         if data:
             if server is not None:
-                server.expected += syncs
+                if syncs:
+                    if not server.expected:
+                        server.query_started = self.app.now()
+                    server.expected += syncs
                 server.transport.write(data)
             else:
                 self.pending.append(data)
@@ -299,6 +302,8 @@ class Client(asyncio.Protocol):
         self.server = server
         self.requested = False
         if self.pending:
+            if self.pending_syncs and not server.expected:
+                server.query_started = self.app.now()
             server.expected += self.pending_syncs
             server.transport.write(b"".join(self.pending))
             self.pending = []
@@ -323,6 +328,19 @@ class Client(asyncio.Protocol):
         self.server = None
         server.close("transaction blocks not allowed in statement pooling mode")
         self.fatal(protocol.PROTOCOL_VIOLATION, "transaction blocks not allowed in statement pooling mode")
+
+    def between_transactions(self) -> bool:
+        """Logged in, and closing now would cut no transaction and lose no query in flight."""
+        if self.state != ACTIVE or self.requested or self.pending:
+            return False
+        server = self.server
+        return server is None or (not server.expected and server.status == protocol.IDLE
+                                  and self.at_boundary())
+
+    def drain_if_idle(self) -> None:
+        """While the pooler drains, a client is let go as soon as it is between transactions."""
+        if not self.closed and self.between_transactions():
+            self.fatal(protocol.ADMIN_SHUTDOWN, "server shutting down")
 
     # -- back-pressure ---------------------------------------------------------------------------------
 

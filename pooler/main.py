@@ -8,7 +8,7 @@ import resource
 import signal
 import sys
 
-from . import janitor
+from . import control, endpoints, janitor, watch
 from .app import Pooler
 from .config import ConfigError, load_config
 
@@ -39,15 +39,22 @@ def raise_fd_limit() -> None:
 async def serve(config) -> None:
     app = Pooler(config)
     await app.listen()
+    http = await endpoints.start(app)
     app.spawn(janitor.run(app))
-    stop = asyncio.Event()
+    app.spawn(watch.run(app))
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    # PgBouncer's signals: TERM drains (WAIT_FOR_CLIENTS), INT waits for servers, QUIT stops at once.
+    loop.add_signal_handler(signal.SIGTERM, control.shutdown, app, "wait_for_clients")
+    loop.add_signal_handler(signal.SIGINT, control.shutdown, app, "wait_for_servers")
+    loop.add_signal_handler(signal.SIGQUIT, control.shutdown, app, "immediate")
+    loop.add_signal_handler(signal.SIGHUP, watch.reload_and_log, app, "SIGHUP")
+    loop.add_signal_handler(signal.SIGUSR1, lambda: app.spawn(control.pause(app, None)))
+    loop.add_signal_handler(signal.SIGUSR2, control.resume, app, None)
     log.info("process up: maitred pooler, pid %d", os.getpid())
-    await stop.wait()
-    log.info("shutting down")
-    app.stop_listening()
+    await app.stopped.wait()
+    if http is not None:
+        http.close()
+    log.info("shutdown complete")
 
 
 def run(path: str, quiet: bool = False, verbose: bool = False) -> int:

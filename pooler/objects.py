@@ -7,6 +7,7 @@ Clients wait FIFO.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -33,16 +34,27 @@ class Limits:
         return 0 < self.max_connections <= self.connections
 
 
-class Stats:
-    """Counters one pool adds to on the hot path; the console and /metrics read them."""
+# Upper bounds, in seconds, of the client wait-time histogram's buckets.
+WAIT_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
 
-    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "wait_time", "assignments",
-                 "client_logins", "login_failures")
+
+class Stats:
+    """Counters one pool adds to on the hot path; the console and /metrics read them. Times in seconds."""
+
+    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "wait_time", "xact_time",
+                 "query_time", "assignments", "client_logins", "login_failures", "parse_count", "bind_count",
+                 "server_parse_count", "wait_buckets")
 
     def __init__(self):
         self.xact_count = self.query_count = self.bytes_received = self.bytes_sent = 0
         self.assignments = self.client_logins = self.login_failures = 0
-        self.wait_time = 0.0
+        self.parse_count = self.bind_count = self.server_parse_count = 0
+        self.wait_time = self.xact_time = self.query_time = 0.0
+        self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)   # the last one is +Inf
+
+    def waited(self, seconds: float) -> None:
+        self.wait_time += seconds
+        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
 
 
 class Pool:
@@ -103,7 +115,8 @@ class Pool:
 
     def acquire(self, client: "Client") -> None:
         """Give `client` a server now if one is idle, else queue it and open a connection if allowed."""
-        if self.idle:
+        if self.idle and not self.paused():
+            self.stats.wait_buckets[0] += 1
             self.idle.pop().assign(client)
             return
         client.wait_started = self.app.now()
@@ -120,9 +133,9 @@ class Pool:
         """A clean server comes back: hand it to the first waiting client, park it, or retire it."""
         if server.closed:
             return
-        if self.app.now() - server.connected_at >= self.server_lifetime > 0 or self.over_size() \
-                or self.db_limits.paused or server.close_needed:
-            server.close("server lifetime over" if not self.over_size() else "too many servers in the pool")
+        reason = self.retire_reason(server)
+        if reason:
+            server.close(reason)
             self.serve_waiting()
             return
         if self.waiting:
@@ -131,7 +144,24 @@ class Pool:
             server.park()
             self.idle.append(server)
 
+    def retire_reason(self, server: "Server") -> str | None:
+        """Why a server coming back must close instead of serving again, if it must."""
+        if server.close_needed:
+            return "database configuration changed"
+        if self.paused():
+            return "pause mode"
+        if self.over_size():
+            return "too many servers in the pool"
+        if self.server_lifetime > 0 and self.app.now() - server.connected_at >= self.server_lifetime:
+            return "server lifetime over"
+        return None
+
+    def paused(self) -> bool:
+        return self.app.paused or self.db_limits.paused
+
     def serve_waiting(self) -> None:
+        if self.paused():
+            return
         while self.waiting and self.idle:
             self.idle.pop().assign(self.waiting.popleft())
         if self.waiting:
@@ -151,7 +181,7 @@ class Pool:
 
     def may_open(self, use_reserve: bool = False) -> bool:
         return (len(self.servers) < self.capacity(use_reserve) and not self.db_limits.full()
-                and not self.user_limits.full() and not self.db_limits.paused)
+                and not self.user_limits.full() and not self.paused())
 
     def grow(self, use_reserve: bool = False) -> None:
         """Open connections for waiting clients that no connection in progress will serve."""

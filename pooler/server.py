@@ -67,6 +67,8 @@ class Server(asyncio.Protocol):
         self.idle_since = self.connected_at
         self.last_used = self.connected_at
         self.active = False           # saw traffic since the janitor last looked
+        self.assigned_at = 0.0        # when the linked client got this server
+        self.query_started = 0.0      # when the oldest ReadyForQuery still owed was asked for
         self.reading_paused = False
         self.address = ""
 
@@ -151,8 +153,9 @@ class Server(asyncio.Protocol):
         self.client = client
         pool = self.pool
         pool.stats.assignments += 1
+        now = self.assigned_at = self.app.now()
         if client.wait_started:
-            pool.stats.wait_time += self.app.now() - client.wait_started
+            pool.stats.waited(now - client.wait_started)
             client.wait_started = 0.0
         if client.login_pending:
             self.client = None
@@ -193,10 +196,13 @@ class Server(asyncio.Protocol):
         self.client = None
         if client is not None and client.server is self:
             client.server = None
-        self.last_used = self.app.now()
+        now = self.last_used = self.app.now()
+        self.pool.stats.xact_time += now - self.assigned_at
         if self.reading_paused:
             self.resume_reading()
         self.pool.release(self)
+        if self.app.draining and client is not None:
+            client.drain_if_idle()
 
     def park(self) -> None:
         self.idle_since = self.app.now()
@@ -295,6 +301,7 @@ class Server(asyncio.Protocol):
                     expected = self.expected - 1
                     if expected <= 0:
                         self.expected = 0
+                        self.pool.stats.query_time += self.app.now() - self.query_started
                         released = status == _IDLE
                         if status != _IDLE and self.pool.statement:
                             client.statement_mode_violation(self)

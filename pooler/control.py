@@ -1,0 +1,222 @@
+"""Live changes to a running pooler: reload, SET, pause, reconnect, kill, drain and shut down.
+
+The admin console, the signal handlers and the config-file watch all come through here, so that a pool
+resized from the console behaves exactly like one resized by an edited file: bigger lets waiting clients in
+at once; smaller closes idle servers first and retires busy ones as their clients release them.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import TYPE_CHECKING
+
+from . import protocol
+from .client import ACTIVE
+from .config import Config, load_config, parse_value
+from .objects import Limits
+from .settings import MAITRED_SETTINGS, SETTINGS
+
+if TYPE_CHECKING:
+    from .app import Pooler
+    from .objects import Pool
+
+log = logging.getLogger("maitred.control")
+
+SHUTDOWN_MODES = ("immediate", "wait_for_servers", "wait_for_clients")
+
+
+def _setting(name: str):
+    return SETTINGS.get(name) or MAITRED_SETTINGS.get(name)
+
+
+def _server_target(entry) -> tuple:
+    """What identifies the PostgreSQL a database entry points at; servers must reconnect when it moves."""
+    return (entry.host, entry.port, entry.dbname, entry.user, entry.password, entry.startup_params)
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+def apply_config(app: "Pooler", new: Config) -> list[str]:
+    """Switch a running pooler to `new`; what cannot change without a restart is kept, and said."""
+    old = app.config
+    messages = []
+    for section, catalogue in ((new.settings, SETTINGS), (new.maitred, MAITRED_SETTINGS)):
+        for name, setting in catalogue.items():
+            before, after = old.get(name), section[name]
+            if before == after:
+                continue
+            if not setting.reloadable:
+                messages.append(f"{name} cannot change without a restart; keeping {before!r}")
+                section[name] = before
+            else:
+                messages.append(f"{name} changed from {before!r} to {after!r}")
+    app.config = new
+    app.log_connections = bool(new.get("log_connections"))
+    app.load_userlist()
+    for (dbname, _user), pool in list(app.pools.items()):
+        entry = new.database_for(dbname)
+        if entry is None:
+            messages.append(f"database {dbname} removed: its servers close as their clients release them")
+            retire_servers(pool)
+            continue
+        if _server_target(entry) != _server_target(pool.db):
+            messages.append(f"database {dbname} now points elsewhere: its servers reconnect")
+            retire_servers(pool)
+            pool.welcome = None if entry.host != pool.db.host or entry.port != pool.db.port else pool.welcome
+        pool.db = entry
+        if entry.user is None:
+            pool.server_password = app.userlist.get(pool.server_user)
+        else:
+            pool.server_password = entry.password
+        pool.db_limits.max_connections = entry.max_db_connections or new.get("max_db_connections")
+        user_entry = new.users.get(pool.server_user)
+        pool.user_limits.max_connections = user_entry.max_user_connections \
+            if user_entry and user_entry.max_user_connections is not None else new.get("max_user_connections")
+        pool.configure()
+    for message in messages:
+        log.info("%s", message)
+    return messages
+
+
+def reload(app: "Pooler") -> list[str]:
+    """Read the config file again and apply it (RELOAD, SIGHUP, a changed file)."""
+    new = load_config(app.config.path)
+    for warning in new.warnings:
+        log.warning("%s", warning)
+    return apply_config(app, new)
+
+
+def set_setting(app: "Pooler", key: str, raw: str) -> None:
+    """SET key = value from the console: validated like the file, applied like a reload."""
+    key = key.strip().lower()
+    setting = _setting(key)
+    if setting is None:
+        raise ValueError(f"unknown parameter: {key}")
+    if not setting.reloadable:
+        raise ValueError(f"{key} cannot be changed without a restart")
+    value = parse_value(setting, raw.strip())
+    new = copy.deepcopy(app.config)
+    new.warnings = []
+    (new.settings if key in new.settings else new.maitred)[key] = value
+    apply_config(app, new)
+
+
+# -- pools -------------------------------------------------------------------------------------------------
+
+def _pools(app: "Pooler", db: str | None) -> list["Pool"]:
+    if db is not None and db not in app.db_limits and app.config.database_for(db) is None:
+        raise ValueError(f"no such database: {db}")
+    return [p for p in app.pools.values() if db is None or p.name == db]
+
+
+def retire_servers(pool: "Pool") -> None:
+    """Idle servers close now; busy ones close when their clients release them."""
+    for server in list(pool.servers):
+        server.close_needed = True
+    for server in list(pool.idle):
+        server.close("database configuration changed")
+
+
+async def _until(predicate, period: float = 0.05) -> None:
+    while not predicate():
+        await asyncio.sleep(period)
+
+
+async def pause(app: "Pooler", db: str | None) -> None:
+    """PAUSE: no new server work starts; returns once every server of `db` (or all) is released and closed."""
+    pools = _pools(app, db)
+    if db is None:
+        app.paused = True
+    else:
+        app.db_limits.setdefault(db, Limits(db)).paused = True
+    for pool in pools:
+        for server in list(pool.idle):
+            server.close("pause mode")
+    await _until(lambda: all(not p.servers for p in _pools(app, db)))
+
+
+def resume(app: "Pooler", db: str | None) -> None:
+    pools = _pools(app, db)
+    if db is None:
+        app.paused = False
+        for limits in app.db_limits.values():
+            limits.paused = False
+    elif db in app.db_limits:
+        app.db_limits[db].paused = False
+    for pool in pools:
+        pool.serve_waiting()
+
+
+def kill(app: "Pooler", db: str) -> None:
+    """KILL: drop every client and server of `db` now; new clients wait until RESUME."""
+    pools = _pools(app, db)
+    app.db_limits.setdefault(db, Limits(db)).paused = True
+    for pool in pools:
+        for client in list(pool.clients):
+            client.fatal(protocol.ADMIN_SHUTDOWN, "database removed")
+        for server in list(pool.servers):
+            server.close("database removed")
+
+
+def reconnect(app: "Pooler", db: str | None) -> None:
+    """RECONNECT: every server is replaced, idle ones now and busy ones at their release."""
+    for pool in _pools(app, db):
+        retire_servers(pool)
+
+
+async def wait_close(app: "Pooler", db: str | None) -> None:
+    await _until(lambda: not any(s.close_needed for p in _pools(app, db) for s in p.servers))
+
+
+# -- shutdown ------------------------------------------------------------------------------------------
+
+def shutdown(app: "Pooler", mode: str) -> None:
+    """Stop taking clients and exit: at once, once servers are released, or once clients have left.
+
+    wait_for_clients is the graceful drain (SIGTERM): /readyz fails at once, the listeners close, a client in
+    a transaction finishes it and a client between transactions is closed with 57P01; after
+    [maitred] shutdown_timeout whatever is left is closed.
+    """
+    if mode not in SHUTDOWN_MODES:
+        raise ValueError(f"unknown shutdown mode: {mode}")
+    if app.shutting_down and mode != "immediate":
+        return
+    log.info("shutdown requested (%s)", mode)
+    app.shutting_down = True
+    app.stop_listening()
+    if mode == "immediate":
+        _close_everything(app, "server shutting down")
+        return
+    app.spawn(_drain(app, mode))
+
+
+async def _drain(app: "Pooler", mode: str) -> None:
+    timeout = app.config.get("shutdown_timeout")
+    if mode == "wait_for_clients":
+        app.draining = True
+        for client in list(app.clients):
+            if client.state < ACTIVE:      # still logging in: nothing of theirs has started
+                client.fatal(protocol.ADMIN_SHUTDOWN, "server shutting down")
+            else:
+                client.drain_if_idle()
+        done = lambda: not app.clients      # noqa: E731
+    else:
+        for pool in app.pools.values():
+            pool.fail_waiting("server shutting down")
+        done = lambda: not any(s.client is not None for p in app.pools.values() for s in p.servers)  # noqa: E731
+    try:
+        await asyncio.wait_for(_until(done, 0.05), timeout or None)
+        log.info("drained: no %s left", "clients" if mode == "wait_for_clients" else "busy servers")
+    except asyncio.TimeoutError:
+        log.warning("shutdown_timeout (%ss) passed: closing the %d clients left", timeout, len(app.clients))
+    _close_everything(app, "server shutting down")
+
+
+def _close_everything(app: "Pooler", reason: str) -> None:
+    for client in list(app.clients):
+        client.fatal(protocol.ADMIN_SHUTDOWN, reason)
+    for pool in app.pools.values():
+        for server in list(pool.servers):
+            server.close(reason)
+    app.stopped.set()
