@@ -75,6 +75,10 @@ class PoolerProcess:
 
     def start(self, wait: bool = True) -> "PoolerProcess":
         self.write_config()
+        return self.launch(wait)
+
+    def launch(self, wait: bool = True) -> "PoolerProcess":
+        """Run the pooler on `config_path` as it is on disk."""
         self.logfile = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "pooler", str(self.config_path)],
                                      stdout=self.logfile, stderr=subprocess.STDOUT)
