@@ -85,7 +85,7 @@ fi
 work="$(mktemp -d "$cache/k8s/.build.XXXXXX")"
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 start=$SECONDS
 
 minor="${k8s_version#v1.}"; minor="${minor%%.*}"

@@ -9,7 +9,9 @@ and no kubelet, so Pods stay Pending.
         subprocess.run(["kubectl", "get", "ns"], env=cp.env())
 
 Stopping kills every process group it started and removes its temporary directory; a failed start
-cleans up the same way.
+cleans up the same way. The processes also get a parent-death signal, so even a SIGKILLed test run
+leaves no server behind, and the next start removes the directory such a run left: start the control
+plane from a thread that outlives it, such as the main thread.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
 )
+
+# util-linux's setpriv (Debian: essential) sets a parent-death signal before exec'ing the binary.
+SETPRIV = shutil.which("setpriv")
+
+WORKDIR_PREFIX = "maitred-e2e-"
 
 T = TypeVar("T")
 
@@ -352,7 +359,9 @@ class ControlPlane(Cluster):
         """Start the three processes and wait until the API server is ready and the controller
         manager is healthy. On any failure everything started so far is stopped and removed."""
         binaries = binaries or find_binaries()
-        workdir = Path(tempfile.mkdtemp(prefix="maitred-e2e-"))
+        _remove_orphaned_workdirs()
+        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (workdir / "owner.pid").write_text(str(os.getpid()))
         port = free_port()
         cp = cls(server=f"https://127.0.0.1:{port}", kubeconfig=workdir / "kubeconfig", workdir=workdir)
         try:
@@ -379,6 +388,9 @@ class ControlPlane(Cluster):
 
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         log = self.workdir / f"{name}.log"
+        if SETPRIV:
+            # Die with the thread that started us, even when it is SIGKILLed and cannot clean up.
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -486,6 +498,17 @@ class ControlPlane(Cluster):
             controller_manager, f"https://127.0.0.1:{kcm_port}/healthz",
             ssl._create_unverified_context(), timeout,  # self-signed serving cert, local only
         )
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Remove the work directories of test runs that were killed before they could stop."""
+    for workdir in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            os.kill(int((workdir / "owner.pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(workdir, ignore_errors=True)
+        except (OSError, ValueError):
+            pass  # not ours to judge: unreadable, or owned by a live process of another user
 
 
 def write_kubeconfig(
