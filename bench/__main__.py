@@ -1,0 +1,86 @@
+"""`python3 -m bench`: direct connections, PgBouncer and maitred under the same loads, side by side.
+
+Starts its own PostgreSQL (scale-1 pgbench database), then for each scenario and round starts each pooler
+fresh from equivalent configs and measures it. All load goes to 127.0.0.1 and every run is bounded in time
+and connection count. Prints a Markdown table and writes it with a JSON file to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Callable
+
+from . import processes, report, scenarios, targets
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _csv(choices: list[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return [c for c in choices if c in items]  # canonical order
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny scale: 1 round of 1 s, a few clients, 200 idle clients (keeps the harness honest)")
+    p.add_argument("--rounds", type=int, help="rounds of direct/PgBouncer/maitred (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per pgbench run (default 15)")
+    p.add_argument("--idle-clients", type=int, help="idle clients held open in S4 (default 10000)")
+    p.add_argument("--scenarios", type=_csv(list(scenarios.SCENARIOS)), default=list(scenarios.SCENARIOS),
+                   help="comma-separated, from S1,S2,S3,S4,S5 (default all)")
+    p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.TARGETS),
+                   help="comma-separated, from direct,pgbouncer,maitred (default all)")
+    p.add_argument("--auth", choices=("scram-sha-256", "md5"), default="scram-sha-256",
+                   help="auth_type of both poolers (PostgreSQL itself always uses scram-sha-256)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="folder for bench-<date>.md and .json (default bench/results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    scale = scenarios.QUICK if args.quick else scenarios.FULL
+    overrides = {"rounds": args.rounds, "duration": args.duration, "idle_clients": args.idle_clients}
+    scale = dataclasses.replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    if scale.rounds < 1 or scale.duration < 1 or scale.idle_clients < 1:
+        print("--rounds, --duration and --idle-clients must be at least 1", file=sys.stderr)
+        return 2
+
+    # this process holds the idle clients; the poolers it starts inherit the limit and hold their end
+    wanted = scale.max_client_conn + 1024
+    limit = processes.raise_open_files_limit(wanted)
+    if "S4" in args.scenarios and limit < wanted:
+        print(f"warning: open-files limit {limit} < {wanted}; S4 will fail", file=sys.stderr)
+
+    started = datetime.now(timezone.utc)
+    with targets.bench_postgres() as pg:
+        chosen = targets.make_targets(args.targets, pg)
+        versions = {"PostgreSQL": _short(targets.Direct(pg).version()),
+                    "pgbench": _short(targets.version_line(["pgbench", "--version"]))}
+        versions.update({t.label: t.version() for t in chosen if t.name != "direct"})
+        results = scenarios.run(chosen, args.scenarios, scale, args.auth)
+    summary = report.summarize(results, scale=scale, auth_type=args.auth, versions=versions,
+                               cores=os.cpu_count(), started=started)
+    md_path, json_path = report.write(summary, args.out, started)
+    print(report.markdown(summary))
+    print(f"written: {md_path} {json_path}", file=sys.stderr)
+    return 0
+
+
+def _short(version_line: str) -> str:
+    """`postgres (PostgreSQL) 15.18 (Debian …)` → `15.18`."""
+    words = version_line.replace("(PostgreSQL)", "").split()
+    return words[1] if len(words) > 1 else version_line
+
+
+if __name__ == "__main__":
+    sys.exit(main())

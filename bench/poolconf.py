@@ -1,0 +1,50 @@
+"""One pooler configuration, written out twice: as PgBouncer reads it and as maitred reads it.
+
+Both files come from the same settings, so the poolers run with equivalent pooling and authentication; each
+file only adds what its own pooler alone understands (PgBouncer would warn about a `[maitred]` section).
+"""
+from __future__ import annotations
+
+
+def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type: str, auth_file: str,
+                    pool_size: int, max_client_conn: int) -> dict[str, dict[str, str]]:
+    """The settings both poolers get, section by section."""
+    return {
+        "databases": {database: f"host=127.0.0.1 port={pg_port} dbname={database}"},
+        "pgbouncer": {
+            "listen_addr": "127.0.0.1",
+            "listen_port": str(listen_port),
+            "auth_type": auth_type,
+            "auth_file": auth_file,
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "max_client_conn": str(max_client_conn),
+            "log_connections": "0",
+            "log_disconnections": "0",
+        },
+    }
+
+
+def for_pgbouncer(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[str, dict[str, str]]:
+    """PgBouncer's file: its own log file, and no Unix socket in /tmp."""
+    out = {section: dict(values) for section, values in settings.items()}
+    out["pgbouncer"].update({"logfile": logfile, "unix_socket_dir": ""})
+    return out
+
+
+def for_maitred(settings: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """maitred's file: no HTTP metrics endpoint, as PgBouncer has none, and no port for runs to collide on."""
+    out = {section: dict(values) for section, values in settings.items()}
+    out["maitred"] = {"http_port": "0"}
+    return out
+
+
+def render_ini(config: dict[str, dict[str, str]]) -> str:
+    return "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()) + "\n"
+                   for section, values in config.items())
+
+
+def render_userlist(users: dict[str, str]) -> str:
+    """auth_file lines: `"user" "password"`, with `"` doubled as PgBouncer expects."""
+    quote = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
+    return "".join(f"{quote(user)} {quote(password)}\n" for user, password in users.items())

@@ -1,0 +1,263 @@
+"""What the load is pointed at: PostgreSQL itself (direct), Debian's PgBouncer, or maitred.
+
+PostgreSQL runs for the whole benchmark. Each pooler is started fresh for every measured run, from the same
+settings (bench/poolconf.py), and stopped after it, so that no run inherits another run's memory or state.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from maitred.local_postgres import LocalPostgres, free_port
+
+from . import pgclient, poolconf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+USER = "bench"
+PASSWORD = "bench-secret"
+DATABASE = "bench"
+HOST = "127.0.0.1"
+
+
+class TargetError(RuntimeError):
+    """A target could not be started or did not become ready."""
+
+
+@dataclass
+class Endpoint:
+    """Where clients connect, and the processes whose cost we charge to the target (none for direct)."""
+
+    port: int
+    pid: int | None = None
+    host: str = HOST
+    user: str = USER
+    password: str = PASSWORD
+    database: str = DATABASE
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    pool_size: int
+    max_client_conn: int
+    auth_type: str
+
+
+def _unprivileged() -> str | None:
+    """PgBouncer refuses to run as root; when we are root it runs as Debian's `postgres` account."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def version_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else "unknown"
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL cluster with the `bench` role (SCRAM password) owning a pgbench database of scale 1."""
+    with LocalPostgres(settings={"max_connections": "200"}) as pg:
+        pg.create_role(USER, PASSWORD, encryption="scram-sha-256")
+        pg.create_database(DATABASE, owner=USER)
+        init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", HOST, "-p", str(pg.port), "-U", USER,
+                               DATABASE], env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300)
+        if init.returncode != 0:
+            raise TargetError(f"pgbench -i failed:\n{init.stdout}")
+        yield pg
+
+
+def client_env() -> dict[str, str]:
+    """libpq settings for pgbench: the password, and no TLS or GSS negotiation round trip on any target."""
+    return dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable")
+
+
+# -- targets ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Direct:
+    """pgbench straight to PostgreSQL."""
+
+    pg: LocalPostgres
+    name: str = "direct"
+    label: str = "direct"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def version(self) -> str:
+        return version_line([os.path.join(self.pg.bindir, "postgres"), "--version"])
+
+    @contextlib.contextmanager
+    def serve(self, settings: PoolSettings) -> Iterator[Endpoint]:
+        yield Endpoint(port=self.pg.port)
+
+
+@dataclass
+class _Pooler:
+    """A pooler process started from a config file in a run folder of its own, ready once a client can log in
+    and run a query through it."""
+
+    pg: LocalPostgres
+    start_timeout: float = 20.0
+    stop_timeout: float = 10.0
+    run_as: str | None = field(default=None)
+
+    def argv(self, config_path: str) -> list[str]:
+        raise NotImplementedError
+
+    def config(self, settings: dict[str, dict[str, str]], run_dir: str) -> dict[str, dict[str, str]]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @contextlib.contextmanager
+    def serve(self, settings: PoolSettings) -> Iterator[Endpoint]:
+        run_dir = tempfile.mkdtemp(prefix=f"maitred-bench-{self.name}-")
+        proc = None
+        try:
+            if self.run_as:
+                pw = pwd.getpwnam(self.run_as)
+                os.chown(run_dir, pw.pw_uid, pw.pw_gid)
+            port = free_port()
+            auth_file = os.path.join(run_dir, "userlist.txt")
+            self._write(auth_file, poolconf.render_userlist({USER: PASSWORD}))
+            shared = poolconf.shared_settings(pg_port=self.pg.port, listen_port=port, database=DATABASE,
+                                              auth_type=settings.auth_type, auth_file=auth_file,
+                                              pool_size=settings.pool_size,
+                                              max_client_conn=settings.max_client_conn)
+            config_path = os.path.join(run_dir, f"{self.name}.ini")
+            self._write(config_path, poolconf.render_ini(self.config(shared, run_dir)))
+            log_path = os.path.join(run_dir, "output.log")
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(self.argv(config_path), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=run_dir, env=self.env(),
+                                        user=self.run_as, start_new_session=True)
+            self._wait_ready(proc, port, run_dir)
+            yield Endpoint(port=port, pid=proc.pid)
+        finally:
+            if proc is not None:
+                self._stop(proc)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _write(self, path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+        if self.run_as:
+            pw = pwd.getpwnam(self.run_as)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _wait_ready(self, proc: subprocess.Popen, port: int, run_dir: str) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = "no attempt"
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise TargetError(f"{self.label} exited with {proc.returncode}:\n{_logs(run_dir)}")
+            try:
+                asyncio.run(pgclient.probe(HOST, port, USER, PASSWORD, DATABASE, timeout=5.0))
+                return
+            except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    pgclient.LoginError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.1)
+        raise TargetError(f"{self.label} not ready after {self.start_timeout:.0f} s ({last}):\n{_logs(run_dir)}")
+
+    def _stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _logs(run_dir: str, lines: int = 20) -> str:
+    out = []
+    for name in ("output.log", "pgbouncer.log"):
+        try:
+            with open(os.path.join(run_dir, name), errors="replace") as f:
+                out.extend(f.readlines()[-lines:])
+        except OSError:
+            pass
+    return "".join(out).rstrip()
+
+
+@dataclass
+class PgBouncer(_Pooler):
+    """Debian's PgBouncer, run as the unprivileged `postgres` account when we are root."""
+
+    name: str = "pgbouncer"
+    label: str = "PgBouncer"
+    run_as: str | None = field(default_factory=_unprivileged)
+
+    def unavailable(self) -> str | None:
+        return None if os.access(PGBOUNCER, os.X_OK) else f"{PGBOUNCER} not found (Debian package pgbouncer)"
+
+    def version(self) -> str:
+        return version_line([PGBOUNCER, "--version"]).removeprefix("PgBouncer ").strip()
+
+    def argv(self, config_path: str) -> list[str]:
+        return [PGBOUNCER, "-q", config_path]
+
+    def config(self, settings, run_dir):
+        return poolconf.for_pgbouncer(settings, logfile=os.path.join(run_dir, "pgbouncer.log"))
+
+
+@dataclass
+class Maitred(_Pooler):
+    """`maitred pooler CONFIG.ini` from this checkout (the console script when installed)."""
+
+    name: str = "maitred"
+    label: str = "maitred"
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("pooler.main") is None:
+            return "pooler.main is missing: `maitred pooler` cannot run from this checkout yet"
+        return None
+
+    def version(self) -> str:
+        import maitred
+
+        commit = version_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+        return f"{maitred.__version__} ({commit})" if "unknown" not in commit else maitred.__version__
+
+    def argv(self, config_path: str) -> list[str]:
+        exe = shutil.which("maitred")
+        return ([exe] if exe else [sys.executable, "-m", "maitred.cli"]) + ["pooler", "-q", config_path]
+
+    def env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
+
+    def config(self, settings, run_dir):
+        return poolconf.for_maitred(settings)
+
+
+TARGETS = ("direct", "pgbouncer", "maitred")
+
+
+def make_targets(names: list[str], pg: LocalPostgres) -> list:
+    kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred}
+    return [kinds[name](pg) for name in names]
