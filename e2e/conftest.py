@@ -25,10 +25,12 @@ import contextlib
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
 from e2e.controlplane import (
+    CONTROL_PLANE_BINARIES,
     BinariesMissing,
     Cluster,
     ControlPlane,
@@ -39,8 +41,12 @@ from e2e.controlplane import (
 
 KIND_KUBECONFIG = os.environ.get("MAITRED_E2E_KUBECONFIG")
 
-# Outcome of the binary lookup done once before the first test: a dict of paths, or an error text.
-_binaries: dict[str, object] = {}
+
+class _prepared:
+    """Outcome of the binary lookup done once before the first test."""
+
+    binaries: dict[str, Path] = {}
+    error: str | None = None
 
 
 def _in_ci() -> bool:
@@ -72,24 +78,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Find (or build, once) the binaries before any test runs, outside the per-test timeout."""
     if KIND_KUBECONFIG or session.config.option.collectonly:
         return
-    wanted = [
-        item for item in session.items
-        if "control_plane" in getattr(item, "fixturenames", ())
-        and not item.get_closest_marker("skip")
-    ]
-    if not wanted:
+    used = set()
+    for item in session.items:
+        if not item.get_closest_marker("skip"):
+            used |= {"control_plane", "helm"} & set(getattr(item, "fixturenames", ()))
+    if not used:
         return
+    names = CONTROL_PLANE_BINARIES + (("helm",) if "helm" in used else ())
     try:
-        _binaries.update(find_binaries())
+        _prepared.binaries = find_binaries(names=names)
         return
-    except BinariesMissing:
-        pass
+    except BinariesMissing as exc:
+        missing = exc
     go = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
     if not os.access(go, os.X_OK):
-        _binaries["error"] = (
-            "kube-apiserver/kube-controller-manager/etcd are missing and no Go toolchain can build "
-            "them: set $KUBEBUILDER_ASSETS or install Go and run e2e/build-binaries.sh"
-        )
+        _prepared.error = f"{missing}; no Go toolchain to build them (set $GO or install Go)"
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")
@@ -98,9 +101,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     try:
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             build_binaries()
-        _binaries.update(find_binaries())
+        _prepared.binaries = find_binaries(names=names)
     except BinariesMissing as exc:
-        _binaries["error"] = str(exc)
+        _prepared.error = str(exc)
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +113,10 @@ def control_plane():
     if KIND_KUBECONFIG:
         yield Cluster.from_kubeconfig(KIND_KUBECONFIG)
         return
-    if "error" in _binaries:
-        _unavailable(str(_binaries["error"]))
+    if _prepared.error:
+        _unavailable(_prepared.error)
     try:
-        binaries = dict(_binaries) or find_binaries()
+        binaries = _prepared.binaries or find_binaries()
     except BinariesMissing as exc:
         _unavailable(str(exc))
     cp = ControlPlane.start(binaries)
@@ -163,12 +166,14 @@ def kube_env(control_plane, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def helm():
+def helm() -> Path:
     """Path of the helm binary: $KUBEBUILDER_ASSETS, the build cache, then $PATH."""
+    if "helm" in _prepared.binaries:
+        return _prepared.binaries["helm"]
     try:
         return find_binaries(names=("helm",))["helm"]
-    except BinariesMissing:
-        path = shutil.which("helm")
-        if path:
-            return path
-        _unavailable("helm is missing: run e2e/build-binaries.sh")
+    except BinariesMissing as exc:
+        on_path = shutil.which("helm")
+        if on_path:
+            return Path(on_path)
+        _unavailable(_prepared.error or str(exc))
