@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from datetime import datetime, timezone
 from typing import Callable
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if "S4" in args.scenarios and limit < wanted:
         print(f"warning: open-files limit {limit} < {wanted}; S4 will fail", file=sys.stderr)
 
+    # on SIGTERM unwind like Ctrl-C does, so the poolers and PostgreSQL are stopped and their folders removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = datetime.now(timezone.utc)
     with targets.bench_postgres() as pg:
         chosen = targets.make_targets(args.targets, pg)

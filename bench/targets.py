@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -25,6 +26,7 @@ from . import pgclient, poolconf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGBOUNCER = "/usr/sbin/pgbouncer"
+PR_SET_PDEATHSIG = 1
 
 USER = "bench"
 PASSWORD = "bench-secret"
@@ -58,6 +60,12 @@ class PoolSettings:
 def _unprivileged() -> str | None:
     """PgBouncer refuses to run as root; when we are root it runs as Debian's `postgres` account."""
     return "postgres" if os.geteuid() == 0 else None
+
+
+def _die_with_parent() -> None:
+    """In the pooler child: get SIGTERM when the harness dies, so a killed benchmark leaves no pooler behind.
+    Runs after the switch to the unprivileged user, which would otherwise clear the setting."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def version_line(argv: list[str]) -> str:
@@ -152,7 +160,8 @@ class _Pooler:
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(self.argv(config_path), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=run_dir, env=self.env(),
-                                        user=self.run_as, start_new_session=True)
+                                        user=self.run_as, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
             self._wait_ready(proc, port, run_dir)
             yield Endpoint(port=port, pid=proc.pid)
         finally:
