@@ -144,7 +144,7 @@ def secret_doc(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any
 
 
 def apply(cp, *docs: dict[str, Any]) -> None:
-    cp.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
 def patch(cp, name: str, namespace: str, spec: dict[str, Any]) -> None:

@@ -156,7 +156,8 @@ class PoolSpec(Model):
     """Pool sizes and timeouts; each maps to the PgBouncer setting of the same name. Omitted timeouts keep the
     pooler's defaults."""
 
-    __rules__ = (Rule("!has(self.minPoolSize) || self.minPoolSize <= self.defaultPoolSize",
+    __rules__ = (Rule("!has(self.minPoolSize) || !has(self.defaultPoolSize) "
+                      "|| self.minPoolSize <= self.defaultPoolSize",
                       "pool.minPoolSize must not exceed pool.defaultPoolSize",
                       lambda m: m.min_pool_size is None or m.min_pool_size <= m.default_pool_size),)
 
@@ -283,7 +284,7 @@ class PrometheusSpec(Model):
 class AutotuneSpec(Model):
     """Closed-loop pool sizing. Stored, validated and reported; the autotuner acts on it."""
 
-    __rules__ = (Rule("self.minPoolSize <= self.maxPoolSize",
+    __rules__ = (Rule("!has(self.minPoolSize) || !has(self.maxPoolSize) || self.minPoolSize <= self.maxPoolSize",
                       "autotune.minPoolSize must not exceed autotune.maxPoolSize",
                       lambda m: m.min_pool_size <= m.max_pool_size),)
 
@@ -300,7 +301,7 @@ class AutotuneSpec(Model):
 class ClientTLSSpec(Model):
     """TLS between clients and the pooler."""
 
-    __rules__ = (Rule("self.sslmode == 'disable' || has(self.secretName)",
+    __rules__ = (Rule("(has(self.sslmode) && self.sslmode == 'disable') || has(self.secretName)",
                       "tls.client.secretName is needed unless tls.client.sslmode is disable",
                       lambda m: m.sslmode == "disable" or m.secret_name is not None),)
 

@@ -110,8 +110,10 @@ def deleted(body: kopf.Body, **_: Any) -> None:
 
 
 def _reconcile_by_name(namespace: str, name: str, logger: Any) -> None:
+    """Reconcile after something else changed; nothing to do when the pooler or its namespace is going away
+    (the namespace controller deletes owned objects first, and they must not be made again)."""
     body = kube().get_pooler(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    if body is None or body["metadata"].get("deletionTimestamp") or kube().namespace_terminating(namespace):
         return
     _run(body, logger)
 

@@ -19,6 +19,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Event"): "events",
+    ("v1", "Namespace"): "namespaces",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
@@ -85,16 +86,19 @@ class Kube:
         response = self.api.call_api(method, url, header_params=headers, body=body,
                                      _request_timeout=self.timeout)
         data = response.read()
-        payload = json.loads(data) if data else None
+        try:
+            payload = json.loads(data) if data else None
+        except ValueError:  # e.g. a plain "404 page not found" for an API group that is not served
+            payload = None
         if response.status >= 400:
-            message = payload.get("message", "") if isinstance(payload, dict) else str(data[:500])
-            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
-            raise ApiError(response.status, message, reason)
+            if isinstance(payload, dict):
+                raise ApiError(response.status, payload.get("message", ""), payload.get("reason", ""))
+            raise ApiError(response.status, data[:500].decode("utf-8", "replace").strip())
         return payload
 
     # -- objects --------------------------------------------------------------------------------------------
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return self.request("GET", resource_path(api_version, kind, namespace, name))
         except ApiError as exc:
@@ -142,6 +146,10 @@ class Kube:
                 found = {}
             self._discovered[api_version] = {r.get("kind") for r in found.get("resources", [])}
         return kind in self._discovered[api_version]
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        ns = self.get("v1", "Namespace", None, namespace)
+        return ns is None or (ns.get("status") or {}).get("phase") == "Terminating"
 
     # -- the PostgresPooler -----------------------------------------------------------------------------
 

@@ -250,7 +250,7 @@ def _write_status(kube: Kube, namespace: str, name: str, generation: int | None,
         new = compute_status(old, generation=generation if outcome else current["metadata"].get("generation"),
                              spec=spec, outcome=outcome, deployment=deployment,
                              deployment_known=effective_mode == "deployment")
-        if _same_but_times(old, new):
+        if old == new:
             return old
         try:
             kube.patch_pooler_status(namespace, name, status_patch(old, new),
@@ -260,10 +260,6 @@ def _write_status(kube: Kube, namespace: str, name: str, generation: int | None,
             if exc.status != 409:
                 raise RetryLater(f"could not write the status: {exc}") from exc
     raise RetryLater("the status kept changing under us")
-
-
-def _same_but_times(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    return old == new
 
 
 def refresh_status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
