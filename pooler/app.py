@@ -11,6 +11,7 @@ from typing import Awaitable
 from .client import Client
 from .config import Config
 from .objects import Limits, Pool
+from .prepare import Registry
 from .userlist import load_userlist
 
 log = logging.getLogger("maitred")
@@ -29,6 +30,7 @@ class Pooler:
         self.user_limits: dict[str, Limits] = {}
         self.clients: set[Client] = set()
         self.cancel_keys: dict[tuple[int, int], Client] = {}
+        self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()

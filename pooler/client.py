@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from . import protocol
 from .auth import AuthFailed, ClientAuth
+from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
+from .config import RESERVED_DATABASE
 from .server import TRACKED_PARAMS
 
 if TYPE_CHECKING:
@@ -25,11 +27,6 @@ log = logging.getLogger("maitred.client")
 
 _unpack_int = struct.Struct("!I").unpack_from
 _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
-
-# Message types a client may send once logged in (PostgreSQL's frontend messages).
-FRONTEND_TYPES = bytearray(256)
-for _t in b"BCdcfDEHFPpQSX":
-    FRONTEND_TYPES[_t] = 1
 
 STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
 _CANONICAL = {name.lower(): name for name in TRACKED_PARAMS}
@@ -65,6 +62,10 @@ class Client(asyncio.Protocol):
         self.idle_since = self.connected_at
         self.active = False
         self.pause_reasons: set[str] = set()
+        # Extended-protocol messages went to the server with no Sync after them: until one follows, the server
+        # may hold an implicit transaction, or ignore everything up to the next Sync after an error.
+        self.unsynced = False
+        self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = (0, 0)
         self.peer = ""
         self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
@@ -85,6 +86,9 @@ class Client(asyncio.Protocol):
             self._login_data(data)
             return
         self.active = True
+        if self.tracker is not None:
+            self._tracked_data(data)
+            return
         # Scan the message headers: count the ReadyForQuery messages this owes, find Terminate, refuse junk.
         partial = self.partial
         if partial:
@@ -96,15 +100,24 @@ class Client(asyncio.Protocol):
         end = len(scan)
         syncs = 0
         terminate = -1
+        unsynced = self.unsynced
+        track = self.pool.tracks_statements
         while pos < end:
+            kind = scan[pos]
+            if track and EXTENDED[kind]:
+                self._start_tracking(scan, len(partial), pos, syncs)
+                return
             if end - pos < 5:
                 self.partial = scan[pos:]
                 pos = end
                 break
-            kind = scan[pos]
             length = _unpack_int(scan, pos + 1)[0]
             if kind == _Q or kind == _S or kind == _F:
                 syncs += 1
+                if kind == _S:
+                    unsynced = False
+            elif EXTENDED[kind]:
+                unsynced = True
             elif kind == _X:
                 terminate = pos
                 break
@@ -116,12 +129,19 @@ class Client(asyncio.Protocol):
                 return
             pos += 1 + length
         self.skip = pos - end
+        self.unsynced = unsynced
         if terminate >= 0:
             # Forward what came before Terminate; the server connection stays with the pooler.
             data = scan[len(partial):terminate]
             self.skip = 0
             # Bytes of Terminate itself already went out with the last chunk: that server is not clean.
             self.partial = partial if terminate < len(partial) else b""
+        self._forward(data, syncs)
+        if terminate >= 0:
+            self._gone("client sent Terminate")
+
+    def _forward(self, data: bytes, syncs: int) -> None:
+        """Send bytes as they are to the server, or queue them and ask the pool for one."""
         server = self.server
         if data:
             if server is not None:
@@ -142,12 +162,42 @@ class Client(asyncio.Protocol):
             pool = self.pool
             pool.stats.bytes_received += len(data)
             pool.stats.query_count += syncs
-        if terminate >= 0:
-            self._gone("client sent Terminate")
+
+    def _start_tracking(self, scan: bytes, forwarded: int, pos: int, syncs: int) -> None:
+        """The first extended-protocol message: what came before goes as it is, the rest is tracked."""
+        self._forward(scan[forwarded:pos], syncs)
+        self.skip = 0
+        self.partial = b""
+        self.tracker = Tracker()
+        server = self.server
+        if server is not None:
+            self.tracker.queue.extend((QUERY, None) for _ in range(server.expected))
+            if server.partial:
+                server.forwarded_partial = len(server.partial)
+        self._tracked_data(scan[pos:])
+
+    def _tracked_data(self, data: bytes) -> None:
+        server = self.server
+        try:
+            if server is not None:
+                if client_data(self, server, data):
+                    self._gone("client sent Terminate")
+                return
+            tracker = self.tracker
+            tracker.held += data
+            if not self.requested:
+                self.requested = True
+                self.pool.acquire(self)
+            if len(tracker.held) > PENDING_LIMIT:
+                self.pause_reading("waiting")
+        except protocol.ProtocolError as exc:
+            self.protocol_violation(str(exc))
 
     def at_boundary(self) -> bool:
         """No half-sent message is on its way to the server, so the server may go to someone else."""
-        return self.skip == 0 and not self.partial
+        if self.tracker is not None:
+            return not self.tracker.queue and not self.unsynced     # held bytes never reached the server
+        return self.skip == 0 and not self.partial and not self.unsynced
 
     # -- login -----------------------------------------------------------------------------------------
 
@@ -213,7 +263,7 @@ class Client(asyncio.Protocol):
         if app.shutting_down:
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
             return
-        if app.config.database_for(self.dbname) is None:
+        if self.dbname != RESERVED_DATABASE and app.config.database_for(self.dbname) is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
             return
         method = app.config.get("auth_type")
@@ -258,6 +308,10 @@ class Client(asyncio.Protocol):
 
     def _authenticated(self) -> None:
         self.transport.write(protocol.AUTH_OK)
+        if self.dbname == RESERVED_DATABASE:
+            from .admin import start      # here, not above: the console imports this module
+            start(self)
+            return
         pool = self.app.get_pool(self.dbname, self.user)
         self.pool = pool
         pool.clients.add(self)
@@ -308,6 +362,8 @@ class Client(asyncio.Protocol):
             server.transport.write(b"".join(self.pending))
             self.pending = []
             self.pending_bytes = self.pending_syncs = 0
+        if self.tracker is not None and self.tracker.held:
+            self._tracked_data(b"")
         self.resume_reading("waiting")
         if "client" in self.pause_reasons:
             server.pause_reading()
@@ -396,6 +452,8 @@ class Client(asyncio.Protocol):
             return
         self.closed = True
         self.state = CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()      # after Terminate, as PostgreSQL does: a client may wait for the close
         pool = self.pool
         self.app.client_disconnected(self)
         if pool is None:

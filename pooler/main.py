@@ -8,7 +8,7 @@ import resource
 import signal
 import sys
 
-from . import control, endpoints, janitor, watch
+from . import control, endpoints, janitor, stats, watch
 from .app import Pooler
 from .config import ConfigError, load_config
 
@@ -41,6 +41,7 @@ async def serve(config) -> None:
     await app.listen()
     http = await endpoints.start(app)
     app.spawn(janitor.run(app))
+    app.spawn(stats.run(app))
     app.spawn(watch.run(app))
     loop = asyncio.get_running_loop()
     # PgBouncer's signals: TERM drains (WAIT_FOR_CLIENTS), INT waits for servers, QUIT stops at once.

@@ -107,6 +107,8 @@ class Pool:
             qwt = getattr(self.db, "query_wait_timeout", None)
         self.query_wait_timeout = cfg.get("query_wait_timeout") if qwt is None else qwt
         self.transactional = self.mode != "session"
+        # Named prepared statements need tracking only when a client's statements may land on any server.
+        self.tracks_statements = self.transactional and cfg.get("max_prepared_statements") > 0
         self.statement = self.mode == "statement"
         self.trim()
         self.serve_waiting()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
+from .prepare import ServerCache, server_data
 
 if TYPE_CHECKING:
     from .client import Client
@@ -59,6 +60,8 @@ class Server(asyncio.Protocol):
         self.busy_since = 0.0
         self.skip = 0                 # bytes of the current message not yet seen
         self.partial = b""            # a message start too short to read (header, or a Z/S message)
+        self.forwarded_partial = 0    # how much of `partial` the fast path already sent on
+        self.cache = ServerCache(self.app.config.get("max_prepared_statements"))
         self.internal: Callable[[str | None], None] | None = None
         self.internal_error: str | None = None
         self.buffer = b""             # slow-path input (login, internal queries)
@@ -251,6 +254,9 @@ class Server(asyncio.Protocol):
             done()
             return
 
+        if query.upper().replace(" ", "") in ("DISCARDALL", "DEALLOCATEALL"):
+            self.cache.clear()        # every prepared statement is gone from this server
+
         def finished(error: str | None) -> None:
             if error and not self.closed:
                 self.close(f"server_reset_query failed: {error}")
@@ -274,6 +280,9 @@ class Server(asyncio.Protocol):
             self._slow_path()
             return
         self.active = True
+        if client.tracker is not None:
+            self._tracked_data(client, data)
+            return
         partial = self.partial
         if partial:
             scan = partial + data
@@ -318,6 +327,16 @@ class Server(asyncio.Protocol):
             self.pool.stats.xact_count += 1
             if self.pool.transactional and client.at_boundary():
                 self.detach()
+
+    def _tracked_data(self, client: "Client", data: bytes) -> None:
+        finished, status = server_data(self, client, data)
+        if finished and status == _IDLE:
+            self.pool.stats.xact_count += 1
+            self.pool.stats.query_time += self.app.now() - self.query_started
+            if self.pool.transactional and client.at_boundary():
+                self.detach()
+        elif finished and self.pool.statement:
+            client.statement_mode_violation(self)
 
     def _slow_path(self) -> None:
         try:

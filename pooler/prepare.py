@@ -1,0 +1,323 @@
+"""Protocol-level prepared statements in transaction mode.
+
+A client's named statement lives on whichever server its transaction lands on, so the pooler tracks them:
+every distinct (query text, parameter types) gets one internal name, `MAITRED_<n>`, shared by all clients;
+each server keeps an LRU of the internal names it has prepared (max_prepared_statements). A client's Parse,
+Bind, Describe and Close are rewritten to the internal name; a statement missing on the server is prepared
+there first, and the responses the client did not ask for are swallowed, while those it asked for but the
+server was never sent (a Parse of a statement the server already has, a Close) are made up, in order.
+
+To keep that order, a tracking client's requests queue one entry each; the server's responses are matched
+against the queue. After an error in an extended-protocol exchange, PostgreSQL ignores everything up to the
+next Sync, and so does the queue.
+"""
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .server import Server
+
+_unpack_int = struct.Struct("!I").unpack_from
+
+# Queue entries: (kind, internal statement name or None).
+PARSE, BIND, CLOSE, DESCRIBE, EXECUTE, SYNC, QUERY = range(7)
+SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE = range(7, 11)
+
+# The response that completes each kind of request (besides an ErrorResponse).
+_DONE = {PARSE: b"1", SWALLOW_PARSE: b"1", BIND: b"2", CLOSE: b"3", SWALLOW_CLOSE: b"3",
+         DESCRIBE: b"Tn", EXECUTE: b"CIs", SYNC: b"Z", QUERY: b"Z"}
+_FAKE = {FAKE_PARSE: protocol.message(b"1"), FAKE_CLOSE: protocol.message(b"3")}
+_SWALLOWED = (SWALLOW_PARSE, SWALLOW_CLOSE)
+
+# PostgreSQL's frontend message types.
+FRONTEND_TYPES = bytearray(256)
+for _t in b"BCdcfDEHFPpQSX":
+    FRONTEND_TYPES[_t] = 1
+
+# Client messages that mean "this client uses the extended protocol": from then on it is tracked.
+EXTENDED = bytearray(256)
+for _t in b"PBDECH":
+    EXTENDED[_t] = 1
+
+_RESET_COMMANDS = (b"DEALLOCATE ALL", b"DISCARD ALL")
+
+
+class Statement:
+    """One distinct query text + parameter types, and the name every server knows it by."""
+
+    __slots__ = ("name", "tail")
+
+    def __init__(self, name: bytes, tail: bytes):
+        self.name = name      # internal name, without the NUL
+        self.tail = tail      # the Parse body after the statement name: query\0 + parameter types
+
+
+class Registry:
+    """The pooler-wide map from statement text to internal name."""
+
+    def __init__(self):
+        self.statements: dict[bytes, Statement] = {}
+
+    def get(self, tail: bytes) -> Statement:
+        stmt = self.statements.get(tail)
+        if stmt is None:
+            stmt = self.statements[tail] = Statement(b"MAITRED_%d" % (len(self.statements) + 1), tail)
+        return stmt
+
+
+class ServerCache:
+    """The statements one server has prepared, least recently used first."""
+
+    __slots__ = ("prepared", "to_close", "capacity")
+
+    def __init__(self, capacity: int):
+        self.prepared: OrderedDict[bytes, Statement] = OrderedDict()
+        self.to_close: set[bytes] = set()      # prepared there, but to be closed before being used again
+        self.capacity = capacity
+
+    def clear(self) -> None:
+        self.prepared.clear()
+        self.to_close.clear()
+
+
+def _cstr_end(body: bytes, start: int) -> int:
+    end = body.find(b"\x00", start)
+    if end < 0:
+        raise protocol.ProtocolError("unterminated string in message")
+    return end
+
+
+class Tracker:
+    """A tracking client's side: its statement names, and the queue of responses its server owes."""
+
+    __slots__ = ("statements", "queue", "held")
+
+    def __init__(self):
+        self.statements: dict[bytes, Statement] = {}
+        self.queue: deque[tuple[int, bytes | None]] = deque()
+        self.held = b""       # the start of a message not complete yet: rewriting needs whole messages
+
+
+def client_data(client: "Client", server: "Server", data: bytes) -> bool:
+    """Rewrite a tracking client's bytes for `server` and send them; queue what the server will answer.
+
+    Returns True when the client sent Terminate.
+    """
+    tracker = client.tracker
+    if tracker.held:
+        data = tracker.held + data
+        tracker.held = b""
+    out: list[bytes] = []
+    queue = tracker.queue
+    cache = server.cache
+    stats = client.pool.stats
+    pos, end = 0, len(data)
+    syncs = 0
+    terminated = False
+    while pos < end:
+        if end - pos < 5:
+            tracker.held = data[pos:]
+            break
+        kind = data[pos]
+        length = _unpack_int(data, pos + 1)[0]
+        if length < 4 or length > client.max_length:
+            raise protocol.ProtocolError(f"invalid message length {length}")
+        stop = pos + 1 + length
+        if stop > end:
+            tracker.held = data[pos:]
+            break
+        if EXTENDED[kind] or kind == 0x53:
+            client.unsynced = kind != 0x53     # see Client.unsynced
+        if kind == 0x50:      # Parse
+            body = data[pos + 5:stop]
+            name_end = _cstr_end(body, 0)
+            stats.parse_count += 1
+            if name_end == 0:
+                out.append(data[pos:stop])
+                queue.append((PARSE, None))
+            else:
+                stmt = client.app.statements.get(body[name_end + 1:])
+                tracker.statements[body[:name_end]] = stmt
+                if _ensure(server, stmt, out, queue, swallow=False):
+                    queue.append((FAKE_PARSE, None))
+        elif kind == 0x42:    # Bind: portal, statement, ...
+            body = data[pos + 5:stop]
+            portal_end = _cstr_end(body, 0)
+            name_end = _cstr_end(body, portal_end + 1)
+            stats.bind_count += 1
+            stmt = tracker.statements.get(body[portal_end + 1:name_end]) if name_end > portal_end + 1 else None
+            if stmt is None:
+                out.append(data[pos:stop])
+                queue.append((BIND, None))
+            else:
+                _ensure(server, stmt, out, queue, swallow=True)
+                out.append(protocol.message(b"B", body[:portal_end + 1] + stmt.name + body[name_end:]))
+                queue.append((BIND, stmt.name))
+        elif kind == 0x44 or kind == 0x43:    # Describe or Close: 'S' statement or 'P' portal
+            body = data[pos + 5:stop]
+            name = body[1:_cstr_end(body, 1)]
+            stmt = tracker.statements.get(name) if body[:1] == b"S" and name else None
+            if kind == 0x43 and stmt is not None:
+                del tracker.statements[name]        # the server keeps it, for the next client
+                queue.append((FAKE_CLOSE, None))
+            elif stmt is None:
+                out.append(data[pos:stop])
+                queue.append((DESCRIBE if kind == 0x44 else CLOSE, None))
+            else:
+                _ensure(server, stmt, out, queue, swallow=True)
+                out.append(protocol.message(b"D", b"S" + stmt.name + b"\x00"))
+                queue.append((DESCRIBE, stmt.name))
+        elif kind == 0x45:    # Execute
+            out.append(data[pos:stop])
+            queue.append((EXECUTE, None))
+        elif kind == 0x53 or kind == 0x51 or kind == 0x46:   # Sync, Query, FunctionCall
+            out.append(data[pos:stop])
+            queue.append((SYNC, None) if kind == 0x53 else (QUERY, None))
+            syncs += 1
+            if kind == 0x51 and data[pos + 5:stop].lstrip().upper().startswith(_RESET_COMMANDS):
+                tracker.statements.clear()
+                cache.clear()
+        elif kind == 0x58:    # Terminate: the server stays with the pooler
+            tracker.held = b""
+            terminated = True
+            break
+        elif FRONTEND_TYPES[kind]:   # Flush, CopyData/Done/Fail: no response of their own
+            out.append(data[pos:stop])
+        else:
+            raise protocol.ProtocolError(f"invalid frontend message type {kind}")
+        pos = stop
+    _emit_fakes(client, queue)
+    if syncs:
+        if not server.expected:
+            server.query_started = client.app.now()
+        server.expected += syncs
+        stats.query_count += syncs
+    if out:
+        payload = b"".join(out)
+        stats.bytes_received += len(payload)
+        server.transport.write(payload)
+    return terminated
+
+
+def _ensure(server: "Server", stmt: Statement, out: list[bytes], queue, swallow: bool) -> bool:
+    """Make sure `server` has `stmt` prepared by the time the next message reaches it.
+
+    Returns True when it already had it (the caller then answers the client's own Parse itself).
+    """
+    cache = server.cache
+    name = stmt.name
+    if name in cache.prepared:
+        cache.prepared.move_to_end(name)
+        return True
+    if name in cache.to_close:
+        cache.to_close.discard(name)
+        out.append(protocol.message(b"C", b"S" + name + b"\x00"))
+        queue.append((SWALLOW_CLOSE, name))
+    while cache.capacity and len(cache.prepared) >= cache.capacity:
+        old, _ = cache.prepared.popitem(last=False)
+        out.append(protocol.message(b"C", b"S" + old + b"\x00"))
+        queue.append((SWALLOW_CLOSE, old))
+    out.append(protocol.message(b"P", name + b"\x00" + stmt.tail))
+    queue.append((SWALLOW_PARSE if swallow else PARSE, name))
+    cache.prepared[name] = stmt
+    server.pool.stats.server_parse_count += 1
+    return False
+
+
+def _emit_fakes(client: "Client", queue) -> None:
+    """Answers the pooler owes the client that no earlier response stands in front of: send them now."""
+    fakes = []
+    while queue and queue[0][0] in _FAKE:
+        fakes.append(_FAKE[queue.popleft()[0]])
+    if fakes:
+        client.transport.write(b"".join(fakes))
+
+
+def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, int]:
+    """Forward a server's responses to a tracking client, minus the swallowed, plus the made-up ones.
+
+    Returns (a ReadyForQuery ended the last owed request, its status).
+    """
+    tracker = client.tracker
+    queue = tracker.queue
+    if server.partial:
+        data = server.partial + data
+        server.partial = b""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    # Start of the bytes not yet copied to `out`: a header the relay's fast path already forwarded is not
+    # forwarded twice.
+    start = server.forwarded_partial
+    server.forwarded_partial = 0
+    skip = server.skip
+    if skip:
+        pos = min(skip, end)
+        server.skip = skip - pos
+    finished, status = False, protocol.IDLE
+    while pos < end:
+        if end - pos < 5:
+            server.partial = data[pos:]
+            end = pos
+            break
+        kind = data[pos:pos + 1]
+        stop = pos + 1 + _unpack_int(data, pos + 1)[0]
+        if stop > end and kind in b"EZS1":
+            server.partial = data[pos:]
+            end = pos
+            break
+        head = queue[0][0] if queue else None
+        if kind == b"E" and head is not None and head != QUERY:
+            _extended_error(server, queue, data[pos + 5:stop])
+        elif kind == b"S":
+            server._parameter_changed(data[pos + 5:stop])
+        elif head is not None and kind in _DONE.get(head, b""):
+            _, name = queue.popleft()
+            if head in _SWALLOWED:
+                out.append(data[start:pos])
+                start = stop
+            if kind == b"Z":
+                server.z_count += 1
+                status = server.status = data[pos + 5]
+                server.expected = max(0, server.expected - 1)
+                finished = not server.expected
+        if stop > end:
+            server.skip = stop - end
+            pos = end
+            break
+        pos = stop
+        while queue and queue[0][0] in _FAKE:
+            out.append(data[start:pos])
+            start = pos
+            out.append(_FAKE[queue.popleft()[0]])
+    out.append(data[start:end])
+    payload = b"".join(out)
+    if payload:
+        client.transport.write(payload)
+        client.pool.stats.bytes_sent += len(payload)
+    return finished, status
+
+
+def _extended_error(server: "Server", queue, body: bytes) -> None:
+    """PostgreSQL skips to the next Sync after an error: drop what it will never answer."""
+    kind, name = queue.popleft()
+    cache = server.cache
+    if kind in (PARSE, SWALLOW_PARSE) and name:
+        cache.prepared.pop(name, None)
+    elif kind in (BIND, DESCRIBE) and name and b"cached plan must not change result type" in body:
+        # The statement is stale for this server: close and prepare it again when next used here.
+        cache.prepared.pop(name, None)
+        cache.to_close.add(name)
+    while queue and queue[0][0] != SYNC:
+        kind, name = queue.popleft()
+        if kind in (PARSE, SWALLOW_PARSE) and name:
+            cache.prepared.pop(name, None)
+        elif kind == SWALLOW_CLOSE and name:
+            cache.to_close.add(name)         # never closed: close it before preparing it again
+        elif kind == QUERY:
+            server.expected = max(0, server.expected - 1)

@@ -1,0 +1,167 @@
+"""Protocol-level prepared statements in transaction mode: many clients, few servers, real drivers."""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support import PASSWORDS
+
+
+@pytest.fixture
+def tx_pooler(pooler_factory):
+    return pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200)
+
+
+def run_threads(target, count: int) -> list[str]:
+    errors: list[str] = []
+
+    def wrapped(n: int) -> None:
+        try:
+            target(n)
+        except Exception as exc:  # collected for the assertion in the main thread
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=wrapped, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_asyncpg_with_its_statement_cache_on_a_pool_of_two(tx_pooler):
+    async def client(n: int) -> None:
+        conn = await asyncpg.connect(tx_pooler.url(), statement_cache_size=100)
+        try:
+            for i in range(40):
+                assert await conn.fetchval("SELECT $1::int * 2", i + n) == 2 * (i + n)
+                row = await conn.fetchrow("SELECT $1::text AS who, $2::int AS n", f"c{n}", i)
+                assert (row["who"], row["n"]) == (f"c{n}", i)
+                async with conn.transaction():
+                    assert await conn.fetchval("SELECT count(*) FROM pgbench_branches WHERE bid > $1", 0) >= 1
+        finally:
+            await conn.close()
+
+    async def main() -> None:
+        await asyncio.gather(*(client(n) for n in range(24)))
+
+    asyncio.run(main())
+
+
+def test_psycopg_prepare_true_on_a_pool_of_two(tx_pooler):
+    def client(n: int) -> None:
+        with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
+            for i in range(30):
+                cur = conn.execute("SELECT %s::int + 1, %s::text", (i, f"c{n}"), prepare=True)
+                assert cur.fetchone() == (i + 1, f"c{n}")
+                with conn.transaction():
+                    cur = conn.execute("SELECT abalance FROM pgbench_accounts WHERE aid = %s", (n + 1,),
+                                       prepare=True)
+                    assert cur.fetchone() is not None
+
+    assert run_threads(client, 20) == []
+
+
+def test_psycopg_pipeline_with_prepared_statements(tx_pooler):
+    def client(n: int) -> None:
+        with psycopg.connect(tx_pooler.dsn(), autocommit=True, prepare_threshold=0) as conn:
+            for _ in range(15):
+                with conn.pipeline():
+                    cursors = [conn.execute("SELECT %s::int + %s::int", (n, j)) for j in range(4)]
+                assert [c.fetchone()[0] for c in cursors] == [n + j for j in range(4)]
+
+    assert run_threads(client, 20) == []
+
+
+def test_pgbench_prepared_in_transaction_mode(tx_pooler):
+    result = tx_pooler.pgbench("-n", "-S", "-M", "prepared", "-c", "20", "-j", "2", "-T", "4")
+    assert result.returncode == 0, result.stderr
+    assert "number of failed transactions: 0 " in result.stdout
+    assert int(re.search(r"actually processed: (\d+)", result.stdout).group(1)) > 0
+
+
+def test_same_text_under_different_names_and_different_texts_under_one_name(tx_pooler):
+    def client(n: int) -> None:
+        with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
+            pg = conn.pgconn
+            for i in range(20):
+                # Every client prepares the same text under its own name ...
+                name = f"mine_{n}_{i}".encode()
+                assert pg.prepare(name, b"SELECT $1::int + 100").status == psycopg.pq.ExecStatus.COMMAND_OK
+                res = pg.exec_prepared(name, [str(i).encode()])
+                assert res.get_value(0, 0) == str(i + 100).encode()
+                # ... and one name for a different text each time, closed in between.
+                assert pg.prepare(b"shared", f"SELECT {n * 1000 + i}::int".encode()).status == \
+                    psycopg.pq.ExecStatus.COMMAND_OK
+                assert pg.exec_prepared(b"shared", []).get_value(0, 0) == str(n * 1000 + i).encode()
+                pg.send_close_prepared(b"shared")
+                while (res := pg.get_result()) is not None:
+                    assert res.status == psycopg.pq.ExecStatus.COMMAND_OK
+
+    assert run_threads(client, 20) == []
+
+
+def test_a_statement_the_client_never_prepared_gives_postgresql_error(tx_pooler):
+    with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
+        res = conn.pgconn.exec_prepared(b"never_prepared", [])
+        assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR
+        assert b'prepared statement "never_prepared" does not exist' in res.error_message
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+        assert b"MAITRED" not in res.error_message
+
+
+def test_changed_result_type_gives_postgresql_error_then_the_retry_works(tx_pooler, pg):
+    pg.psql("DROP TABLE IF EXISTS shape; CREATE TABLE shape (a int); INSERT INTO shape VALUES (1);"
+            "GRANT ALL ON shape TO app", dbname="app")
+    with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM shape", prepare=True).fetchall() == [(1,)]
+        pg.psql("ALTER TABLE shape ADD COLUMN b int DEFAULT 2", dbname="app")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type"):
+            conn.execute("SELECT * FROM shape", prepare=True)
+        # psycopg forgets its statements after the error; a client that does not, still works:
+        for _ in range(3):
+            assert conn.execute("SELECT * FROM shape", prepare=True).fetchall() == [(1, 2)]
+    async def keeps_its_name() -> None:
+        conn = await asyncpg.connect(tx_pooler.url())
+        try:
+            stmt = await conn.prepare("SELECT * FROM shape")
+            assert await stmt.fetch() == [(1, 2)]
+            pg.psql("ALTER TABLE shape ADD COLUMN c int DEFAULT 3", dbname="app")
+            with pytest.raises(asyncpg.exceptions.FeatureNotSupportedError):
+                await conn.execute("SELECT 1")     # same server or not, the next prepared use is what fails
+                await stmt.fetch()
+            stmt = await conn.prepare("SELECT * FROM shape")
+            assert [tuple(r) for r in await stmt.fetch()] == [(1, 2, 3)]
+        finally:
+            await conn.close()
+    asyncio.run(keeps_its_name())
+
+
+def test_deallocate_all_and_discard_all_forget_the_clients_statements(tx_pooler):
+    with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
+        pg = conn.pgconn
+        assert pg.prepare(b"s1", b"SELECT 1").status == psycopg.pq.ExecStatus.COMMAND_OK
+        conn.execute("DEALLOCATE ALL")
+        res = pg.exec_prepared(b"s1", [])
+        assert res.status == psycopg.pq.ExecStatus.FATAL_ERROR
+        assert pg.prepare(b"s1", b"SELECT 2").status == psycopg.pq.ExecStatus.COMMAND_OK
+        assert pg.exec_prepared(b"s1", []).get_value(0, 0) == b"2"
+    with psycopg.connect(tx_pooler.dsn(), autocommit=True) as other:
+        # The server's statements went with DEALLOCATE ALL; a new client preparing the same text works.
+        assert other.pgconn.prepare(b"x", b"SELECT 1").status == psycopg.pq.ExecStatus.COMMAND_OK
+        assert other.pgconn.exec_prepared(b"x", []).get_value(0, 0) == b"1"
+
+
+def test_lru_eviction_keeps_working_with_a_small_cache(pooler_factory):
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1, max_prepared_statements=3)
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        for round_ in range(3):
+            for i in range(8):
+                assert conn.execute(f"SELECT {i}::int + %s", (round_,), prepare=True).fetchone()[0] == i + round_
+    assert int(pooler.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")) <= 1
+    assert PASSWORDS["app"]
