@@ -260,7 +260,14 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
         pos = min(skip, end)
         server.skip = skip - pos
     finished, status = False, protocol.IDLE
-    while pos < end:
+    while not server.skip:
+        # At a message boundary: answers the pooler owes, with nothing of the server's in front, go now.
+        while queue and queue[0][0] in _FAKE:
+            out.append(data[start:pos])
+            start = pos
+            out.append(_FAKE[queue.popleft()[0]])
+        if pos >= end:
+            break
         if end - pos < 5:
             server.partial = data[pos:]
             end = pos
@@ -289,12 +296,8 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
         if stop > end:
             server.skip = stop - end
             pos = end
-            break
-        pos = stop
-        while queue and queue[0][0] in _FAKE:
-            out.append(data[start:pos])
-            start = pos
-            out.append(_FAKE[queue.popleft()[0]])
+        else:
+            pos = stop
     out.append(data[start:end])
     payload = b"".join(out)
     if payload:

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
 import threading
+import time
 
 import asyncpg
 import psycopg
 import pytest
 
 from tests.support import PASSWORDS
+from tests.wire import Wire
 
 
 @pytest.fixture
@@ -165,3 +169,27 @@ def test_lru_eviction_keeps_working_with_a_small_cache(pooler_factory):
                 assert conn.execute(f"SELECT {i}::int + %s", (round_,), prepare=True).fetchone()[0] == i + round_
     assert int(pooler.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")) <= 1
     assert PASSWORDS["app"]
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def test_extended_messages_split_into_single_bytes_are_rewritten_correctly(tx_pooler):
+    """Rewriting needs whole messages: a client whose bytes arrive one at a time still gets its rows."""
+    with Wire(tx_pooler.port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        wire.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for round_ in range(3):
+            payload = (_message(b"P", b"split_stmt\x00SELECT $1::int + 1\x00\x00\x00")
+                       + _message(b"B", b"\x00split_stmt\x00\x00\x00\x00\x01\x00\x00\x00\x01"
+                                  + str(round_).encode() + b"\x00\x00")
+                       + _message(b"E", b"\x00\x00\x00\x00\x00") + _message(b"C", b"Ssplit_stmt\x00")
+                       + _message(b"S", b""))
+            for i in range(len(payload)):
+                wire.send(payload[i:i + 1])
+                if i % 7 == 0:
+                    time.sleep(0.001)
+            replies = wire.read_until(b"Z")
+            assert [k for k, _ in replies] == [b"1", b"2", b"D", b"C", b"3", b"Z"], replies
+            assert dict(replies)[b"D"].endswith(str(round_ + 1).encode())
