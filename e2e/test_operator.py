@@ -387,6 +387,36 @@ def test_sidecar_mode_renders_only_the_config_and_says_so(control_plane, operato
     assert "no Deployment is run" in condition(live, "ConfigApplied")["message"]
 
 
+def test_a_second_replica_stands_by_while_the_first_leads(control_plane, operator, namespace, tmp_path):
+    """Peering: a replica with a lower priority pauses, so two replicas never reconcile the same resource."""
+    cp = control_plane
+    kubeconfig = _service_account_kubeconfig(cp, tmp_path / "kubeconfig")
+    log = tmp_path / "standby.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "operator", "--all-namespaces",
+                                 "--peering", "maitred", "--priority", "1"],
+                                env={**cp.env(), "KUBECONFIG": str(kubeconfig)}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    standby = OperatorProcess(proc, log)
+    try:
+        def peers():
+            status = json.loads(cp.kubectl("get", "clusterkopfpeering", "maitred", "-o", "json")).get("status")
+            return len(status or {}) >= 2 and status
+        try:
+            status = wait_for(peers, timeout=30, what="both replicas in the peering object")
+        except TimeoutError:
+            raise AssertionError(f"standby:\n{standby.logs()}") from None
+        assert sorted(p["priority"] for p in status.values())[0] == 1
+        apply(cp, *basic(namespace))
+        wait_applied(cp, operator, "pool", namespace)
+        time.sleep(2)
+        assert "created Deployment" not in log.read_text() and "Applied:" not in log.read_text(), standby.logs()
+        assert standby.alive()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
 # -- the pooler of the Deployment, run here -----------------------------------------------------------------
 
 

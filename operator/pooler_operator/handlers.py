@@ -59,6 +59,9 @@ def _run(body: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -
             result = reconcile(kube(), body, _poster(body), image=default_image())
         except RetryLater as exc:
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+        except Exception as exc:
+            kopf.exception(body, reason="ReconcileError", message="will retry:", exc=exc)
+            raise
     for change in result.changed:
         logger.info(change)
     logger.info(f"{result.outcome.reason}: {result.outcome.message}")

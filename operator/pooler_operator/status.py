@@ -150,7 +150,7 @@ def compute_status(current: dict[str, Any] | None, *, generation: int | None, sp
 
     if deployment_known and mode == "deployment":
         dstatus = (deployment or {}).get("status") or {}
-        status["replicas"] = desired
+        status["replicas"] = dstatus.get("replicas") or 0
         status["readyReplicas"] = dstatus.get("readyReplicas") or 0
         status["replicasReady"] = f"{status['readyReplicas']}/{desired}"
     elif mode == "sidecar":
