@@ -16,7 +16,7 @@ from . import protocol
 from .auth import AuthFailed, ClientAuth
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
-from .server import TRACKED_PARAMS
+from .server import TRACKED_PARAMS, param_key
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -48,6 +48,7 @@ class Client(asyncio.Protocol):
         self.user = ""
         self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters this client expects
+        self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
         self.startup = b""
         self.auth: ClientAuth | None = None
         self.pending: list[bytes] = []
@@ -302,11 +303,11 @@ class Client(asyncio.Protocol):
         if reply:
             self.transport.write(reply)
         if done:
-            self.auth = None
-            self._authenticated()
+            keys, self.auth = self.auth.scram_keys, None
+            self._authenticated(keys)
         return True
 
-    def _authenticated(self) -> None:
+    def _authenticated(self, scram_keys: tuple[bytes, bytes] | None = None) -> None:
         self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:
             from .admin import start      # here, not above: the console imports this module
@@ -314,6 +315,8 @@ class Client(asyncio.Protocol):
             return
         pool = self.app.get_pool(self.dbname, self.user)
         self.pool = pool
+        if scram_keys is not None and pool.server_user == self.user:
+            pool.scram_keys = scram_keys        # the server login may need them (auth.ServerLogin)
         pool.clients.add(self)
         pool.stats.client_logins += 1
         if pool.welcome is not None:
@@ -334,6 +337,7 @@ class Client(asyncio.Protocol):
                 reported[name] = self.params[name]
             else:
                 self.params[name] = welcome.get(name, "")
+        self.param_key = param_key(self.params)
         out = [protocol.parameter_status(k, v) for k, v in reported.items()]
         self.cancel_key = self.app.register_cancel_key(self)
         out.append(protocol.backend_key_data(*self.cancel_key))
@@ -355,11 +359,12 @@ class Client(asyncio.Protocol):
         """The server is ours: send what waited for it."""
         self.server = server
         self.requested = False
-        if self.pending:
+        pending = self.pending
+        if pending:
             if self.pending_syncs and not server.expected:
                 server.query_started = self.app.now()
             server.expected += self.pending_syncs
-            server.transport.write(b"".join(self.pending))
+            server.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
             self.pending = []
             self.pending_bytes = self.pending_syncs = 0
         if self.tracker is not None and self.tracker.held:

@@ -76,6 +76,7 @@ class Pool:
         self.clients: set[Client] = set()
         self.connecting = 0
         self.welcome: dict[str, str] | None = None
+        self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM proof, for SCRAM pass-through
         self.last_connect_failure = 0.0
         self.last_connect_error = ""
         self.stats = Stats()
@@ -106,6 +107,11 @@ class Pool:
         if qwt is None:
             qwt = getattr(self.db, "query_wait_timeout", None)
         self.query_wait_timeout = cfg.get("query_wait_timeout") if qwt is None else qwt
+        # Servers beyond this many close as they come back (a smaller pool, or the reserve no longer needed).
+        self.max_servers = self.size + self.reserve_size if self.size > 0 else 1 << 30
+        check_query = cfg.get("server_check_query")
+        self.check_query = " " if check_query == "<empty>" else check_query   # 1.25's default: empty query
+        self.check_delay = cfg.get("server_check_delay")
         self.transactional = self.mode != "session"
         # Named prepared statements need tracking only when a client's statements may land on any server.
         self.tracks_statements = self.transactional and cfg.get("max_prepared_statements") > 0
@@ -123,7 +129,8 @@ class Pool:
             return
         client.wait_started = self.app.now()
         self.waiting.append(client)
-        self.grow()
+        if len(self.servers) < self.max_servers or self.last_connect_failure:
+            self.grow()
 
     def cancel_wait(self, client: "Client") -> None:
         try:
@@ -131,12 +138,14 @@ class Pool:
         except ValueError:
             pass
 
-    def release(self, server: "Server") -> None:
+    def release(self, server: "Server", now: float = 0.0) -> None:
         """A clean server comes back: hand it to the first waiting client, park it, or retire it."""
         if server.closed:
             return
-        reason = self.retire_reason(server)
-        if reason:
+        if server.close_needed or len(self.servers) > self.max_servers or self.app.paused \
+                or self.db_limits.paused or (self.server_lifetime and (now or self.app.now())
+                                             - server.connected_at >= self.server_lifetime):
+            reason = self.retire_reason(server)
             server.close(reason)
             self.serve_waiting()
             return
@@ -146,17 +155,15 @@ class Pool:
             server.park()
             self.idle.append(server)
 
-    def retire_reason(self, server: "Server") -> str | None:
-        """Why a server coming back must close instead of serving again, if it must."""
+    def retire_reason(self, server: "Server") -> str:
+        """Why a server coming back must close instead of serving again."""
         if server.close_needed:
             return "database configuration changed"
         if self.paused():
             return "pause mode"
         if self.over_size():
             return "too many servers in the pool"
-        if self.server_lifetime > 0 and self.app.now() - server.connected_at >= self.server_lifetime:
-            return "server lifetime over"
-        return None
+        return "server lifetime over"
 
     def paused(self) -> bool:
         return self.app.paused or self.db_limits.paused
@@ -176,10 +183,7 @@ class Pool:
         return size + (self.reserve_size if use_reserve else 0)
 
     def over_size(self) -> bool:
-        return self.size > 0 and len(self.servers) > self.capacity(self.reserve_in_use())
-
-    def reserve_in_use(self) -> bool:
-        return self.size > 0 and len(self.servers) > self.size
+        return len(self.servers) > self.max_servers
 
     def may_open(self, use_reserve: bool = False) -> bool:
         return (len(self.servers) < self.capacity(use_reserve) and not self.db_limits.full()
@@ -187,7 +191,8 @@ class Pool:
 
     def grow(self, use_reserve: bool = False) -> None:
         """Open connections for waiting clients that no connection in progress will serve."""
-        if self.app.now() - self.last_connect_failure < self.app.config.get("server_login_retry"):
+        if self.last_connect_failure and \
+                self.app.now() - self.last_connect_failure < self.app.config.get("server_login_retry"):
             if not any(s.ready for s in self.servers):
                 self.fail_waiting(self.retry_message())
             return

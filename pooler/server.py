@@ -27,6 +27,16 @@ TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "
                   "application_name")
 
 
+_param_keys: dict[tuple, tuple] = {}
+
+
+def param_key(params: dict[str, str]) -> tuple:
+    """The tracked parameters as one interned tuple: equal sets of values are the same object, so the
+    hand-off compares a client and a server with `is` instead of six lookups."""
+    key = tuple(params.get(name) for name in TRACKED_PARAMS)
+    return _param_keys.setdefault(key, key)
+
+
 def set_statement(diff: dict[str, str]) -> str:
     """One simple query that brings a server's reported parameters to a client's values."""
     parts = []
@@ -51,6 +61,7 @@ class Server(asyncio.Protocol):
         self.closed = False
         self.close_needed = False     # retire at the next release (RECONNECT, config change)
         self.params: dict[str, str] = {}
+        self.param_key: tuple = ()
         self.backend_pid = 0
         self.backend_key = 0
         self.expected = 0             # ReadyForQuery messages still owed to the linked client
@@ -105,7 +116,7 @@ class Server(asyncio.Protocol):
         db = self.pool.db
         params = {"user": self.pool.server_user, "database": db.dbname or self.pool.name}
         params.update(getattr(db, "startup_params", None) or {})
-        self.login = ServerLogin(self.pool.server_user, self.pool.server_password)
+        self.login = ServerLogin(self.pool.server_user, self.pool.server_password, self.pool.scram_keys)
         transport.write(protocol.startup_message(params))
 
     def _login_data(self) -> None:
@@ -124,6 +135,7 @@ class Server(asyncio.Protocol):
             elif kind == _S:
                 name, value = protocol.parse_parameter_status(body)
                 self.params[name] = value
+                self.param_key = param_key(self.params)
             elif kind == 0x4B:    # 'K' BackendKeyData
                 self.backend_pid, self.backend_key = struct.unpack("!II", body[:8])
             elif kind == _E:
@@ -165,21 +177,17 @@ class Server(asyncio.Protocol):
             client.finish_login(pool.welcome)
             pool.release(self)
             return
-        checks = []
-        check_query = self.app.config.get("server_check_query")
-        if check_query == "<empty>":
-            check_query = " "      # PgBouncer 1.25's default: an empty query, the cheapest round trip
-        if check_query and self.app.now() - self.last_used > self.app.config.get("server_check_delay"):
-            checks.append(check_query)
-        client_params = client.params
-        params = self.params
-        diff = {k: v for k, v in client_params.items() if params.get(k) != v}
-        if diff:
-            checks.append(set_statement(diff))
-        if checks:
-            self.run_internal(";".join(checks), self._link_after_setup)
-        else:
-            client.attach(self)
+        stale = pool.check_query and now - self.last_used > pool.check_delay
+        if client.param_key is not self.param_key or stale:
+            checks = [pool.check_query] if stale else []
+            params = self.params
+            diff = {k: v for k, v in client.params.items() if params.get(k) != v}
+            if diff:
+                checks.append(set_statement(diff))
+            if checks:
+                self.run_internal(";".join(checks), self._link_after_setup)
+                return
+        client.attach(self)
 
     def _link_after_setup(self, error: str | None) -> None:
         client = self.client
@@ -203,7 +211,7 @@ class Server(asyncio.Protocol):
         self.pool.stats.xact_time += now - self.assigned_at
         if self.reading_paused:
             self.resume_reading()
-        self.pool.release(self)
+        self.pool.release(self, now)
         if self.app.draining and client is not None:
             client.drain_if_idle()
 
@@ -267,9 +275,11 @@ class Server(asyncio.Protocol):
     def _parameter_changed(self, body: bytes) -> None:
         name, value = protocol.parse_parameter_status(body)
         self.params[name] = value
+        self.param_key = param_key(self.params)
         client = self.client
         if client is not None and name in client.params:
             client.params[name] = value
+            client.param_key = param_key(client.params)
 
     # -- relaying ---------------------------------------------------------------------------------------
 
