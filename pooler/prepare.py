@@ -34,6 +34,16 @@ _DONE = {PARSE: b"1", SWALLOW_PARSE: b"1", BIND: b"2", CLOSE: b"3", SWALLOW_CLOS
          DESCRIBE: b"Tn", EXECUTE: b"CIs", SYNC: b"Z", QUERY: b"Z"}
 _FAKE = {FAKE_PARSE: protocol.message(b"1"), FAKE_CLOSE: protocol.message(b"3")}
 _SWALLOWED = (SWALLOW_PARSE, SWALLOW_CLOSE)
+# Entries whose answers the pooler rewrites (or whose failure changes what a server has prepared): while
+# one is queued, the server's answers go through `server_data`; otherwise the relay's fast path is exact.
+_SPECIAL = (PARSE, SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE)
+_DONE_TABLE = []
+for _kind in range(11):
+    _row = bytearray(256)
+    for _b in _DONE.get(_kind, b""):
+        _row[_b] = 1
+    _DONE_TABLE.append(bytes(_row))
+_STALE_PLAN = b"cached plan must not change result type"
 
 # PostgreSQL's frontend message types.
 FRONTEND_TYPES = bytearray(256)
@@ -85,6 +95,19 @@ class ServerCache:
         self.prepared.clear()
         self.to_close.clear()
 
+    def stale(self, name: bytes | None = None) -> None:
+        """A table changed under cached plans: close and prepare again before the next use here."""
+        names = [name] if name else list(self.prepared)
+        for each in names:
+            if self.prepared.pop(each, None) is not None:
+                self.to_close.add(each)
+
+
+def stale_plan(server: "Server", error_body: bytes) -> None:
+    """An ErrorResponse seen on the fast path: after a DDL change, every statement on it is suspect."""
+    if _STALE_PLAN in error_body:
+        server.cache.stale()
+
 
 def _cstr_end(body: bytes, start: int) -> int:
     end = body.find(b"\x00", start)
@@ -115,6 +138,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         tracker.held = b""
     out: list[bytes] = []
     queue = tracker.queue
+    was_empty = not queue
+    kind = 0
     cache = server.cache
     stats = client.pool.stats
     pos, end = 0, len(data)
@@ -192,7 +217,11 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         else:
             raise protocol.ProtocolError(f"invalid frontend message type {kind}")
         pos = stop
-    _emit_fakes(client, queue)
+    if was_empty and kind == 0x53 and not tracker.held and not any(e[0] in _SPECIAL for e in queue):
+        # Nothing rewritten in the answers, and a Sync ends the batch: the fast path can count them.
+        queue.clear()
+    else:
+        _emit_fakes(client, queue)
     if syncs:
         if not server.expected:
             server.query_started = client.app.now()
@@ -246,15 +275,14 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
     """
     tracker = client.tracker
     queue = tracker.queue
+    start = 0                 # start of the bytes not yet copied to `out`
     if server.partial:
         data = server.partial + data
+        start = server.forwarded_partial      # the client already has these
         server.partial = b""
+        server.forwarded_partial = 0
     out: list[bytes] = []
     pos, end = 0, len(data)
-    # Start of the bytes not yet copied to `out`: a header the relay's fast path already forwarded is not
-    # forwarded twice.
-    start = server.forwarded_partial
-    server.forwarded_partial = 0
     skip = server.skip
     if skip:
         pos = min(skip, end)
@@ -268,27 +296,30 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
             out.append(_FAKE[queue.popleft()[0]])
         if pos >= end:
             break
-        if end - pos < 5:
+        kind = data[pos]
+        stop = pos + 1 + _unpack_int(data, pos + 1)[0] if end - pos >= 5 else end + 1
+        if stop > end and (end - pos < 5 or kind in b"EZS"):
+            # Whole messages only; forward the start now unless it may be an answer to swallow.
             server.partial = data[pos:]
-            end = pos
-            break
-        kind = data[pos:pos + 1]
-        stop = pos + 1 + _unpack_int(data, pos + 1)[0]
-        if stop > end and kind in b"EZS1":
-            server.partial = data[pos:]
-            end = pos
+            if kind in b"13" and queue and queue[0][0] in _SWALLOWED:
+                end = pos
+            else:
+                server.forwarded_partial = end - pos
             break
         head = queue[0][0] if queue else None
-        if kind == b"E" and head is not None and head != QUERY:
-            _extended_error(server, queue, data[pos + 5:stop])
-        elif kind == b"S":
+        if kind == 0x45:      # ErrorResponse
+            if head is not None and head != QUERY:
+                _extended_error(server, queue, data[pos + 5:stop])
+            else:
+                stale_plan(server, data[pos + 5:stop])
+        elif kind == 0x53:
             server._parameter_changed(data[pos + 5:stop])
-        elif head is not None and kind in _DONE.get(head, b""):
+        elif head is not None and _DONE_TABLE[head][kind]:
             _, name = queue.popleft()
             if head in _SWALLOWED:
                 out.append(data[start:pos])
                 start = stop
-            if kind == b"Z":
+            if kind == 0x5A:
                 server.z_count += 1
                 status = server.status = data[pos + 5]
                 server.expected = max(0, server.expected - 1)
@@ -312,10 +343,8 @@ def _extended_error(server: "Server", queue, body: bytes) -> None:
     cache = server.cache
     if kind in (PARSE, SWALLOW_PARSE) and name:
         cache.prepared.pop(name, None)
-    elif kind in (BIND, DESCRIBE) and name and b"cached plan must not change result type" in body:
-        # The statement is stale for this server: close and prepare it again when next used here.
-        cache.prepared.pop(name, None)
-        cache.to_close.add(name)
+    elif kind in (BIND, DESCRIBE) and name and _STALE_PLAN in body:
+        cache.stale(name)
     while queue and queue[0][0] != SYNC:
         kind, name = queue.popleft()
         if kind in (PARSE, SWALLOW_PARSE) and name:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
-from .prepare import ServerCache, server_data
+from .prepare import ServerCache, server_data, stale_plan
+from .tls import SSL_REQUEST
 
 if TYPE_CHECKING:
     from .client import Client
@@ -85,6 +86,7 @@ class Server(asyncio.Protocol):
         self.query_started = 0.0      # when the oldest ReadyForQuery still owed was asked for
         self.reading_paused = False
         self.address = ""
+        self.tls_requested = False    # SSLRequest sent; PostgreSQL's one-byte answer not read yet
 
     # -- connecting and logging in ----------------------------------------------------------------------
 
@@ -113,13 +115,51 @@ class Server(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport
+        if self.app.tls.server is not None and not self.address.startswith("unix:"):
+            self.tls_requested = True     # the StartupMessage waits for the answer, and the handshake
+            transport.write(SSL_REQUEST)
+        else:
+            self._send_startup()
+
+    def _send_startup(self) -> None:
         db = self.pool.db
         params = {"user": self.pool.server_user, "database": db.dbname or self.pool.name}
         params.update(getattr(db, "startup_params", None) or {})
         self.login = ServerLogin(self.pool.server_user, self.pool.server_password, self.pool.scram_keys)
-        transport.write(protocol.startup_message(params))
+        self.transport.write(protocol.startup_message(params))
+
+    def _tls_answer(self) -> None:
+        """S: the handshake, then the StartupMessage. N: plain text, unless server_tls_sslmode requires TLS."""
+        self.tls_requested = False
+        answer, self.buffer = self.buffer[:1], self.buffer[1:]
+        if answer == b"S" and not self.buffer:
+            self.app.spawn(self._tls_connect())
+        elif answer == b"N" and not self.app.tls.server_required:
+            self._send_startup()
+        elif answer == b"N":
+            self._login_failed("server refused SSL")      # PgBouncer's words
+        else:
+            self._login_failed("received unencrypted data after SSL response" if answer == b"S"
+                               else f"invalid answer to SSLRequest from server: {answer!r}")
+
+    async def _tls_connect(self) -> None:
+        try:
+            self.transport = await self.app.loop.start_tls(
+                self.transport, self, self.app.tls.server, server_hostname=self.pool.db.host,
+                ssl_handshake_timeout=self.app.config.get("server_connect_timeout") or None)
+        except Exception as exc:      # a certificate that does not verify, no common version, the server left
+            self._login_failed(f"server TLS handshake failed: {exc}")
+            return
+        if self.closed or self.transport.is_closing():
+            self.transport.close()
+            self._login_failed("server closed the connection during the TLS handshake")
+        else:
+            self._send_startup()
 
     def _login_data(self) -> None:
+        if self.tls_requested:
+            self._tls_answer()
+            return
         messages, used = protocol.split_messages(self.buffer)
         self.buffer = self.buffer[used:]
         for kind, body in messages:
@@ -290,15 +330,19 @@ class Server(asyncio.Protocol):
             self._slow_path()
             return
         self.active = True
-        if client.tracker is not None:
+        tracker = client.tracker
+        if tracker is not None and tracker.queue:
             self._tracked_data(client, data)
             return
         partial = self.partial
         if partial:
             scan = partial + data
             self.partial = b""
+            # The client may already have the start of that message (this path forwards everything).
+            sent = self.forwarded_partial
+            out = data if sent == len(partial) else scan[sent:]
         else:
-            scan = data
+            scan = out = data
         pos = self.skip
         end = len(scan)
         released = False
@@ -309,7 +353,7 @@ class Server(asyncio.Protocol):
                 break
             kind = scan[pos]
             stop = pos + 1 + _unpack_int(scan, pos + 1)[0]
-            if kind == _Z or kind == _S:
+            if kind == _Z or kind == _S or kind == _E:
                 if stop > end:
                     self.partial = scan[pos:]
                     pos = end
@@ -327,12 +371,15 @@ class Server(asyncio.Protocol):
                             return
                     else:
                         self.expected = expected
-                else:
+                elif kind == _S:
                     self._parameter_changed(scan[pos + 5:stop])
+                elif tracker is not None:
+                    stale_plan(self, scan[pos + 5:stop])
             pos = stop
         self.skip = pos - end
-        client.transport.write(data)
-        self.pool.stats.bytes_sent += len(data)
+        self.forwarded_partial = len(self.partial)
+        client.transport.write(out)
+        self.pool.stats.bytes_sent += len(out)
         if released:
             self.pool.stats.xact_count += 1
             if self.pool.transactional and client.at_boundary():
