@@ -59,7 +59,7 @@ class FakeKube:
 
     def read_secret(self, namespace, name):
         obj = self.get("v1", "Secret", namespace, name)
-        return None if obj is None else dict(obj.get("stringData") or {})
+        return None if obj is None else (dict(obj.get("stringData") or {}), obj["metadata"]["resourceVersion"])
 
     def has_kind(self, api_version, kind):
         return kind in self.kinds.get(api_version, set())

@@ -137,11 +137,20 @@ def test_change_that_needs_a_restart_changes_the_pod_template(change):
 
 def test_users_secret_change_changes_the_config_so_the_pooler_reloads_the_auth_file():
     pooler = pooler_of("minimal")
-    one = render(pooler, {"app-users": {"app": "one"}}, image="img")
-    two = render(pooler, {"app-users": {"app": "two"}}, image="img")
+    one = render(pooler, {"app-users": {"app": "one"}}, image="img", versions={"app-users": "41"})
+    two = render(pooler, {"app-users": {"app": "two"}}, image="img", versions={"app-users": "42"})
     assert one.config_hash != two.config_hash
     assert one.restart_hash == two.restart_hash
     assert manifest(one, "Deployment") == manifest(two, "Deployment")
+
+
+def test_config_follows_secret_versions_not_their_contents():
+    """A ConfigMap is readable by more people than a Secret: nothing in it may depend on a password."""
+    pooler = pooler_of("minimal")
+    one = render(pooler, {"app-users": {"app": "one"}}, image="img", versions={"app-users": "7"})
+    two = render(pooler, {"app-users": {"app": "two"}}, image="img", versions={"app-users": "7"})
+    assert one.ini == two.ini
+    assert manifest(one, "Secret") != manifest(two, "Secret")
 
 
 def test_pdb_only_with_more_than_one_replica():

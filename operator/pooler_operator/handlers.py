@@ -136,9 +136,11 @@ def referenced_secret_changed(namespace: str, name: str, type: str | None, secre
         _reconcile_by_name(namespace, pooler, logger)
 
 
-def _owned_deleted(type: str | None, body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
-    if type != "DELETED":
-        return
+def _deleted_event(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+def _owned_deleted(body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
     owner = owner_of(dict(body))
     if owner:
         _reconcile_by_name(namespace, owner, logger)
@@ -146,7 +148,7 @@ def _owned_deleted(type: str | None, body: kopf.Body, namespace: str, logger: An
 
 for _group_version, _plural in (("v1", "configmaps"), ("v1", "secrets"), ("v1", "services"),
                                 ("v1", "serviceaccounts"), ("policy/v1", "poddisruptionbudgets")):
-    kopf.on.event(*_group_version.split("/"), _plural, labels=MANAGED,
+    kopf.on.event(*_group_version.split("/"), _plural, labels=MANAGED, when=_deleted_event,
                   id=f"owned-{_plural}")(_owned_deleted)
 
 

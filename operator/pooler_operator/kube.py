@@ -127,12 +127,13 @@ class Kube:
                 return False
             raise
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's data, decoded as UTF-8 text; None when it does not exist."""
+    def read_secret(self, namespace: str, name: str) -> tuple[dict[str, str], str] | None:
+        """A Secret's data decoded as UTF-8 text, and its resourceVersion; None when it does not exist."""
         secret = self.get("v1", "Secret", namespace, name)
         if secret is None:
             return None
-        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.get("data") or {}).items()}
+        data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.get("data") or {}).items()}
+        return data, secret["metadata"].get("resourceVersion", "")
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the API server serves this kind (e.g. PodMonitor, when the Prometheus Operator is installed)."""

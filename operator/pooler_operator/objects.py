@@ -238,6 +238,15 @@ def referenced_secrets(pooler: PostgresPooler) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def file_secrets(pooler: PostgresPooler) -> list[str]:
+    """The referenced Secrets whose contents end up in the pooler's files (auth_file, certificates)."""
+    spec = pooler.spec
+    names = [spec.auth.users_secret.name] if spec.auth.users_secret else []
+    if spec.auth.auth_query:
+        names.append(spec.auth.auth_query.password_secret.name)
+    return list(dict.fromkeys(names + [f.secret for f in tls_files(pooler)]))
+
+
 def tls_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> list[str]:
     problems = []
     for f in tls_files(pooler):
@@ -333,10 +342,12 @@ def budget(pooler: PostgresPooler) -> int | None:
 
 
 def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image: str | None = None,
-           monitoring_available: bool = True, strict: bool = True) -> Rendered:
+           versions: dict[str, str] | None = None, monitoring_available: bool = True,
+           strict: bool = True) -> Rendered:
     """All owned manifests for `pooler`, in the order they are applied.
 
-    `secrets` holds the decoded data of the referenced Secrets. With strict=False (offline rendering), a
+    `secrets` holds the decoded data of the referenced Secrets, `versions` their resourceVersions (offline
+    there are none). With strict=False (offline rendering), a
     missing Secret leaves its part of the auth_file out and becomes a warning instead of MissingSecret.
     """
     spec, names, warnings = pooler.spec, Names(pooler.name), []
@@ -348,7 +359,10 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
         warnings += problems
 
     config = pooler_config(pooler)
-    inputs_digest = digest(users, {f.path: secrets.get(f.secret, {}).get(f.key) for f in tls_files(pooler)})
+    # The config names the versions of the Secrets behind its files, so that a new password or certificate
+    # changes the config file and the pooler reloads. Versions, not contents: a ConfigMap is no place for
+    # anything derived from a password.
+    inputs_digest = digest(sorted((name, (versions or {}).get(name)) for name in file_secrets(pooler)))
     ini = _ENV.get_template("pooler.ini.j2").render(config=config, name=pooler.name,
                                                    namespace=pooler.namespace, inputs_digest=inputs_digest)
     restart_hash = digest(config.restart_settings())

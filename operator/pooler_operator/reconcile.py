@@ -164,13 +164,14 @@ def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post
     return changed
 
 
-def read_secrets(kube: Kube, pooler: PostgresPooler) -> dict[str, dict[str, str]]:
-    out = {}
+def read_secrets(kube: Kube, pooler: PostgresPooler) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """(data, resourceVersion) of every referenced Secret that exists, by name."""
+    data, versions = {}, {}
     for name in referenced_secrets(pooler):
-        data = kube.read_secret(pooler.namespace, name)
-        if data is not None:
-            out[name] = data
-    return out
+        found = kube.read_secret(pooler.namespace, name)
+        if found is not None:
+            data[name], versions[name] = found
+    return data, versions
 
 
 def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None) -> Result:
@@ -187,11 +188,11 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
         if pooler.spec.paused:
             outcome = Outcome(PAUSED, "spec.paused is true: the owned objects are left as they are")
         else:
-            secrets = read_secrets(kube, pooler)
+            secrets, versions = read_secrets(kube, pooler)
             monitoring = pooler.spec.monitoring
             available = (not monitoring.enabled
                          or kube.has_kind("monitoring.coreos.com/v1", monitoring.kind))
-            rendered = render(pooler, secrets, image=image, monitoring_available=available)
+            rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available)
             for warning in rendered.warnings:
                 post("Warning", "MonitoringUnavailable", warning)
             changed = apply_all(kube, pooler, rendered, post)
