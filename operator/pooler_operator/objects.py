@@ -226,15 +226,10 @@ def userlist(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> tupl
 
 def referenced_secrets(pooler: PostgresPooler) -> list[str]:
     """Every Secret the resource names, in a stable order (the operator reads and watches these)."""
-    spec = pooler.spec
-    names = []
-    if spec.auth.users_secret:
-        names.append(spec.auth.users_secret.name)
-    if spec.auth.auth_query:
-        names.append(spec.auth.auth_query.password_secret.name)
-    names += [f.secret for f in tls_files(pooler)]
-    if spec.autotune.prometheus and spec.autotune.prometheus.credentials_secret:
-        names.append(spec.autotune.prometheus.credentials_secret.name)
+    names = file_secrets(pooler)
+    prometheus = pooler.spec.autotune.prometheus
+    if prometheus and prometheus.credentials_secret:
+        names.append(prometheus.credentials_secret.name)
     return list(dict.fromkeys(names))
 
 

@@ -15,8 +15,8 @@ from typing import Any, Callable
 from . import API_VERSION, KIND
 from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .kube import ApiError, Kube
-from .objects import (CONFIG_FILE, POOLER_LABEL, MissingSecret, Names, PoolerConfig, Rendered, digest,
-                      referenced_secrets, render)
+from .objects import (CONFIG_FILE, POOLER_LABEL, RESTART_HASH_ANNOTATION, MissingSecret, Names, PoolerConfig,
+                      Rendered, digest, referenced_secrets, render)
 from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Outcome,
                      compute_status)
 
@@ -123,8 +123,8 @@ def _describe(kind: str, name: str, existing: dict[str, Any] | None, rendered: R
         notes = []
         if old_replicas != new_replicas:
             notes.append(f"replicas {old_replicas} -> {new_replicas}")
-        if old_template.get("maitred.dev/restart-hash") != new_template["metadata"]["annotations"].get(
-                "maitred.dev/restart-hash"):
+        if old_template.get(RESTART_HASH_ANNOTATION) != new_template["metadata"]["annotations"].get(
+                RESTART_HASH_ANNOTATION):
             notes.append("settings that need a restart changed: rolling the pods")
         return f"updated Deployment {name}" + (f": {'; '.join(notes)}" if notes else "")
     return f"updated {kind} {name}"
