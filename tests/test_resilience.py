@@ -176,3 +176,47 @@ def test_slow_reader_does_not_hold_up_other_clients(pooler_factory, pg):
         thread.join(20)
         assert done.is_set(), "another client was held up by a client that does not read"
         slow.close()
+
+
+def test_fast_writer_to_a_stalled_server_does_not_make_the_pooler_buffer_its_data(pooler_factory, pg):
+    """COPY FROM STDIN into a locked table: PostgreSQL stops reading, so the pooler must stop reading too."""
+    pg.psql("DROP TABLE IF EXISTS bp_copy; CREATE TABLE bp_copy (line text)", dbname="app", user="app")
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=2)
+    chunk_rows = 1000
+    chunk = b"".join(message_row(b"y" * 999) for _ in range(chunk_rows))     # ~1 MB of CopyData
+    chunks = 300
+    with psycopg.connect(pg.dsn(dbname="app")) as holder, Wire(pooler.port, timeout=60) as wire:
+        holder.execute("LOCK TABLE bp_copy IN ACCESS EXCLUSIVE MODE")
+        wire.login(user="app", password=PASSWORDS["app"])
+        wire.rows("SELECT 1")
+        pid = pooler.proc.pid
+        before = rss_kib(pid)
+        sent = []
+
+        def writer() -> None:
+            wire.send(query("COPY bp_copy FROM STDIN"))
+            for _ in range(chunks):
+                wire.sock.sendall(chunk)
+                sent.append(len(chunk))
+            wire.sock.sendall(b"c\x00\x00\x00\x04")
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        peak = [before]
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            peak.append(rss_kib(pid))
+            time.sleep(0.1)
+        growth_mb = (max(peak) - before) / 1024
+        assert sum(sent) < chunks * len(chunk), "the whole 300 MB went through although the server read nothing"
+        assert growth_mb < 60, f"the pooler's RSS grew by {growth_mb:.0f} MB holding a stalled client's data"
+        holder.commit()
+        thread.join(120)
+        assert not thread.is_alive()
+        messages = wire.read_until(b"Z", limit=120)
+        assert (b"C", f"COPY {chunks * chunk_rows}\0".encode()) in messages
+    assert pg.psql("SELECT count(*) FROM bp_copy", dbname="app") == str(chunks * chunk_rows)
+
+
+def message_row(line: bytes) -> bytes:
+    return b"d" + (len(line) + 5).to_bytes(4, "big") + line + b"\n"
