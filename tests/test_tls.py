@@ -1,0 +1,352 @@
+"""TLS on both sides of the pooler, against a PostgreSQL of its own running with ssl=on and hostssl-only logins.
+
+The certificates are made here: a CA, a certificate for 127.0.0.1/localhost (PostgreSQL's, and the pooler's
+towards its clients), one for a name nobody connects to, a client certificate, and a stranger's CA and client
+certificate that nothing trusts.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import pwd
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from maitred.local_postgres import LocalPostgres
+from pooler.tls import parse_protocols
+from tests.support import (PASSWORDS, PoolerProcess, error_fields, raw_connect, read_messages, startup_packet,
+                           wait_for)
+
+SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+
+# -- certificates -------------------------------------------------------------------------------------------
+
+@dataclass
+class Certs:
+    folder: Path
+
+    def __getattr__(self, name: str) -> str:
+        """certs.server_key is <folder>/server.key, certs.stranger_ca_pem is <folder>/stranger-ca.pem."""
+        stem, _, extension = name.rpartition("_")
+        return str(self.folder / f"{stem.replace('_', '-')}.{extension}")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool = False, names: tuple[str, ...] = (),
+                 usage=None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True)
+    if names:
+        sans = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, stem: str, cert: x509.Certificate, key=None, owner: str | None = None) -> None:
+    (folder / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.chmod(folder / f"{stem}.pem", 0o644)
+    if key is not None:
+        path = folder / f"{stem}.key"
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        os.chmod(path, 0o600)
+        if owner:
+            entry = pwd.getpwnam(owner)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def certs():
+    # PostgreSQL runs as `postgres` when the tests run as root: its files live where it can read them.
+    folder = Path(tempfile.mkdtemp(prefix="maitred-tls-"))
+    os.chmod(folder, 0o755)
+    server_owner = "postgres" if os.geteuid() == 0 else None
+    ca_key, stranger_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    _write(folder, "ca", _certificate("maitred test CA", ca_key, "maitred test CA", ca_key, ca=True))
+    _write(folder, "stranger-ca",
+           _certificate("stranger CA", stranger_key, "stranger CA", stranger_key, ca=True))
+    for stem, issuer, issuer_key, names, usage, owner in (
+            ("server", "maitred test CA", ca_key, ("localhost", "127.0.0.1"), ExtendedKeyUsageOID.SERVER_AUTH,
+             server_owner),
+            ("wrong", "maitred test CA", ca_key, ("wrong.example",), ExtendedKeyUsageOID.SERVER_AUTH, server_owner),
+            ("client", "maitred test CA", ca_key, (), ExtendedKeyUsageOID.CLIENT_AUTH, None),
+            ("stranger", "stranger CA", stranger_key, (), ExtendedKeyUsageOID.CLIENT_AUTH, None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = names[0] if names else "app"
+        _write(folder, stem, _certificate(subject, key, issuer, issuer_key, names=names, usage=usage), key, owner)
+    yield Certs(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- PostgreSQL with TLS ------------------------------------------------------------------------------------
+
+def _tls_postgres(certs: Certs, stem: str) -> LocalPostgres:
+    cluster = LocalPostgres(hba=["local all all trust",
+                                 "hostssl all all 127.0.0.1/32 scram-sha-256",
+                                 "hostnossl all all 127.0.0.1/32 reject"],
+                            settings={"ssl": "on", "ssl_cert_file": f"'{certs.folder / (stem + '.pem')}'",
+                                      "ssl_key_file": f"'{certs.folder / (stem + '.key')}'"})
+    cluster.start()
+    cluster.create_role("app", PASSWORDS["app"])
+    cluster.create_database("app", owner="app")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def tls_pg(pg, certs):
+    """PostgreSQL that presents the 127.0.0.1/localhost certificate and refuses plain-text logins."""
+    cluster = _tls_postgres(certs, "server")
+    try:
+        PoolerProcess.pgbench_init(cluster)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def wrong_pg(pg, certs):
+    """PostgreSQL that presents a certificate for wrong.example, a name the pooler never connects to."""
+    cluster = _tls_postgres(certs, "wrong")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def tls_pooler(pooler_factory, certs: Certs, cluster: LocalPostgres, **settings) -> PoolerProcess:
+    """A transaction-mode pooler that requires TLS from clients and verify-full towards `cluster`."""
+    config = dict(pool_mode="transaction", default_pool_size=4,
+                  client_tls_sslmode="require", client_tls_cert_file=certs.server_pem,
+                  client_tls_key_file=certs.server_key,
+                  server_tls_sslmode="verify-full", server_tls_ca_file=certs.ca_pem)
+    config.update(settings)
+    return pooler_factory(databases={"app": f"host=127.0.0.1 port={cluster.port} dbname=app"}, **config)
+
+
+def psql(dsn: str, *commands: str) -> subprocess.CompletedProcess:
+    args = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", f"{dsn} connect_timeout=10"]
+    for command in commands:
+        args += ["-c", command]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
+SERVER_SIDE_TLS = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+# -- clients ------------------------------------------------------------------------------------------------
+
+def test_psql_with_sslmode_require_gets_tls_to_the_pooler_and_from_the_pooler_to_postgres(
+        pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg)
+    done = psql(pooler.dsn(sslmode="require"), "\\conninfo", SERVER_SIDE_TLS)
+    assert done.returncode == 0, done.stderr
+    assert "SSL connection (protocol: TLSv1.3" in done.stdout
+    assert done.stdout.strip().endswith("t")
+
+
+def test_psql_with_verify_full_accepts_the_pooler_certificate_and_refuses_an_unknown_ca(
+        pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg)
+    done = psql(pooler.dsn(sslmode="verify-full", sslrootcert=certs.ca_pem), SERVER_SIDE_TLS)
+    assert (done.returncode, done.stdout.strip()) == (0, "t"), done.stderr
+    refused = psql(pooler.dsn(sslmode="verify-full", sslrootcert=certs.stranger_ca_pem), "SELECT 1")
+    assert refused.returncode != 0
+    assert "certificate verify failed" in refused.stderr
+
+
+def test_asyncpg_with_require_and_with_verify_full(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg)
+    verify_full = ssl.create_default_context(cafile=certs.ca_pem)
+
+    async def scenario() -> list:
+        seen = []
+        for mode in ("require", verify_full):
+            conn = await asyncpg.connect(host="127.0.0.1", port=pooler.port, user="app", password=PASSWORDS["app"],
+                                         database="app", ssl=mode, timeout=10)
+            try:
+                seen.append(await conn.fetchval(SERVER_SIDE_TLS))
+                seen.append(await conn.fetchval("SELECT sum(abalance) IS NOT NULL FROM pgbench_accounts"))
+            finally:
+                await conn.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, True, True]
+
+
+def test_a_plain_text_client_is_refused_with_pgbouncers_error_when_tls_is_required(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg)
+    with raw_connect(pooler.port) as sock:
+        sock.sendall(startup_packet())
+        messages = read_messages(sock)
+    assert [kind for kind, _ in messages] == [b"E"]
+    fields = error_fields(messages[0][1])
+    assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "SSL required")
+    refused = psql(pooler.dsn(sslmode="disable"), "SELECT 1")
+    assert refused.returncode != 0 and "SSL required" in refused.stderr
+
+
+def test_bytes_sent_in_plain_text_after_ssl_request_are_refused(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg)
+    with raw_connect(pooler.port) as sock:
+        sock.sendall(SSL_REQUEST + startup_packet())       # a client must wait for S before its handshake
+        messages = read_messages(sock)
+    assert [kind for kind, _ in messages] == [b"E"]
+    assert error_fields(messages[0][1])["M"] == "received unencrypted data after SSL request"
+
+
+def test_client_tls_allow_serves_tls_and_plain_text_clients(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, client_tls_sslmode="allow")
+    for sslmode in ("require", "disable"):
+        done = psql(pooler.dsn(sslmode=sslmode), "\\conninfo")
+        assert done.returncode == 0, done.stderr
+        assert ("SSL connection" in done.stdout) == (sslmode == "require"), done.stdout
+
+
+def test_verify_ca_on_the_client_side_requires_a_client_certificate_from_client_tls_ca_file(
+        pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, client_tls_sslmode="verify-ca",
+                        client_tls_ca_file=certs.ca_pem)
+    ok = psql(pooler.dsn(sslmode="require", sslcert=certs.client_pem, sslkey=certs.client_key), SERVER_SIDE_TLS)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "t"), ok.stderr
+    for extra in ({}, {"sslcert": certs.stranger_pem, "sslkey": certs.stranger_key}):
+        refused = psql(pooler.dsn(sslmode="require", **extra), "SELECT 1")
+        assert refused.returncode != 0, f"{extra} was let in"
+    assert "TLS handshake failed" in pooler.log_text()
+
+
+# -- servers ------------------------------------------------------------------------------------------------
+
+def test_a_server_certificate_for_another_name_is_refused_with_verify_full_and_the_client_is_told(
+        pooler_factory, certs, wrong_pg):
+    pooler = tls_pooler(pooler_factory, certs, wrong_pg)
+    started = time.monotonic()
+    refused = psql(pooler.dsn(sslmode="require"), "SELECT 1")
+    assert time.monotonic() - started < 10
+    assert refused.returncode != 0
+    assert "server TLS handshake failed" in refused.stderr
+    assert "certificate verify failed" in refused.stderr and "127.0.0.1" in refused.stderr
+
+
+def test_verify_ca_trusts_the_same_certificate_without_checking_its_name(pooler_factory, certs, wrong_pg):
+    pooler = tls_pooler(pooler_factory, certs, wrong_pg, server_tls_sslmode="verify-ca")
+    done = psql(pooler.dsn(sslmode="require"), SERVER_SIDE_TLS)
+    assert (done.returncode, done.stdout.strip()) == (0, "t"), done.stderr
+
+
+def test_verify_full_refuses_a_server_signed_by_a_ca_it_does_not_trust(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, server_tls_ca_file=certs.stranger_ca_pem)
+    refused = psql(pooler.dsn(sslmode="require"), "SELECT 1")
+    assert refused.returncode != 0 and "certificate verify failed" in refused.stderr
+
+
+def test_server_tls_require_fails_cleanly_against_a_server_without_tls(pooler_factory, pg):
+    pooler = pooler_factory(server_tls_sslmode="require")
+    refused = psql(pooler.dsn(), "SELECT 1")
+    assert refused.returncode != 0 and "server refused SSL" in refused.stderr
+
+
+def test_server_tls_prefer_falls_back_to_plain_text_against_a_server_without_tls(pooler_factory, pg):
+    pooler = pooler_factory()      # server_tls_sslmode defaults to prefer, as in PgBouncer
+    done = psql(pooler.dsn(), SERVER_SIDE_TLS)
+    assert (done.returncode, done.stdout.strip()) == (0, "f"), done.stderr
+
+
+def test_pgbench_in_transaction_mode_over_tls_on_both_sides_has_no_failures(
+        pooler_factory, certs, tls_pg, monkeypatch):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, default_pool_size=4)
+    monkeypatch.setenv("PGSSLMODE", "require")
+    for mode in ("simple", "extended"):
+        run = pooler.pgbench("-c", "16", "-j", "4", "-T", "3", "-M", mode)
+        assert run.returncode == 0, run.stderr + run.stdout
+        assert "number of failed transactions: 0 " in run.stdout, run.stdout
+        processed = int(run.stdout.split("number of transactions actually processed: ")[1].split()[0])
+        assert processed > 100
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+def test_reload_rebuilds_the_tls_contexts(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, client_tls_sslmode="disable")
+    assert psql(pooler.dsn(sslmode="disable"), "SELECT 1").returncode == 0
+    pooler.settings["client_tls_sslmode"] = "require"
+    pooler.write_config()
+    pooler.signal(signal.SIGHUP)
+    wait_for(lambda: "SSL required" in psql(pooler.dsn(sslmode="disable"), "SELECT 1").stderr, timeout=10,
+             message="plain text refused after RELOAD")
+    assert psql(pooler.dsn(sslmode="require"), "SELECT 1").returncode == 0
+
+
+def test_set_with_an_unusable_tls_file_is_refused_and_changes_nothing(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, admin_users="app")
+    refused = psql(pooler.dsn(dbname="pgbouncer", sslmode="require"), "SET client_tls_key_file = '/nonexistent'")
+    assert refused.returncode != 0
+    assert "cannot use client_tls_cert_file" in refused.stderr and "No such file" in refused.stderr
+    shown = psql(pooler.dsn(dbname="pgbouncer", sslmode="require"), "SHOW CONFIG")
+    assert f"client_tls_key_file|{certs.server_key}|" in shown.stdout
+    assert psql(pooler.dsn(sslmode="require"), "SELECT 1").returncode == 0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"client_tls_sslmode": "require"}, "needs client_tls_key_file and client_tls_cert_file"),
+    ({"client_tls_sslmode": "verify-ca", "client_tls_cert_file": "{server_pem}", "client_tls_key_file": "{server_key}"},
+     "needs client_tls_ca_file"),
+    ({"server_tls_sslmode": "verify-full", "server_tls_ca_file": "/nonexistent/ca.pem"},
+     "cannot use server_tls_ca_file = /nonexistent/ca.pem: No such file or directory"),
+    ({"server_tls_protocols": "tlsv1.4"}, "invalid server_tls_protocols: unknown TLS protocol 'tlsv1.4'"),
+    ({"server_tls_ciphers": "NO-SUCH-CIPHER"}, "invalid server_tls_ciphers"),
+], ids=["no-certificate", "verify-without-ca", "missing-ca-file", "bad-protocol", "bad-ciphers"])
+def test_unusable_tls_settings_stop_the_pooler_at_start_with_the_reason(pooler_factory, certs, settings, message):
+    settings = {k: v.format(server_pem=certs.server_pem, server_key=certs.server_key) for k, v in settings.items()}
+    with pytest.raises(RuntimeError, match="cannot start") as failed:
+        pooler_factory(expect_alive=False, **settings)
+    assert message in str(failed.value)
+
+
+def test_tls_protocols_read_like_pgbouncers():
+    v = ssl.TLSVersion
+    assert parse_protocols("secure") == parse_protocols("") == {v.TLSv1_2, v.TLSv1_3}
+    assert parse_protocols("all") == parse_protocols("legacy") == {v.TLSv1, v.TLSv1_1, v.TLSv1_2, v.TLSv1_3}
+    assert parse_protocols("tlsv1.3") == {v.TLSv1_3}
+    assert parse_protocols("tlsv1.1, tlsv1.3") == {v.TLSv1_1, v.TLSv1_3}
+    assert parse_protocols("all:!tlsv1.0:!tlsv1.1") == {v.TLSv1_2, v.TLSv1_3}
+    assert parse_protocols("!tlsv1.3") == {v.TLSv1, v.TLSv1_1, v.TLSv1_2}
+    for bad in ("tlsv1.4", "ssl3", "!all"):
+        with pytest.raises(ValueError):
+            parse_protocols(bad)
