@@ -199,8 +199,18 @@ def test_missing_secrets_are_named():
     with pytest.raises(MissingSecret) as err:
         render(pooler_of("full"), {}, image="img")
     text = str(err.value)
-    for name in ("shop-users", "shop-auth-user", "shop-pooler-tls", "shop-db-ca", "prometheus-creds"):
+    for name in ("shop-users", "shop-auth-user", "shop-pooler-tls", "shop-db-ca"):
         assert name in text
+
+
+def test_autotune_credentials_are_checked_but_never_block_the_pooler():
+    secrets = {k: v for k, v in secrets_of("full").items() if k != "prometheus-creds"}
+    r = render(pooler_of("full"), secrets, image="img")
+    assert r.autotune_problems == ["Secret prometheus-creds (spec.autotune.prometheus.credentialsSecret) not found"]
+    assert r.by_kind("Deployment") is not None
+    r = render(pooler_of("full"), {**secrets, "prometheus-creds": {"user": "x"}}, image="img")
+    assert "neither `token` nor `username` and `password`" in r.autotune_problems[0]
+    assert render(pooler_of("full"), secrets_of("full"), image="img").autotune_problems == []
 
 
 def test_image_comes_from_spec_then_argument_then_environment(monkeypatch):

@@ -76,6 +76,17 @@ def test_autotune_enabled_is_validated_and_reported_as_waiting():
     assert "Autotuned" not in [c["type"] for c in off["conditions"]]
 
 
+def test_autotune_misconfiguration_is_reported_in_its_own_condition():
+    spec = {**SPEC, "autotune": {"enabled": True}}
+    outcome = Outcome(APPLIED, "ok", pool_size=20, autotune_problems=("Secret prom not found",))
+    status = compute_status({}, generation=1, spec=spec, outcome=outcome, deployment=None, deployment_known=True,
+                            now="t")
+    assert (cond(status, "Autotuned")["status"], cond(status, "Autotuned")["reason"]) == \
+        ("False", "AutotuneMisconfigured")
+    assert status["autotune"] == {"enabled": True, "state": "Misconfigured", "message": "Secret prom not found"}
+    assert cond(status, "ConfigApplied")["status"] == "True"
+
+
 def test_sidecar_is_ready_once_its_config_is_rendered():
     status = compute_status({}, generation=1, spec={"mode": "sidecar"}, outcome=GOOD, now="t")
     assert cond(status, "Ready")["reason"] == "SidecarConfigRendered"

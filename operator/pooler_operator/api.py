@@ -439,7 +439,8 @@ class AutotuneStatus(StatusModel):
     """What the autotuner does with this tier."""
 
     enabled: bool = Field(False, description="spec.autotune.enabled as last reconciled.")
-    state: str = Field("Disabled", description="Disabled, Waiting (enabled, no tick yet) or Tuning.")
+    state: str = Field("Disabled", description="Disabled, Misconfigured, Waiting (enabled, no tick yet) or "
+                                               "Tuning.")
     message: str = Field("", description="The last decision or why there is none.")
 
 

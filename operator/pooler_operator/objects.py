@@ -249,10 +249,22 @@ def tls_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> 
             problems.append(f"Secret {f.secret} (spec.tls) not found")
         elif f.key not in secrets[f.secret]:
             problems.append(f"Secret {f.secret} has no key {f.key} (spec.tls)")
-    creds = pooler.spec.autotune.prometheus.credentials_secret if pooler.spec.autotune.prometheus else None
-    if creds and creds.name not in secrets:
-        problems.append(f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) not found")
     return list(dict.fromkeys(problems))
+
+
+def autotune_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> list[str]:
+    """What keeps the autotuner from running; reported, but never in the way of the pooler's own config."""
+    autotune = pooler.spec.autotune
+    creds = autotune.prometheus.credentials_secret if autotune.enabled and autotune.prometheus else None
+    if creds is None:
+        return []
+    data = secrets.get(creds.name)
+    if data is None:
+        return [f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) not found"]
+    if "token" not in data and not {"username", "password"} <= data.keys():
+        return [f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) has neither `token` nor "
+                "`username` and `password`"]
+    return []
 
 
 def digest(*parts: Any) -> str:
@@ -292,6 +304,7 @@ class Rendered:
     budget: int | None
     selector: str
     warnings: list[str] = field(default_factory=list)
+    autotune_problems: list[str] = field(default_factory=list)
 
     def by_kind(self, kind: str) -> dict[str, Any] | None:
         return next((m for m in self.manifests if m["kind"] == kind), None)
@@ -409,7 +422,8 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
 
     return Rendered(manifests=manifests, config=config, ini=ini, config_hash=digest(ini),
                     restart_hash=restart_hash, pool_size=spec.pool.default_pool_size, budget=budget(pooler),
-                    selector=selector_string(pooler.name), warnings=warnings)
+                    selector=selector_string(pooler.name), warnings=warnings,
+                    autotune_problems=autotune_problems(pooler, secrets))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -195,13 +195,16 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
             rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available)
             for warning in rendered.warnings:
                 post("Warning", "MonitoringUnavailable", warning)
+            for problem in rendered.autotune_problems:
+                post("Warning", "AutotuneMisconfigured", problem)
             changed = apply_all(kube, pooler, rendered, post)
             message = f"config {rendered.config_hash} in force"
             if pooler.spec.mode == "sidecar":
                 message += "; mode sidecar: only the ConfigMap and Secret are rendered, no Deployment is run"
             outcome = Outcome(APPLIED, message, config_hash=rendered.config_hash,
                               restart_hash=rendered.restart_hash, pool_size=rendered.pool_size,
-                              budget=rendered.budget, selector=rendered.selector)
+                              budget=rendered.budget, selector=rendered.selector,
+                              autotune_problems=tuple(rendered.autotune_problems))
     except InvalidSpec as exc:
         outcome = Outcome(INVALID_SPEC, "fix the spec: " + "; ".join(exc.problems))
     except MissingSecret as exc:

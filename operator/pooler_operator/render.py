@@ -46,7 +46,7 @@ def render_documents(docs: list[dict[str, Any]], *, namespace: str | None = None
             continue
         ns_secrets = {name: data for (ns, name), data in secrets.items() if ns == pooler.namespace}
         rendered = render(pooler, ns_secrets, image=image, strict=False)
-        for warning in rendered.warnings:
+        for warning in rendered.warnings + rendered.autotune_problems:
             print(f"warning: {label}: {warning}", file=warn)
         manifests += rendered.manifests
     return manifests, problems

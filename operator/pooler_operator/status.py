@@ -33,6 +33,7 @@ class Outcome:
     pool_size: int | None = None
     budget: int | None = None
     selector: str | None = None
+    autotune_problems: tuple[str, ...] = ()
 
     @property
     def applied(self) -> bool:
@@ -106,10 +107,13 @@ def degradation(deployment: dict[str, Any] | None,
     return "False", "AsExpected", ""
 
 
-def autotune_report(autotune: dict[str, Any], pool_size: int | None) -> dict[str, Any]:
+def autotune_report(autotune: dict[str, Any], pool_size: int | None,
+                    problems: tuple[str, ...] = ()) -> dict[str, Any]:
     """status.autotune: what the autotuner will do with this tier."""
     if not autotune.get("enabled"):
         return {"enabled": False, "state": "Disabled", "message": "the pool size is spec.pool.defaultPoolSize"}
+    if problems:
+        return {"enabled": True, "state": "Misconfigured", "message": "; ".join(problems)}
     prometheus = autotune.get("prometheus") or {}
     cpu = f"CPU from {prometheus['url']}" if prometheus.get("url") else "no CPU signal"
     return {"enabled": True, "state": "Waiting",
@@ -141,8 +145,11 @@ def compute_status(current: dict[str, Any] | None, *, generation: int | None, sp
                            "poolSize": outcome.pool_size, "poolSizeSource": "spec", "selector": outcome.selector})
             status["budget"] = outcome.budget
             autotune = spec.get("autotune") or {}
-            status["autotune"] = autotune_report(autotune, outcome.pool_size)
-            if autotune.get("enabled"):
+            status["autotune"] = autotune_report(autotune, outcome.pool_size, outcome.autotune_problems)
+            if autotune.get("enabled") and outcome.autotune_problems:
+                conditions = set_condition(conditions, AUTOTUNED, "False", "AutotuneMisconfigured",
+                                           status["autotune"]["message"], generation, now)
+            elif autotune.get("enabled"):
                 conditions = set_condition(conditions, AUTOTUNED, "Unknown", "Waiting",
                                            status["autotune"]["message"], generation, now)
             else:
