@@ -7,6 +7,8 @@ import time
 
 WATCH_NAMESPACE_ENV = "MAITRED_WATCH_NAMESPACE"
 PEERING_ENV = "MAITRED_PEERING"
+LOG_FORMAT_ENV = "MAITRED_LOG_FORMAT"
+"""plain, full (the default: time, level, logger, [namespace/name]) or json."""
 
 
 def watched_namespaces(namespaces: list[str] | None, all_namespaces: bool) -> list[str]:
@@ -30,8 +32,9 @@ def run(*, namespaces: list[str] | None = None, all_namespaces: bool = False, st
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = os.environ.get(LOG_FORMAT_ENV, "full").upper()
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format], log_prefix=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the liveness probe, every few seconds
     watched = watched_namespaces(namespaces, all_namespaces)
     peering = peering or os.environ.get(PEERING_ENV) or None
     kopf.run(
