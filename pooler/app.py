@@ -12,6 +12,7 @@ from .client import Client
 from .config import Config
 from .objects import Limits, Pool
 from .prepare import Registry
+from .tls import build as build_tls
 from .userlist import load_userlist
 
 log = logging.getLogger("maitred")
@@ -39,6 +40,7 @@ class Pooler:
         self.shutting_down = False     # no new clients
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
+        self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.load_userlist()
 
     # -- configuration ---------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class Pooler:
             if os.path.exists(path):
                 os.unlink(path)
             server = await self.loop.create_unix_server(lambda: Client(self), path, backlog=backlog)
-            os.chmod(path, int(str(cfg.get("unix_socket_mode") or "0777"), 8))
+            os.chmod(path, cfg.get("unix_socket_mode"))     # already a number: the loader read "0777" as octal
             self.listeners.append(server)
             log.info("listening on unix:%s", path)
         if not self.listeners:

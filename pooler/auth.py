@@ -71,14 +71,15 @@ class ClientAuth:
     """One client's authentication exchange, driven by the password messages ('p') it sends.
 
     `start()` gives the first request to send; `feed(body)` returns (message to send or None, done); it
-    raises AuthFailed when the client is not who it claims to be. An unknown user goes through
-    the same exchange against a made-up secret, so the answer does not tell which users exist.
+    raises AuthFailed when the client is not who it claims to be. An unknown user, or one whose secret
+    is empty (PgBouncer disallows empty passwords), goes through the same exchange against a made-up
+    secret, so the answer does not tell which users exist.
     """
 
     def __init__(self, method: str, user: str, secret: str | None):
         self.user = user
-        self.known = secret is not None
-        self.secret = secret if secret is not None else "SCRAM-SHA-256$4096:" + base64.b64encode(
+        self.known = bool(secret)
+        self.secret = secret if secret else "SCRAM-SHA-256$4096:" + base64.b64encode(
             os.urandom(16)).decode() + "$AAAA:AAAA"
         if method == "md5" and secret_kind(self.secret) == "scram":
             method = "scram-sha-256"   # an md5 exchange cannot be checked against a SCRAM verifier
@@ -87,6 +88,7 @@ class ClientAuth:
         self.method = method
         self._salt = os.urandom(4)
         self._scram = None
+        self.scram_keys: tuple[bytes, bytes] | None = None   # (ClientKey, ServerKey) once a SCRAM proof checks
 
     def start(self) -> bytes:
         if self.method == "plain":
@@ -126,9 +128,20 @@ class ClientAuth:
             self._scram.set_client_final(body.decode())
             if not self.known:
                 raise _failed(self.user)
+            if secret_kind(self.secret) == "scram":
+                self._learn_keys(body.decode())
             return protocol.auth_sasl_final(self._scram.get_server_final().encode()), True
         except (ScramException, UnicodeDecodeError, struct.error, ValueError) as exc:
             raise _failed(self.user) from exc
+
+    def _learn_keys(self, client_final: str) -> None:
+        """ClientKey = proof XOR HMAC(StoredKey, AuthMessage): with the ServerKey, it logs in to a server
+        whose secret is the same verifier (PgBouncer's SCRAM pass-through)."""
+        without_proof, _, proof = client_final.rpartition(",p=")
+        auth_message = f"{self._scram.client_first_bare},{self._scram.server_first},{without_proof}"
+        _, stored, server_key, _ = parse_scram_secret(self.secret)
+        signature = hmac.new(stored, auth_message.encode(), hashlib.sha256).digest()
+        self.scram_keys = (bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature)), server_key)
 
     def _set_client_first(self, client_first: str) -> None:
         """libpq sends an empty SCRAM user name (`n=,`): PostgreSQL uses the startup packet's user instead.
@@ -149,13 +162,47 @@ class ClientAuth:
         return parse_scram_secret(self.secret)
 
 
+class _ScramKeysClient:
+    """A SCRAM client holding the keys a client's proof revealed instead of a password; scramp's interface.
+
+    PostgreSQL accepts it only when its verifier has the same salt and iterations as the auth_file's.
+    """
+
+    def __init__(self, client_key: bytes, server_key: bytes):
+        self.client_key, self.server_key = client_key, server_key
+        self.client_first_bare = "n=,r=" + base64.b64encode(os.urandom(18)).decode()
+
+    def get_client_first(self) -> str:
+        return "n,," + self.client_first_bare
+
+    def set_server_first(self, message: str) -> None:
+        nonce = dict(part.split("=", 1) for part in message.split(",") if "=" in part).get("r", "")
+        if not nonce.startswith(self.client_first_bare[5:]):
+            raise AuthFailed("SCRAM server nonce does not extend the client's")
+        self.server_first, self.nonce = message, nonce
+
+    def get_client_final(self) -> str:
+        without_proof = f"c=biws,r={self.nonce}"
+        auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
+        stored_key = hashlib.sha256(self.client_key).digest()
+        signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+        self.server_signature = hmac.new(self.server_key, auth_message, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(self.client_key, signature))
+        return f"{without_proof},p={base64.b64encode(proof).decode()}"
+
+    def set_server_final(self, message: str) -> None:
+        if not hmac.compare_digest(message.encode(), b"v=" + base64.b64encode(self.server_signature)):
+            raise AuthFailed("the server's SCRAM signature does not match")
+
+
 class ServerLogin:
     """The pooler's side of PostgreSQL's authentication requests, for one server connection."""
 
-    def __init__(self, user: str, password: str | None):
+    def __init__(self, user: str, password: str | None, scram_keys: tuple[bytes, bytes] | None = None):
         self.user = user
         self.password = password
-        self._scram: ScramClient | None = None
+        self.scram_keys = scram_keys
+        self._scram: ScramClient | _ScramKeysClient | None = None
 
     def _need_password(self) -> str:
         if self.password is None:
@@ -180,9 +227,12 @@ class ServerLogin:
             if SCRAM not in mechanisms:
                 raise AuthFailed(f"server offers no supported SASL mechanism: {mechanisms}")
             password = self._need_password()
-            if secret_kind(password) != "plain":
+            if secret_kind(password) == "scram" and self.scram_keys is not None:
+                self._scram = _ScramKeysClient(*self.scram_keys)
+            elif secret_kind(password) != "plain":
                 raise AuthFailed("server asks for SCRAM but only a hashed secret is known")
-            self._scram = ScramClient([SCRAM], self.user, password)
+            else:
+                self._scram = ScramClient([SCRAM], self.user, password)
             return protocol.sasl_initial_response(SCRAM, self._scram.get_client_first().encode())
         if code == 11 and self._scram is not None:
             self._scram.set_server_first(payload.decode())

@@ -70,6 +70,7 @@ class Client(asyncio.Protocol):
         self.cancel_key = (0, 0)
         self.peer = ""
         self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
+        self.handshaking = False                # the TLS layer owns the socket until its handshake ends
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -228,6 +229,8 @@ class Client(asyncio.Protocol):
             return False
         body, self.startup = buf[8:length], buf[length:]
         if code in (protocol.SSL_REQUEST_CODE, protocol.GSSENC_REQUEST_CODE) and length == 8:
+            if code == protocol.SSL_REQUEST_CODE and self._ssl_request():
+                return False
             self.transport.write(b"N")
             return True
         if code == protocol.CANCEL_REQUEST_CODE and length == 16:
@@ -237,8 +240,41 @@ class Client(asyncio.Protocol):
         if code >> 16 != 3:
             raise protocol.ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xffff}: "
                                          "server supports 3.0")
+        if self.app.tls.client_required and self.peer != "unix" and \
+                self.transport.get_extra_info("ssl_object") is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, "SSL required")      # PgBouncer's words
+            return False
         self._start(protocol.parse_startup_params(body))
         return True
+
+    def _ssl_request(self) -> bool:
+        """SSLRequest with client TLS on, over TCP: answer S and let the TLS layer take the socket."""
+        context = self.app.tls.client
+        if context is None or self.peer == "unix":
+            return False
+        if self.transport.get_extra_info("ssl_object") is not None:
+            raise protocol.ProtocolError("SSL request inside SSL")
+        if self.startup:    # the handshake must not start on bytes that came in plain text (CVE-2021-23214)
+            raise protocol.ProtocolError("received unencrypted data after SSL request")
+        self.handshaking = True
+        self.transport.pause_reading()      # until start_tls, nothing may reach this protocol unencrypted
+        self.transport.write(b"S")
+        self.app.spawn(self._tls_accept(context))
+        return True
+
+    async def _tls_accept(self, context) -> None:
+        try:
+            transport = await self.app.loop.start_tls(self.transport, self, context, server_side=True)
+        except Exception as exc:     # no certificate or an untrusted one, no common version, the client left
+            log.warning("%s TLS handshake failed: %s", self.describe(), exc)
+            self.close()
+            return
+        self.handshaking = False
+        if self.closed or transport.is_closing():     # closed by the pooler (login timeout, shutdown) meanwhile
+            transport.close()
+            self.close()
+            return
+        self.transport = transport
 
     def _start(self, params: dict[str, str]) -> None:
         app = self.app
@@ -433,7 +469,7 @@ class Client(asyncio.Protocol):
         if self.closed:
             return
         self.app.log_event(log, f"closing because: {text}", self)
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
             self.transport.write(protocol.fatal(sqlstate, text))
         self.close()
 

@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from . import protocol
+from . import protocol, tls
 from .client import ACTIVE
 from .config import Config, load_config, parse_value
 from .objects import Limits
@@ -37,9 +37,16 @@ def _server_target(entry) -> tuple:
 
 # -- configuration -------------------------------------------------------------------------------------
 
-def apply_config(app: "Pooler", new: Config) -> list[str]:
-    """Switch a running pooler to `new`; what cannot change without a restart is kept, and said."""
+def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = None) -> list[str]:
+    """Switch a running pooler to `new`; what cannot change without a restart is kept, and said.
+
+    `contexts` are TLS contexts the caller built from `new`; otherwise they are rebuilt only when a TLS
+    setting changed. Either way they are built before anything changes, so a bad TLS setting changes nothing.
+    """
     old = app.config
+    server_tls_changed = tls.changed(old, new, tls.SERVER_SETTINGS)
+    if contexts is None and (server_tls_changed or tls.changed(old, new, tls.CLIENT_SETTINGS)):
+        contexts = tls.build(new)
     messages = []
     for section, catalogue in ((new.settings, SETTINGS), (new.maitred, MAITRED_SETTINGS)):
         for name, setting in catalogue.items():
@@ -54,6 +61,12 @@ def apply_config(app: "Pooler", new: Config) -> list[str]:
     app.config = new
     app.log_connections = bool(new.get("log_connections"))
     app.load_userlist()
+    if contexts is not None:
+        app.tls = contexts
+    if server_tls_changed:      # as PgBouncer: no server keeps a connection the new TLS settings would refuse
+        messages.append("server TLS settings changed: servers reconnect")
+        for pool in app.pools.values():
+            retire_servers(pool)
     for (dbname, _user), pool in list(app.pools.items()):
         entry = new.database_for(dbname)
         if entry is None:
@@ -84,7 +97,7 @@ def reload(app: "Pooler") -> list[str]:
     new = load_config(app.config.path)
     for warning in new.warnings:
         log.warning("%s", warning)
-    return apply_config(app, new)
+    return apply_config(app, new, tls.build(new))    # certificate files are read again, as PgBouncer does
 
 
 def set_setting(app: "Pooler", key: str, raw: str) -> None:

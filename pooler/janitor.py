@@ -34,8 +34,18 @@ def sweep(app: "Pooler") -> None:
     now = app.now()
     cfg = app.config
     _sweep_clients(app, now, cfg)
+    _create_warm_pools(app, cfg)
     for pool in list(app.pools.values()):
         _sweep_pool(pool, now, cfg)
+
+
+def _create_warm_pools(app: "Pooler", cfg) -> None:
+    """As PgBouncer does, a forced-user database with a min_pool_size gets its pool, so its warm servers, before
+    any client comes (a pool per user cannot be, as its users are not known until they log in)."""
+    for name, db in cfg.databases.items():
+        if db.user and name != "*" and (db.min_pool_size if db.min_pool_size is not None
+                                        else cfg.get("min_pool_size")) > 0 and (name, db.user) not in app.pools:
+            app.get_pool(name, db.user)
 
 
 def _sweep_clients(app: "Pooler", now: float, cfg) -> None:

@@ -75,7 +75,7 @@ def run(path: str, quiet: bool = False, verbose: bool = False) -> int:
     try:
         import uvloop
         uvloop.run(serve(config))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:      # a port in use, an unusable TLS certificate, ...
         log.error("cannot start: %s", exc)
         return 1
     finally:

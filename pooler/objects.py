@@ -196,8 +196,23 @@ class Pool:
             if not any(s.ready for s in self.servers):
                 self.fail_waiting(self.retry_message())
             return
-        while self.connecting < len(self.waiting) and self.may_open(use_reserve):
+        while self.connecting < len(self.waiting) and (self.may_open(use_reserve) or self.evict(use_reserve)):
             self.open_server()
+
+    def evict(self, use_reserve: bool) -> bool:
+        """PgBouncer's evict_connection: when only the database's or the user's limit stands in the way, close
+        the most idle server of another pool under that limit, so one pool's idle servers cannot starve
+        another's waiting clients. True when this pool may open a server now."""
+        full = [limits for limits in (self.db_limits, self.user_limits) if limits.full()]
+        if not full or len(self.servers) >= self.capacity(use_reserve) or self.paused():
+            return False
+        idle = [server for pool in self.app.pools.values() if pool is not self
+                and all(limits is pool.db_limits or limits is pool.user_limits for limits in full)
+                for server in pool.idle]
+        if not idle:
+            return False
+        min(idle, key=lambda server: server.idle_since).close("evicted")
+        return self.may_open(use_reserve)
 
     def open_server(self) -> None:
         from .server import Server
