@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provide etcd, kube-apiserver, kube-controller-manager and helm for the e2e harness.
+# Provide etcd, kube-apiserver, kube-controller-manager, kubectl and helm for the e2e harness.
 #
 # Usage: e2e/build-binaries.sh [--print-dir] [--check]
 #
@@ -8,7 +8,7 @@
 #   --print-dir  same, but print only <dir>
 #   --check      build nothing; exit 1 when a binary is missing or stale
 #
-# $KUBEBUILDER_ASSETS wins when it holds all four binaries. Otherwise they are
+# $KUBEBUILDER_ASSETS wins when it holds all five binaries. Otherwise they are
 # built once from the wrapper Go module in e2e/k8s (Kubernetes and etcd
 # versions pinned by its go.mod/go.sum) and cached, keyed by version, in
 # ${MAITRED_CACHE:-$HOME/.cache/maitred}/k8s/<version>/. Later runs only check
@@ -17,7 +17,7 @@
 set -euo pipefail
 
 HELM_VERSION=v3.17.3
-BINARIES=(etcd kube-apiserver kube-controller-manager helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 module="$here/k8s"
@@ -52,7 +52,7 @@ etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$mod
 cache="${MAITRED_CACHE:-$HOME/.cache/maitred}"
 dest="$cache/k8s/$k8s_version"
 # The stamp ties the cached binaries to the exact module contents and helm version.
-stamp="$(cat "$module/go.mod" "$module/go.sum" <(echo "$HELM_VERSION") | sha256sum | cut -c1-16)"
+stamp="$(cat "$module/go.mod" "$module/go.sum" <(echo "$HELM_VERSION ${BINARIES[*]}") | sha256sum | cut -c1-16)"
 
 fresh() { complete "$dest" && [[ "$(cat "$dest/.stamp" 2>/dev/null)" == "$stamp" ]]; }
 
@@ -92,10 +92,11 @@ minor="${k8s_version#v1.}"; minor="${minor%%.*}"
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-log "building kube-apiserver, kube-controller-manager $k8s_version and etcd $etcd_version with $("$go" version | cut -d' ' -f3) (long on a cold cache)"
+log "building kube-apiserver, kube-controller-manager, kubectl $k8s_version and etcd $etcd_version with $("$go" version | cut -d' ' -f3) (long on a cold cache)"
 (cd "$module" && "$go" build -trimpath -ldflags "$ldflags" -o "$work/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager)
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl)
 (cd "$module" && "$go" build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
 log "control plane built after $((SECONDS - start))s"
 

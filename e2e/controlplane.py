@@ -304,6 +304,7 @@ class Cluster:
 
     server: str
     kubeconfig: Path
+    tools_dir: str = field(default="", kw_only=True)    # put first on subprocesses' PATH (kubectl)
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Path | str) -> "Cluster":
@@ -319,6 +320,8 @@ class Cluster:
         this cluster through KUBECONFIG."""
         env = dict(os.environ if base is None else base)
         env["KUBECONFIG"] = str(self.kubeconfig)
+        if self.tools_dir:
+            env["PATH"] = self.tools_dir + os.pathsep + env.get("PATH", os.defpath)
         return env
 
     def api_client(self):
@@ -360,10 +363,13 @@ class ControlPlane(Cluster):
         manager is healthy. On any failure everything started so far is stopped and removed."""
         binaries = binaries or find_binaries()
         _remove_orphaned_workdirs()
+        # kubectl of the same version as the API server, first on PATH for every subprocess we start.
+        tools = str(binaries["kube-apiserver"].parent)
         workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (workdir / "owner.pid").write_text(str(os.getpid()))
         port = free_port()
-        cp = cls(server=f"https://127.0.0.1:{port}", kubeconfig=workdir / "kubeconfig", workdir=workdir)
+        cp = cls(server=f"https://127.0.0.1:{port}", kubeconfig=workdir / "kubeconfig", workdir=workdir,
+                 tools_dir=tools)
         try:
             cp._boot(binaries, port, timeout)
         except BaseException:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, etcd and
-# Prometheus packages, and the Python distribution with its test extras. Safe to run again.
+# Installs what maitred and its tests need, when missing: Debian's PostgreSQL and PgBouncer packages, the
+# Python distribution with its test extras, and the Kubernetes binaries the e2e tests run. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +8,6 @@ need_apt=()
 command -v pgbench >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
-command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
@@ -18,7 +17,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # Debian starts a packaged cluster and a pgbouncer service on install; maitred's tests start their own.
-for svc in postgresql pgbouncer etcd; do
+for svc in postgresql pgbouncer; do
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
 done
 
@@ -28,3 +27,7 @@ if ! python3 -c "import maitred, pooler, uvloop, scramp, hypothesis, psycopg, py
   python3 -m pip install -q --disable-pip-version-check -e ".[test]"
   mkdir -p .maitred && touch .maitred/.installed
 fi
+
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm for the e2e tests and the quick start:
+# built once from e2e/k8s with Go (about 15 minutes on 2 cores), then reused from ~/.cache/maitred.
+e2e/build-binaries.sh >/dev/null
