@@ -130,7 +130,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("client_tls_ca_file", "path", "", "CA bundle that validates client certificates."),
     _S("client_tls_protocols", "str", "secure", "TLS versions for clients: tlsv1.0-tlsv1.3, all or secure."),
     _S("client_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for clients, OpenSSL syntax."),
-    _S("client_tls13_ciphers", "str", "", "TLS 1.3 cipher suites for clients; empty follows client_tls_ciphers."),
+    _S("client_tls13_ciphers", "str", "", "Accepted, no effect: Python's ssl module cannot restrict TLS 1.3 suites."),
     _S("client_tls_ecdhcurve", "str", "auto", "ECDH curve for clients: none, auto or a curve name."),
     _S("client_tls_dheparams", "str", "auto", _NO_EFFECT + " (DHE parameters.)"),
     _S("server_tls_sslmode", "enum", "prefer", "TLS for server connections.", choices=SSLMODES),
@@ -139,7 +139,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("server_tls_cert_file", "path", "", "Certificate presented to servers."),
     _S("server_tls_protocols", "str", "secure", "TLS versions for servers: tlsv1.0-tlsv1.3, all or secure."),
     _S("server_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for servers, OpenSSL syntax."),
-    _S("server_tls13_ciphers", "str", "", "TLS 1.3 cipher suites for servers; empty follows server_tls_ciphers."),
+    _S("server_tls13_ciphers", "str", "", "Accepted, no effect: Python's ssl module cannot restrict TLS 1.3 suites."),
     # Dangerous timeouts
     _S("query_timeout", "float_seconds", 0.0, "Cancel queries running longer than this; 0 disables."),
     _S("query_wait_timeout", "float_seconds", 120.0, "Disconnect a client queued longer than this; 0 disables."),
