@@ -11,6 +11,7 @@ import psycopg
 
 from maitred.local_postgres import free_port
 from tests.support import PASSWORDS, server_connections, wait_for
+from tests.test_admin import USERS, console
 from tests.test_metrics import http_get, metric
 
 
@@ -50,6 +51,29 @@ def test_pool_grows_and_shrinks_through_the_config_file_under_pgbench(pooler_fac
     follows(pg, 2, timeout=2.5)
     time.sleep(2)
     assert server_connections(pg) <= 2
+    assert_clean_run(bench)
+
+
+def test_pool_goes_2_20_2_through_the_console_then_the_file_during_30s_of_pgbench(pooler_factory, pg):
+    """The issue's scenario: one pgbench run, resized live four times, with no failed transaction."""
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200,
+                            userlist=USERS, admin_users="admin")
+    bench = start_pgbench(pooler, seconds=30)
+    time.sleep(3)
+    assert server_connections(pg) <= 2
+    with console(pooler) as admin:
+        admin.execute("SET default_pool_size = 20")
+        follows(pg, 20, timeout=1.5)
+        time.sleep(4)
+        admin.execute("SET default_pool_size = 2")
+        follows(pg, 2, timeout=1.5)
+    time.sleep(4)
+    pooler.settings["default_pool_size"] = 2        # what the console set, so the file change below is 2 -> 20
+    resize_via_file(pooler, 20)
+    follows(pg, 20, timeout=2.5)                    # the watch polls every 0.5 s
+    time.sleep(4)
+    resize_via_file(pooler, 2)
+    follows(pg, 2, timeout=2.5)
     assert_clean_run(bench)
 
 
