@@ -8,6 +8,7 @@ import socket
 import time
 from typing import Awaitable
 
+from .auth_query import AuthQuery
 from .client import Client
 from .config import Config
 from .objects import Limits, Pool
@@ -41,6 +42,7 @@ class Pooler:
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
+        self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.load_userlist()
 
     # -- configuration ---------------------------------------------------------------------------------

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from . import protocol
 from .auth import AuthFailed, ClientAuth
+from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
-from .server import TRACKED_PARAMS, param_key
+from .server import TRACKED_PARAMS, Server, param_key
 
 if TYPE_CHECKING:
     from .app import Pooler
     from .objects import Pool
-    from .server import Server
 
 log = logging.getLogger("maitred.client")
 
@@ -30,6 +30,8 @@ _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
 
 STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
 _CANONICAL = {name.lower(): name for name in TRACKED_PARAMS}
+_TRUE = ("t", "tr", "tru", "true", "y", "ye", "yes", "on", "1")
+_FALSE = ("f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0")
 
 # Above this many bytes queued while the client waits for a server, stop reading from it.
 PENDING_LIMIT = 256 * 1024
@@ -48,9 +50,13 @@ class Client(asyncio.Protocol):
         self.user = ""
         self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters this client expects
+        self.options: dict[str, str] = {}       # other settings from its `options`; never mutated after login
+        self.replication = ""                   # "database" or "true": a replication connection
+        self.replication_params: dict[str, str] = {}   # what its dedicated server's StartupMessage adds
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
         self.startup = b""
         self.auth: ClientAuth | None = None
+        self.queried_secret: str | None = None  # what auth_query gave for this user (auth_query.py)
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.pending_syncs = 0
@@ -283,17 +289,16 @@ class Client(asyncio.Protocol):
             self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
             return
         self.dbname = params.pop("database", "") or self.user
-        if "replication" in params:
-            self.fatal(protocol.FEATURE_NOT_SUPPORTED, "replication connections are not supported")
+        replication = params.pop("replication", "")
+        if replication.lower() in _TRUE or replication == "database":
+            # Relayed as it is to a server of its own: its parameters go there unchanged.
+            self.replication = "database" if replication == "database" else "true"
+            self.replication_params = dict(params, replication=replication)
+        elif replication and replication.lower() not in _FALSE:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{replication}"')
             return
-        ignored = {p.lower() for p in app.config.get("ignore_startup_parameters") or ()}
-        for name, value in params.items():
-            canonical = _CANONICAL.get(name.lower())
-            if canonical is not None:
-                self.params[canonical] = value
-            elif name.lower() not in ignored and not (name == "options" and not value.strip()):
-                self.fatal(protocol.PROTOCOL_VIOLATION, f"unsupported startup parameter: {name}")
-                return
+        elif not self._start_params(params):
+            return
         if app.client_count() > app.config.get("max_client_conn"):
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
@@ -303,10 +308,33 @@ class Client(asyncio.Protocol):
         if self.dbname != RESERVED_DATABASE and app.config.database_for(self.dbname) is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
             return
-        method = app.config.get("auth_type")
         secret = app.user_secret(self.user)
+        if secret is None and self.dbname != RESERVED_DATABASE and app.auth_query.enabled(self.dbname):
+            self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
+            self.pause_reading("auth_query")
+            app.spawn(self._query_secret())
+            return
+        self._check_secret(secret)
+
+    async def _query_secret(self) -> None:
+        """The secret of a user missing from the auth_file, from PostgreSQL; then the login goes on."""
+        try:
+            secret = await self.app.auth_query.secret(self.dbname, self.user)
+        except LookupFailed as exc:
+            self.fatal(protocol.CONNECTION_FAILURE, str(exc))
+            return
+        if self.closed:
+            return
+        self.queried_secret = secret
+        self.resume_reading("auth_query")
+        self._check_secret(secret, queried=True)
+        if self.startup and self.state == AUTH:      # what the client sent meanwhile
+            self._login_data(b"")
+
+    def _check_secret(self, secret: str | None, queried: bool = False) -> None:
+        method = self.app.config.get("auth_type")
         if method == "trust":
-            if app.has_auth_file() and secret is None:
+            if (queried or self.app.has_auth_file()) and secret is None:
                 self.fatal(protocol.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
                 return
             self._authenticated()
@@ -318,6 +346,35 @@ class Client(asyncio.Protocol):
             return
         self.state = AUTH
         self.transport.write(self.auth.start())
+
+    def _start_params(self, params: dict[str, str]) -> bool:
+        """Keep the tracked parameters and the `options` settings; refuse what PgBouncer refuses.
+
+        As in PgBouncer, each `-c name=value` of `options` counts as a startup parameter of that name, and
+        an ignored name, or `options` in ignore_startup_parameters, ignores it. Unlike PgBouncer, any other
+        setting is kept rather than refused: the pooler applies it on every server the client lands on."""
+        ignored = {p.lower() for p in self.app.config.get("ignore_startup_parameters") or ()}
+        try:
+            settings = protocol.parse_options(params.pop("options", ""))
+        except ValueError as exc:
+            self.fatal(protocol.PROTOCOL_VIOLATION, str(exc))
+            return False
+        options = {}
+        for name, value in settings:     # before the other parameters, which win over them, as in PostgreSQL
+            canonical = _CANONICAL.get(name.lower())
+            if canonical is not None:
+                self.params[canonical] = value
+            elif name.lower() not in ignored and "options" not in ignored:
+                options[name.lower()] = value
+        self.options = options
+        for name, value in params.items():
+            canonical = _CANONICAL.get(name.lower())
+            if canonical is not None:
+                self.params[canonical] = value
+            elif name.lower() not in ignored:
+                self.fatal(protocol.PROTOCOL_VIOLATION, f"unsupported startup parameter: {name}")
+                return False
+        return True
 
     def _password_message(self) -> bool:
         messages, used = protocol.split_messages(self.startup, 65536)
@@ -350,11 +407,22 @@ class Client(asyncio.Protocol):
             start(self)
             return
         pool = self.app.get_pool(self.dbname, self.user)
+        if self.replication and pool.transactional:
+            self.fatal(protocol.FEATURE_NOT_SUPPORTED,
+                       f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
+            return
         self.pool = pool
         if scram_keys is not None and pool.server_user == self.user:
             pool.scram_keys = scram_keys        # the server login may need them (auth.ServerLogin)
+        if self.queried_secret and pool.db.user is None:     # auth_query's secret logs in to the server too
+            pool.server_password = pool.queried_secret = self.queried_secret
         pool.clients.add(self)
         pool.stats.client_logins += 1
+        if self.replication:
+            # Never pooled: a walsender's state (a slot in use, a running backup) must not reach anyone else.
+            self.state = LOGIN_WAIT
+            Server(pool, dedicated=self).start()
+            return
         if pool.welcome is not None:
             self.finish_login(pool.welcome)
             return
@@ -373,7 +441,10 @@ class Client(asyncio.Protocol):
                 reported[name] = self.params[name]
             else:
                 self.params[name] = welcome.get(name, "")
-        self.param_key = param_key(self.params)
+        for name, value in self.options.items():
+            if name in reported:         # a reported setting (search_path on PostgreSQL 18)
+                reported[name] = value
+        self.param_key = param_key(self.params, self.options)
         out = [protocol.parameter_status(k, v) for k, v in reported.items()]
         self.cancel_key = self.app.register_cancel_key(self)
         out.append(protocol.backend_key_data(*self.cancel_key))
@@ -390,6 +461,15 @@ class Client(asyncio.Protocol):
                 self.data_received(chunk)
 
     # -- servers ---------------------------------------------------------------------------------------
+
+    def replication_ready(self, server: "Server") -> None:
+        """The dedicated server of a replication connection logged in: the two stay linked until one goes."""
+        if self.closed:
+            server.close("replication client left")
+            return
+        server.client = self
+        self.server = server
+        self.finish_login(dict(server.params))
 
     def attach(self, server: "Server") -> None:
         """The server is ours: send what waited for it."""
@@ -506,7 +586,10 @@ class Client(asyncio.Protocol):
         self.server = None
         if server is None or server.closed:
             return
-        if server.expected or server.status != protocol.IDLE or not self.at_boundary():
+        if server.dedicated is not None:
+            server.client = None
+            server.close("replication client left")
+        elif server.expected or server.status != protocol.IDLE or not self.at_boundary():
             # Mid-transaction or mid-result: its transaction, locks and state must not reach anyone else.
             server.client = None
             server.close("client disconnect while server was not ready")

@@ -79,7 +79,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
             pool.welcome = None if entry.host != pool.db.host or entry.port != pool.db.port else pool.welcome
         pool.db = entry
         if entry.user is None:
-            pool.server_password = app.userlist.get(pool.server_user)
+            pool.server_password = app.userlist.get(pool.server_user, pool.queried_secret)
         else:
             pool.server_password = entry.password
         pool.db_limits.max_connections = entry.max_db_connections or new.get("max_db_connections")
@@ -97,7 +97,9 @@ def reload(app: "Pooler") -> list[str]:
     new = load_config(app.config.path)
     for warning in new.warnings:
         log.warning("%s", warning)
-    return apply_config(app, new, tls.build(new))    # certificate files are read again, as PgBouncer does
+    messages = apply_config(app, new, tls.build(new))    # certificate files are read again, as PgBouncer does
+    app.auth_query.clear()      # secrets looked up in PostgreSQL are looked up again
+    return messages
 
 
 def set_setting(app: "Pooler", key: str, raw: str) -> None:

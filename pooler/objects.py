@@ -77,6 +77,7 @@ class Pool:
         self.connecting = 0
         self.welcome: dict[str, str] | None = None
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM proof, for SCRAM pass-through
+        self.queried_secret: str | None = None   # server_user's secret from auth_query, kept over a RELOAD
         self.last_connect_failure = 0.0
         self.last_connect_error = ""
         self.stats = Stats()

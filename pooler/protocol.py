@@ -169,6 +169,48 @@ def parse_startup_params(body: bytes) -> dict[str, str]:
         raise ProtocolError("invalid startup packet: parameters are not valid UTF-8") from exc
 
 
+OPTIONS_ERROR = "unsupported options startup parameter: only '-c config=val' is allowed"    # PgBouncer's words
+
+
+def parse_options(value: str) -> list[tuple[str, str]]:
+    """The settings in an `options` startup parameter, read as PostgreSQL reads them: words split at
+    whitespace, a backslash keeps the character after it, each setting is `-c name=value`, `-cname=value`
+    or `--name=value`, and dashes in a name are underscores. Any other switch is a ValueError."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = escaped = False
+    for char in value:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = in_word = True
+        elif char.isspace():
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+            continue
+        else:
+            word.append(char)
+        in_word = True
+    if in_word:
+        words.append("".join(word))
+    settings, i = [], 0
+    while i < len(words):
+        switch = words[i]
+        if switch == "-c" and i + 1 < len(words):
+            setting, i = words[i + 1], i + 2
+        elif switch.startswith(("-c", "--")) and len(switch) > 2:
+            setting, i = switch[2:], i + 1
+        else:
+            raise ValueError(OPTIONS_ERROR)
+        name, equals, setting_value = setting.partition("=")
+        if not equals or not name:
+            raise ValueError(OPTIONS_ERROR)
+        settings.append((name.replace("-", "_"), setting_value))
+    return settings
+
+
 def parse_error_fields(body: bytes) -> dict[str, str]:
     """The fields of an ErrorResponse or NoticeResponse body, keyed by their one-letter codes."""
     fields = {}

@@ -31,30 +31,45 @@ TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "
 _param_keys: dict[tuple, tuple] = {}
 
 
-def param_key(params: dict[str, str]) -> tuple:
-    """The tracked parameters as one interned tuple: equal sets of values are the same object, so the
-    hand-off compares a client and a server with `is` instead of six lookups."""
+def param_key(params: dict[str, str], options: dict[str, str] | None = None) -> tuple:
+    """The tracked parameters, and the settings from `options` when there are any, as one interned tuple:
+    equal sets of values are the same object, so the hand-off compares a client and a server with `is`
+    instead of six lookups."""
     key = tuple(params.get(name) for name in TRACKED_PARAMS)
+    if options:
+        key += (tuple(sorted(options.items())),)
     return _param_keys.setdefault(key, key)
+
+
+def _literal(value: str) -> str:
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
 
 
 def set_statement(diff: dict[str, str]) -> str:
     """One simple query that brings a server's reported parameters to a client's values."""
-    parts = []
-    for name, value in diff.items():
-        if "\\" in value:
-            quoted = "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-        else:
-            quoted = "'" + value.replace("'", "''") + "'"
-        parts.append(f'SET "{name}" TO {quoted}')
-    return ";".join(parts)
+    return ";".join(f'SET "{name}" TO {_literal(value)}' for name, value in diff.items())
+
+
+def options_statements(current: dict[str, str], wanted: dict[str, str]) -> list[str]:
+    """Bring a server's settings from a client's `options` (current) to another client's (wanted).
+
+    set_config takes a value as `-c name=value` does, unquoted lists included (search_path=a,b), which
+    SET name TO 'a,b' would not; RESET goes back to the server's own default."""
+    out = [f"SELECT pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)"
+           for name, value in wanted.items() if current.get(name) != value]
+    out += ['RESET "' + name.replace('"', '""') + '"' for name in current if name not in wanted]
+    return out
 
 
 class Server(asyncio.Protocol):
     """One connection from the pooler to PostgreSQL."""
 
-    def __init__(self, pool: "Pool"):
+    def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
+        # A replication client this server was opened for: outside the pool's count, never reused.
+        self.dedicated = dedicated
         self.app = pool.app
         self.transport: asyncio.Transport | None = None
         self.client: Client | None = None
@@ -63,6 +78,7 @@ class Server(asyncio.Protocol):
         self.close_needed = False     # retire at the next release (RECONNECT, config change)
         self.params: dict[str, str] = {}
         self.param_key: tuple = ()
+        self.options: dict[str, str] = {}   # settings the pooler applied for a client's `options`; never mutated
         self.backend_pid = 0
         self.backend_key = 0
         self.expected = 0             # ReadyForQuery messages still owed to the linked client
@@ -125,6 +141,8 @@ class Server(asyncio.Protocol):
         db = self.pool.db
         params = {"user": self.pool.server_user, "database": db.dbname or self.pool.name}
         params.update(getattr(db, "startup_params", None) or {})
+        if self.dedicated is not None:
+            params.update(self.dedicated.replication_params)
         self.login = ServerLogin(self.pool.server_user, self.pool.server_password, self.pool.scram_keys)
         self.transport.write(protocol.startup_message(params))
 
@@ -175,7 +193,7 @@ class Server(asyncio.Protocol):
             elif kind == _S:
                 name, value = protocol.parse_parameter_status(body)
                 self.params[name] = value
-                self.param_key = param_key(self.params)
+                self.param_key = param_key(self.params, self.options)
             elif kind == 0x4B:    # 'K' BackendKeyData
                 self.backend_pid, self.backend_key = struct.unpack("!II", body[:8])
             elif kind == _E:
@@ -188,7 +206,10 @@ class Server(asyncio.Protocol):
                 self.status = body[0]
                 self.buffer = b""
                 self.app.log_event(log, "new server connection", self)
-                self.pool.server_ready(self)
+                if self.dedicated is not None:
+                    self.dedicated.replication_ready(self)
+                else:
+                    self.pool.server_ready(self)
                 return
 
     def _login_failed(self, reason: str, fields: dict[str, str] | None = None) -> None:
@@ -199,6 +220,9 @@ class Server(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        if self.dedicated is not None:        # PostgreSQL's refusal goes to its one client, as it is
+            self.dedicated.fatal((fields or {}).get("C", protocol.CONNECTION_FAILURE), reason)
+            return
         self.pool.server_closed(self, login_failed=True, reason=reason)
 
     # -- hand-off -------------------------------------------------------------------------------------
@@ -224,6 +248,8 @@ class Server(asyncio.Protocol):
             diff = {k: v for k, v in client.params.items() if params.get(k) != v}
             if diff:
                 checks.append(set_statement(diff))
+            if client.options or self.options:
+                checks += options_statements(self.options, client.options)
             if checks:
                 self.run_internal(";".join(checks), self._link_after_setup)
                 return
@@ -231,6 +257,9 @@ class Server(asyncio.Protocol):
 
     def _link_after_setup(self, error: str | None) -> None:
         client = self.client
+        if not error and client is not None and self.options is not client.options:
+            self.options = client.options       # applied, even if the client has left meanwhile
+            self.param_key = param_key(self.params, self.options)
         if client is None or client.closed:
             self.client = None
             self.pool.release(self)
@@ -302,12 +331,17 @@ class Server(asyncio.Protocol):
             done()
             return
 
-        if query.upper().replace(" ", "") in ("DISCARDALL", "DEALLOCATEALL"):
+        words = query.upper().replace(" ", "")
+        if words in ("DISCARDALL", "DEALLOCATEALL"):
             self.cache.clear()        # every prepared statement is gone from this server
+        resets_settings = "DISCARDALL" in words or "RESETALL" in words
 
         def finished(error: str | None) -> None:
             if error and not self.closed:
                 self.close(f"server_reset_query failed: {error}")
+            elif resets_settings and self.options:
+                self.options = {}
+                self.param_key = param_key(self.params)
             done()
 
         self.run_internal(query, finished)
@@ -315,11 +349,11 @@ class Server(asyncio.Protocol):
     def _parameter_changed(self, body: bytes) -> None:
         name, value = protocol.parse_parameter_status(body)
         self.params[name] = value
-        self.param_key = param_key(self.params)
+        self.param_key = param_key(self.params, self.options)
         client = self.client
         if client is not None and name in client.params:
             client.params[name] = value
-            client.param_key = param_key(client.params)
+            client.param_key = param_key(client.params, client.options)
 
     # -- relaying ---------------------------------------------------------------------------------------
 
