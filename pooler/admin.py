@@ -93,7 +93,8 @@ class Console(asyncio.Protocol):
             ("server_version", VERSION + "/bouncer"), ("client_encoding", "UTF8"), ("server_encoding", "UTF8"),
             ("DateStyle", "ISO"), ("TimeZone", "GMT"), ("standard_conforming_strings", "on"),
             ("is_superuser", "on"))]
-        welcome += [protocol.backend_key_data(*client.cancel_key), protocol.ready_for_query()]
+        welcome += [protocol.backend_key_data(client.cancel_key >> 32, client.cancel_key & 0xffffffff),
+                    protocol.ready_for_query()]
         self.transport.write(b"".join(welcome))
         self.app.log_event(log, f"login attempt: db={RESERVED_DATABASE} user={client.user}", client)
         leftover, client.startup = client.startup, b""
@@ -782,7 +783,7 @@ def show_fds(app: "Pooler"):
             rows.append((sock.fileno(), "pooler", None, None, addr, port, 0, 0) + (None,) * 7)
     for client in _pooled_clients(app):
         addr, port = _endpoint(client.transport, "peername", app.config.get("listen_port"))
-        pid, key = client.cancel_key
+        pid, key = client.cancel_key >> 32, client.cancel_key & 0xffffffff
         rows.append((_fd(client.transport), "client", client.user, client.dbname, addr, port, pid << 32 | key,
                      _fd(client.server.transport) if client.server else 0, client.params.get("client_encoding"),
                      client.params.get("standard_conforming_strings"), client.params.get("DateStyle"),

@@ -31,7 +31,7 @@ class Pooler:
         self.db_limits: dict[str, Limits] = {}
         self.user_limits: dict[str, Limits] = {}
         self.clients: set[Client] = set()
-        self.cancel_keys: dict[tuple[int, int], Client] = {}
+        self.cancel_keys: dict[int, Client] = {}
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
         self.tasks: set[asyncio.Task] = set()
@@ -93,16 +93,17 @@ class Pooler:
     def client_count(self) -> int:
         return len(self.clients)
 
-    def register_cancel_key(self, client: Client) -> tuple[int, int]:
+    def register_cancel_key(self, client: Client) -> int:
+        """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
         while True:
-            key = (int.from_bytes(os.urandom(4), "big") & 0x7fffffff, int.from_bytes(os.urandom(4), "big"))
+            key = int.from_bytes(os.urandom(8), "big") & 0x7fffffffffffffff
             if key not in self.cancel_keys:
                 self.cancel_keys[key] = client
                 return key
 
     def cancel(self, pid: int, key: int) -> None:
         """Forward a CancelRequest to the server running that client's query, and to nothing else."""
-        client = self.cancel_keys.get((pid, key))
+        client = self.cancel_keys.get(pid << 32 | key)
         server = client.server if client is not None else None
         if server is None or not server.ready:
             return

@@ -10,14 +10,16 @@ import asyncio
 import logging
 import os
 import struct
-from typing import TYPE_CHECKING
+import sys
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping
 
 from . import protocol
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
-from .server import TRACKED_PARAMS, Server, param_key
+from .server import TRACKED_PARAMS, Server, param_key, shared_params
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -36,9 +38,18 @@ _FALSE = ("f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0")
 # Above this many bytes queued while the client waits for a server, stop reading from it.
 PENDING_LIMIT = 256 * 1024
 
+_PAUSE = {"waiting": 1, "server": 2, "auth_query": 4}
+_NONE: Mapping[str, str] = MappingProxyType({})
+
 
 class Client(asyncio.Protocol):
-    """One connection from an application to the pooler."""
+    """One connection from an application to the pooler. Slots keep an idle client small."""
+
+    __slots__ = ("app", "transport", "state", "closed", "pool", "server", "user", "dbname", "params", "options",
+                 "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
+                 "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
+                 "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
+                 "unsynced", "tracker", "cancel_key", "unix", "max_length", "handshaking", "__weakref__")
 
     def __init__(self, app: "Pooler"):
         self.app = app
@@ -49,15 +60,15 @@ class Client(asyncio.Protocol):
         self.server: Server | None = None      # the server bytes go to right now
         self.user = ""
         self.dbname = ""
-        self.params: dict[str, str] = {}        # the tracked session parameters this client expects
-        self.options: dict[str, str] = {}       # other settings from its `options`; never mutated after login
+        self.params: dict[str, str] = {}        # the tracked session parameters (shared_params once logged in)
+        self.options: Mapping[str, str] = _NONE  # other settings from its `options`; never mutated after login
         self.replication = ""                   # "database" or "true": a replication connection
-        self.replication_params: dict[str, str] = {}   # what its dedicated server's StartupMessage adds
+        self.replication_params: Mapping[str, str] = _NONE   # what its dedicated server's StartupMessage adds
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
         self.startup = b""
         self.auth: ClientAuth | None = None
         self.queried_secret: str | None = None  # what auth_query gave for this user (auth_query.py)
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | tuple = ()  # bytes waiting for a server (a list once there are any)
         self.pending_bytes = 0
         self.pending_syncs = 0
         self.requested = False                 # waiting for, or being handed, a server
@@ -68,13 +79,14 @@ class Client(asyncio.Protocol):
         self.connected_at = app.now()
         self.idle_since = self.connected_at
         self.active = False
-        self.pause_reasons: set[str] = set()
+        self.paused_by = 0                      # why reading is paused: bits of _PAUSE
+        self.write_blocked = False              # its socket's send buffer is full (pause_writing)
         # Extended-protocol messages went to the server with no Sync after them: until one follows, the server
         # may hold an implicit transaction, or ignore everything up to the next Sync after an error.
         self.unsynced = False
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
-        self.cancel_key = (0, 0)
-        self.peer = ""
+        self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
+        self.unix = False                       # connected over the Unix socket
         self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
 
@@ -83,7 +95,7 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.unix = not isinstance(peer, tuple)
         self.app.client_connected(self)
 
     def connection_lost(self, exc) -> None:
@@ -159,7 +171,10 @@ class Client(asyncio.Protocol):
                     server.expected += syncs
                 server.transport.write(data)
             else:
-                self.pending.append(data)
+                if self.pending:
+                    self.pending.append(data)
+                else:
+                    self.pending = [data]
                 self.pending_bytes += len(data)
                 self.pending_syncs += syncs
                 if not self.requested:
@@ -246,7 +261,7 @@ class Client(asyncio.Protocol):
         if code >> 16 != 3:
             raise protocol.ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xffff}: "
                                          "server supports 3.0")
-        if self.app.tls.client_required and self.peer != "unix" and \
+        if self.app.tls.client_required and not self.unix and \
                 self.transport.get_extra_info("ssl_object") is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, "SSL required")      # PgBouncer's words
             return False
@@ -256,7 +271,7 @@ class Client(asyncio.Protocol):
     def _ssl_request(self) -> bool:
         """SSLRequest with client TLS on, over TCP: answer S and let the TLS layer take the socket."""
         context = self.app.tls.client
-        if context is None or self.peer == "unix":
+        if context is None or self.unix:
             return False
         if self.transport.get_extra_info("ssl_object") is not None:
             raise protocol.ProtocolError("SSL request inside SSL")
@@ -284,11 +299,11 @@ class Client(asyncio.Protocol):
 
     def _start(self, params: dict[str, str]) -> None:
         app = self.app
-        self.user = params.pop("user", "")
+        self.user = sys.intern(params.pop("user", ""))     # shared by every client of that user
         if not self.user:
             self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
             return
-        self.dbname = params.pop("database", "") or self.user
+        self.dbname = sys.intern(params.pop("database", "") or self.user)
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
             # Relayed as it is to a server of its own: its parameters go there unchanged.
@@ -444,10 +459,11 @@ class Client(asyncio.Protocol):
         for name, value in self.options.items():
             if name in reported:         # a reported setting (search_path on PostgreSQL 18)
                 reported[name] = value
+        self.params = shared_params(self.params)
         self.param_key = param_key(self.params, self.options)
         out = [protocol.parameter_status(k, v) for k, v in reported.items()]
         self.cancel_key = self.app.register_cancel_key(self)
-        out.append(protocol.backend_key_data(*self.cancel_key))
+        out.append(protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff))
         out.append(protocol.ready_for_query())
         self.transport.write(b"".join(out))
         self.state = ACTIVE
@@ -455,7 +471,7 @@ class Client(asyncio.Protocol):
         self.app.log_event(log, "login attempt: db=%s user=%s" % (self.dbname, self.user), self)
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
-            pending, self.pending = self.pending, []
+            pending, self.pending = self.pending, ()
             self.pending_bytes = self.pending_syncs = 0
             for chunk in pending:
                 self.data_received(chunk)
@@ -481,12 +497,13 @@ class Client(asyncio.Protocol):
                 server.query_started = self.app.now()
             server.expected += self.pending_syncs
             server.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-            self.pending = []
+            self.pending = ()
             self.pending_bytes = self.pending_syncs = 0
         if self.tracker is not None and self.tracker.held:
             self._tracked_data(b"")
-        self.resume_reading("waiting")
-        if "client" in self.pause_reasons:
+        if self.paused_by:
+            self.resume_reading("waiting")
+        if self.write_blocked:
             server.pause_reading()
 
     def server_unavailable(self, reason: str) -> None:
@@ -522,23 +539,25 @@ class Client(asyncio.Protocol):
     # -- back-pressure ---------------------------------------------------------------------------------
 
     def pause_reading(self, reason: str) -> None:
-        if not self.pause_reasons and self.transport is not None and not self.closed:
+        """Stop reading from the client for `reason` ("waiting", "server", "auth_query") until it resumes."""
+        if not self.paused_by and self.transport is not None and not self.closed:
             self.transport.pause_reading()
-        self.pause_reasons.add(reason)
+        self.paused_by |= _PAUSE[reason]
 
     def resume_reading(self, reason: str) -> None:
-        if reason in self.pause_reasons:
-            self.pause_reasons.discard(reason)
-            if not self.pause_reasons and not self.closed:
+        bit = _PAUSE[reason]
+        if self.paused_by & bit:
+            self.paused_by &= ~bit
+            if not self.paused_by and not self.closed:
                 self.transport.resume_reading()
 
     def pause_writing(self) -> None:
-        self.pause_reasons.add("client")
+        self.write_blocked = True
         if self.server is not None:
             self.server.pause_reading()
 
     def resume_writing(self) -> None:
-        self.pause_reasons.discard("client")
+        self.write_blocked = False
         if self.server is not None:
             self.server.resume_reading()
 
@@ -601,3 +620,9 @@ class Client(asyncio.Protocol):
 
     def describe(self) -> str:
         return f"C-{id(self) & 0xffffff:06x} {self.dbname}/{self.user}@{self.peer}"
+
+    @property
+    def peer(self) -> str:
+        """host:port of the client, asked of the socket when a log line needs it (not kept per client)."""
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"

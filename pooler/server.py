@@ -41,6 +41,16 @@ def param_key(params: dict[str, str], options: dict[str, str] | None = None) -> 
     return _param_keys.setdefault(key, key)
 
 
+_shared_params: dict[tuple, dict[str, str]] = {}
+
+
+def shared_params(params: dict[str, str]) -> dict[str, str]:
+    """One dict per distinct set of client parameters, shared by every client that has it (thousands of
+    idle clients mostly have the same few). Never mutate the result: replace it."""
+    key = tuple(sorted(params.items()))
+    return _shared_params.setdefault(key, params)
+
+
 def _literal(value: str) -> str:
     if "\\" in value:
         return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -351,8 +361,8 @@ class Server(asyncio.Protocol):
         self.params[name] = value
         self.param_key = param_key(self.params, self.options)
         client = self.client
-        if client is not None and name in client.params:
-            client.params[name] = value
+        if client is not None and name in client.params and client.params[name] != value:
+            client.params = shared_params({**client.params, name: value})
             client.param_key = param_key(client.params, client.options)
 
     # -- relaying ---------------------------------------------------------------------------------------
