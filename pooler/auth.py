@@ -63,6 +63,20 @@ def password_matches(password: str, user: str, secret: str) -> bool:
     return hmac.compare_digest(stored, stored2) and hmac.compare_digest(server, server2)
 
 
+_plain_scram_infos: dict[str, tuple] = {}
+
+
+def plain_scram_info(password: str) -> tuple:
+    """A SCRAM verifier for a plain-text auth_file password, derived once and kept: PBKDF2 with 4096
+    iterations costs milliseconds, and every SCRAM login of that user would otherwise pay it again."""
+    info = _plain_scram_infos.get(password)
+    if info is None:
+        if len(_plain_scram_infos) >= 4096:
+            _plain_scram_infos.clear()
+        info = _plain_scram_infos[password] = _mechanism.make_auth_info(password, iteration_count=4096)
+    return info
+
+
 def _failed(user: str) -> AuthFailed:
     return AuthFailed(f'password authentication failed for user "{user}"')
 
@@ -158,7 +172,7 @@ class ClientAuth:
 
     def _auth_info(self, _username: str):
         if secret_kind(self.secret) == "plain":
-            return _mechanism.make_auth_info(self.secret, iteration_count=4096)
+            return plain_scram_info(self.secret)
         return parse_scram_secret(self.secret)
 
 
