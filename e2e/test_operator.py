@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e.controlplane import free_port, wait_for
+from e2e.controlplane import wait_for
+from e2e.kubelet import Kubelet
+from e2e.local_operator import OperatorProcess, install
 from pooler_operator.render import render_documents
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "registry.invalid/maitred:e2e"
 OWNED = [("configmap", "{}-config"), ("secret", "{}-auth"), ("deployment", "{}"), ("service", "{}"),
          ("serviceaccount", "{}")]
@@ -36,78 +31,17 @@ OWNED = [("configmap", "{}-config"), ("secret", "{}-auth"), ("deployment", "{}")
 # -- the operator as a process ------------------------------------------------------------------------------
 
 
-class OperatorProcess:
-    def __init__(self, proc: subprocess.Popen, log: Path):
-        self.proc, self.log = proc, log
-
-    def logs(self, lines: int = 80) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-def _service_account_kubeconfig(control_plane, path: Path) -> Path:
-    """A kubeconfig for the operator's ServiceAccount: the operator runs with operator/rbac.yaml, not admin."""
-    token = control_plane.kubectl("create", "token", "maitred-operator", "-n", "maitred-system",
-                                  "--duration=2h").strip()
-    config = yaml.safe_load(Path(control_plane.kubeconfig).read_text())
-    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-    context["context"]["user"] = "maitred-operator"
-    config["users"] = [{"name": "maitred-operator", "user": {"token": token}}]
-    config["contexts"] = [context]
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def operator(control_plane, tmp_path_factory):
     """`maitred operator` watching every namespace, as its ServiceAccount, peering through `maitred`."""
-    cp = control_plane
-    cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "postgrespooler.yaml"),
-               "-f", str(ROOT / "crds" / "kopf-peering.yaml"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/postgrespoolers.maitred.dev",
-               "crd/clusterkopfpeerings.kopf.dev")
-    cp.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "maitred"}}))
-    if "maitred-system" not in cp.kubectl("get", "namespaces", "-o", "name"):
-        cp.kubectl("create", "namespace", "maitred-system")
-    cp.kubectl("apply", "-f", str(ROOT / "operator" / "rbac.yaml"))
-
-    workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = _service_account_kubeconfig(cp, workdir / "kubeconfig")
-    log = workdir / "operator.log"
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    env = {**cp.env(), "KUBECONFIG": str(kubeconfig), "MAITRED_POOLER_IMAGE": IMAGE}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "operator", "--all-namespaces",
-                                 "--peering", "maitred", "--liveness", liveness],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    op = OperatorProcess(proc, log)
+    install(control_plane, peering="maitred")
+    op = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator"), "--all-namespaces",
+                         "--peering", "maitred", env={"MAITRED_POOLER_IMAGE": IMAGE})
     try:
-        try:
-            wait_for(lambda: _ok(liveness) or not op.alive(), timeout=60, what="the operator's liveness endpoint")
-        except TimeoutError:
-            raise RuntimeError(f"the operator did not come up:\n{op.logs()}") from None
-        if not op.alive():
-            raise RuntimeError(f"the operator exited with {proc.returncode}:\n{op.logs()}")
-        yield op
+        yield op.wait_live()
     finally:
-        if op.alive():
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        op.stop()
         print("operator log (tail):\n" + op.logs(200))
-
-
-def _ok(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url, timeout=2).status == 200
-    except OSError:
-        return False
 
 
 # -- kubectl helpers ----------------------------------------------------------------------------------------
@@ -393,14 +327,8 @@ def test_sidecar_mode_renders_only_the_config_and_says_so(control_plane, operato
 def test_a_second_replica_stands_by_while_the_first_leads(control_plane, operator, namespace, tmp_path):
     """Peering: a replica with a lower priority pauses, so two replicas never reconcile the same resource."""
     cp = control_plane
-    kubeconfig = _service_account_kubeconfig(cp, tmp_path / "kubeconfig")
-    log = tmp_path / "standby.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "operator", "--all-namespaces",
-                                 "--peering", "maitred", "--priority", "1"],
-                                env={**cp.env(), "KUBECONFIG": str(kubeconfig)}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    standby = OperatorProcess(proc, log)
+    standby = OperatorProcess(cp, tmp_path, "--all-namespaces", "--peering", "maitred", "--priority", "1",
+                              name="standby")
     try:
         def peers():
             status = json.loads(cp.kubectl("get", "clusterkopfpeering", "maitred", "-o", "json")).get("status")
@@ -413,125 +341,14 @@ def test_a_second_replica_stands_by_while_the_first_leads(control_plane, operato
         apply(cp, *basic(namespace))
         wait_applied(cp, operator, "pool", namespace)
         time.sleep(2)
-        assert "created Deployment" not in log.read_text() and "Applied:" not in log.read_text(), standby.logs()
+        log = standby.log.read_text()
+        assert "created Deployment" not in log and "Applied:" not in log, standby.logs()
         assert standby.alive()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+        standby.stop()
 
 
 # -- the pooler of the Deployment, run here -----------------------------------------------------------------
-
-
-class Kubelet:
-    """What a kubelet would do for the Deployment's pooler container, on this machine.
-
-    Projected volumes are written as the kubelet writes them (a timestamped folder behind a `..data` symlink
-    swapped atomically), mount paths live under `root`, and the pod's network namespace is emulated by
-    moving the container's ports to free ports on 127.0.0.1.
-    """
-
-    def __init__(self, cp, namespace: str, deployment: dict[str, Any], root: Path):
-        self.cp, self.namespace, self.root = cp, namespace, root
-        self.pod = deployment["spec"]["template"]["spec"]
-        self.container = self.pod["containers"][0]
-        self.mounts = {m["name"]: m["mountPath"] for m in self.container["volumeMounts"]}
-        self.ports = {p["containerPort"]: free_port() for p in self.container["ports"]}
-        self.generation = 0
-        self.proc: subprocess.Popen | None = None
-
-    def host_path(self, path: str) -> str:
-        for mount in sorted(self.mounts.values(), key=len, reverse=True):
-            if path == mount or path.startswith(mount + "/"):
-                return str(self.root / mount.lstrip("/")) + path[len(mount):]
-        return path
-
-    def port(self, name: str) -> int:
-        return next(self.ports[p["containerPort"]] for p in self.container["ports"] if p["name"] == name)
-
-    def _rewrite(self, text: str) -> str:
-        """The container's view → this machine's: mount paths, ports and listen addresses."""
-        def line(match: re.Match) -> str:
-            key, value = match["key"], match["value"]
-            if key in ("listen_port", "http_port") and int(value) in self.ports:
-                value = str(self.ports[int(value)])
-            elif key in ("listen_addr", "http_addr"):
-                value = "127.0.0.1"
-            elif value.startswith("/"):
-                value = self.host_path(value)
-            return f"{key} = {value}"
-        return re.sub(r"^(?P<key>[a-z_]+) = (?P<value>.*)$", line, text, flags=re.M)
-
-    def _files(self, volume: dict[str, Any]) -> dict[str, bytes]:
-        files = {}
-        for source in volume["projected"]["sources"]:
-            kind = "configmap" if "configMap" in source else "secret"
-            ref = source.get("configMap") or source["secret"]
-            obj = get(self.cp, kind, ref["name"], self.namespace)
-            assert obj is not None, f"{kind} {ref['name']} is missing"
-            for item in ref["items"]:
-                raw = obj["data"][item["key"]]
-                data = raw.encode() if kind == "configmap" else base64.b64decode(raw)
-                if item["path"].endswith(".ini"):
-                    data = self._rewrite(data.decode()).encode()
-                files[item["path"]] = data
-        return files
-
-    def sync(self) -> None:
-        """Project every volume again, atomically, as the kubelet does on its sync loop."""
-        self.generation += 1
-        for volume in self.pod["volumes"]:
-            target = self.root / self.mounts[volume["name"]].lstrip("/")
-            target.mkdir(parents=True, exist_ok=True)
-            if "projected" not in volume:
-                continue
-            data_dir = target / f"..{self.generation}"
-            files = self._files(volume)
-            for path, data in files.items():
-                (data_dir / path).parent.mkdir(parents=True, exist_ok=True)
-                (data_dir / path).write_bytes(data)
-            tmp_link = target / "..data_tmp"
-            tmp_link.symlink_to(data_dir.name)
-            os.replace(tmp_link, target / "..data")
-            for top in {p.split("/")[0] for p in files}:
-                link = target / top
-                if not link.is_symlink():
-                    link.symlink_to(f"..data/{top}")
-
-    def start(self) -> None:
-        self.sync()
-        argv = [self.host_path(a) for a in self.container["command"] + self.container["args"]]
-        assert argv[0] == "maitred"
-        self.log = open(self.root / "pooler.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", *argv[1:]], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        wait_for(lambda: self._listening(), timeout=20, what="the pooler to listen")
-
-    def _listening(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the pooler exited:\n{self.logs()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port("postgres")), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def http(self, path: str) -> str:
-        return urllib.request.urlopen(f"http://127.0.0.1:{self.port('http')}{path}", timeout=5).read().decode()
-
-    def logs(self) -> str:
-        return (self.root / "pooler.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
 
 
 @pytest.fixture

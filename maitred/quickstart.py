@@ -1,64 +1,291 @@
-"""The quick start: a local PostgreSQL in .maitred/quickstart and a maitred pooler in front of it.
+"""The quick start: the whole product on this machine, in the foreground until Ctrl-C or SIGTERM.
 
-Runs in the foreground until Ctrl-C, then stops both. The PostgreSQL cluster is kept between runs.
+A local Kubernetes control plane (e2e/controlplane.py: etcd, kube-apiserver, kube-controller-manager; their
+binaries built once), a PostgreSQL kept in STATE/pg between runs, `maitred operator`, and
+examples/postgrespooler.yaml applied with its database pointed at that PostgreSQL. The control plane has no
+kubelet, so the quick start plays its part for the Deployment the operator makes: it runs the pooler here from
+the ConfigMap and Secret the operator rendered, reports the pod ready, projects changed files so the pooler
+reloads them, and restarts the pooler when the pod template changes. Stopping stops all of it. `--check`
+stops after the summary instead: the quick start's own test.
+
+Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and e2e/.
 """
 from __future__ import annotations
 
+import argparse
+import base64
+import contextlib
+import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
+import yaml
+
+from e2e.controlplane import ControlPlane, cached_binaries_dir, find_binaries, wait_for
+from e2e.kubelet import Kubelet
+from e2e.local_operator import OperatorProcess, install
 from maitred.local_postgres import LocalPostgres
-from pooler.config import load_config
-from pooler.userlist import load_userlist
 
-EXAMPLE = "examples/pooler.ini"
-STATE_DIR = ".maitred/quickstart"
+EXAMPLE = "examples/postgrespooler.yaml"
+POSTGRES_PORT, POOLER_PORT = 15432, 6432
+SYNC_INTERVAL = 5  # seconds between projections of the ConfigMap and Secret, as a kubelet's sync loop
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupted)
-    config = load_config(EXAMPLE)
-    entry = config.databases["app"]
-    users = load_userlist(config.get("auth_file"))
-    print(f"==> PostgreSQL in {STATE_DIR}/pg on 127.0.0.1:{entry.port}", flush=True)
-    pg = LocalPostgres(base_dir=os.path.join(STATE_DIR, "pg"), port=entry.port, keep=True)
-    fresh = not os.path.exists(os.path.join(pg.datadir, "PG_VERSION"))
-    pg.start()
-    try:
-        if fresh:
-            pg.create_role("app", users["app"])
-            pg.create_database("app", owner="app")
-        port = config.get("listen_port")
-        print(f"==> maitred pooler with {EXAMPLE} on 127.0.0.1:{port}", flush=True)
-        pooler = subprocess.Popen([sys.executable, "-m", "maitred.cli", "pooler", EXAMPLE])
-        time.sleep(1.0)
-        if pooler.poll() is not None:
-            return pooler.returncode or 1
-        print(f"""
-Connect through the pooler:
-    PGPASSWORD={users['app']} psql -h 127.0.0.1 -p {port} -U app app
-Admin console:
-    PGPASSWORD={users['admin']} psql -h 127.0.0.1 -p {port} -U admin pgbouncer -c 'SHOW POOLS'
-Metrics:
-    curl -s http://127.0.0.1:{config.get('http_port')}/metrics
-Press Ctrl-C to stop.
-""", flush=True)
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
         try:
-            pooler.wait()
-        except KeyboardInterrupt:
-            pooler.send_signal(signal.SIGINT)
-            pooler.wait(30)
-        return 0
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+# -- the example ----------------------------------------------------------------------------------------------
+
+
+def load_example(postgres_port: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+    """The example's documents, its PostgresPooler pointed at the local PostgreSQL with one replica (one local
+    pooler process stands for one pod), and the users of its users Secret."""
+    docs = [d for d in yaml.safe_load_all(Path(EXAMPLE).read_text()) if d]
+    pooler = next(d for d in docs if d["kind"] == "PostgresPooler")
+    pooler["spec"]["database"].update(host="127.0.0.1", port=postgres_port)
+    pooler["spec"]["replicas"] = 1
+    secret_name = pooler["spec"]["auth"]["usersSecret"]["name"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == secret_name)
+    users = dict(secret.get("stringData") or {})
+    users.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
+    return docs, pooler, users
+
+
+# -- the steps ------------------------------------------------------------------------------------------------
+
+
+def start_postgres(state: Path, port: int, users: dict[str, str], dbname: str) -> LocalPostgres:
+    """The cluster in STATE/pg, made the first time, with the example's users and database on every start (a
+    changed password in the example is picked up)."""
+    pg = LocalPostgres(base_dir=str(state / "pg"), port=port, keep=True)
+    pg.stop()  # a run that was killed may have left it running
+    if not _port_free(port):
+        raise RuntimeError(f"port {port} is in use: pick another with --postgres-port")
+    pg.start()
+    for user, password in users.items():
+        quoted = password.replace("'", "''")
+        pg.psql(f"SET password_encryption = 'scram-sha-256'; "
+                f"DO $$BEGIN CREATE ROLE \"{user}\"; EXCEPTION WHEN duplicate_object THEN NULL; END$$; "
+                f"ALTER ROLE \"{user}\" LOGIN PASSWORD '{quoted}'")
+    if not pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'"):
+        pg.create_database(f'"{dbname}"', owner=f'"{next(iter(users))}"')
+    return pg
+
+
+def kubernetes_binaries() -> dict[str, Path]:
+    """The control plane's binaries, built with Go the first time, with a line a minute while that lasts."""
+    if cached_binaries_dir():
+        return find_binaries()
+    say("==> building the Kubernetes binaries with Go: once, about 15 minutes on 2 cores, then cached")
+    started, done = time.monotonic(), threading.Event()
+
+    def heartbeat():
+        while not done.wait(60):
+            say(f"    still building ({(time.monotonic() - started) / 60:.0f} min so far)")
+    threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        return find_binaries(build=True)
     finally:
-        pg.stop()
-        print("==> stopped", flush=True)
+        done.set()
+
+
+def wait_condition(cp, namespace: str, name: str, type_: str, operator: OperatorProcess,
+                   timeout: float = 60) -> None:
+    """Wait for a condition of the PostgresPooler; fail with all of them and the operator's log."""
+    def conditions() -> list[dict[str, Any]]:
+        obj = json.loads(cp.kubectl("get", "pgp", name, "-n", namespace, "-o", "json"))
+        return (obj.get("status") or {}).get("conditions") or []
+    try:
+        wait_for(lambda: any(c["type"] == type_ and c["status"] == "True" for c in conditions()),
+                 timeout=timeout, what=f"{type_} on {namespace}/{name}")
+    except TimeoutError:
+        raise RuntimeError(f"{namespace}/{name} is not {type_}: {conditions()}\n"
+                           f"operator log:\n{operator.logs(40)}") from None
+
+
+def run_pod(cp, namespace: str, name: str, pod_dir: Path, port: int,
+            stack: contextlib.ExitStack) -> tuple[Kubelet, str]:
+    """The Deployment's pooler, started here and reported as its newest pod; stopped with everything else."""
+    deployment = json.loads(cp.kubectl("get", "deployment", name, "-n", namespace, "-o", "json"))
+    kubelet = Kubelet(cp, namespace, deployment, pod_dir, host_ports={"postgres": port})
+    stack.callback(kubelet.stop)
+    kubelet.start()
+    return kubelet, kubelet.report_ready()
+
+
+def connect_command(port: int, user: str, password: str, dbname: str) -> str:
+    return f"PGPASSWORD={shlex.quote(password)} psql -h 127.0.0.1 -p {port} -U {user} {dbname}"
+
+
+def check_query(port: int, user: str, password: str, dbname: str) -> str:
+    """What `connect_command` gets back for one query: the pooler serves, end to end."""
+    sql = "SELECT current_user || '@' || current_database() || ', PostgreSQL ' || current_setting('server_version')"
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port), "-U", user, dbname, "-c", sql],
+                         env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"a query through the pooler failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    started = time.monotonic()
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    if not _port_free(args.port):
+        raise RuntimeError(f"port {args.port} is in use (another quick start?): pick another with --port")
+    docs, pooler, users = load_example(args.postgres_port)
+    namespace, name = pooler["metadata"]["namespace"], pooler["metadata"]["name"]
+    dbname = pooler["spec"]["database"]["dbname"]
+    user, password = next(iter(users.items()))
+
+    binaries = kubernetes_binaries()  # first: on a fresh machine, nothing else waits for the build
+    say(f"==> PostgreSQL in {args.state_dir}/pg on 127.0.0.1:{args.postgres_port} "
+        f"(users {', '.join(users)}, database {dbname})")
+    pg = start_postgres(state, args.postgres_port, users, dbname)
+    stack.callback(pg.stop)
+
+    say(f"==> Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager "
+        f"({binaries['kube-apiserver'].parent})")
+    cp = ControlPlane.start(binaries)
+    stack.callback(cp.stop)
+    say(f"    API server at {cp.server}")
+
+    say("==> kubectl apply -f crds/postgrespooler.yaml -f operator/rbac.yaml")
+    install(cp)
+    say("==> maitred operator --all-namespaces --standalone, as ServiceAccount maitred-system/maitred-operator "
+        f"(log: {args.state_dir}/operator.log)")
+    operator = OperatorProcess(cp, state, "--all-namespaces", "--standalone")
+    stack.callback(operator.stop)
+    operator.wait_live()
+
+    say(f"==> kubectl apply -f {EXAMPLE} (database.host 127.0.0.1, port {args.postgres_port}, replicas 1)")
+    for ns in sorted({d["metadata"]["namespace"] for d in docs}):
+        cp.kubectl("create", "namespace", ns)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    wait_condition(cp, namespace, name, "ConfigApplied", operator)
+
+    say(f"==> the Deployment's pooler, run here from ConfigMap {name}-config and Secret {name}-auth, "
+        f"on 127.0.0.1:{args.port} (log: {args.state_dir}/pod/pooler.log)")
+    pod_dir = state / "pod"
+    shutil.rmtree(pod_dir, ignore_errors=True)
+    pod_dir.mkdir()
+    kubelet, pod = run_pod(cp, namespace, name, pod_dir, args.port, stack)
+    wait_condition(cp, namespace, name, "Ready", operator)
+    try:
+        answer = check_query(args.port, user, password, dbname)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\npooler log:\n{kubelet.logs()[-3000:]}") from None
+
+    env = f"export KUBECONFIG={cp.kubeconfig} PATH={cp.tools_dir}:$PATH"
+    patch = '{"spec":{"pool":{"defaultPoolSize":30}}}'
+    say(f"""
+maitred is running ({time.monotonic() - started:.0f} s): PostgreSQL, a Kubernetes control plane, the operator,
+and the pooler of PostgresPooler {namespace}/{name} (as pod {pod}).
+
+Connect through the pooler (it answered {answer}):
+    {connect_command(args.port, user, password, dbname)}
+
+kubectl, in another shell:
+    {env}
+    kubectl get pgp -A
+{indent(cp.kubectl("get", "pgp", "-A"))}
+    kubectl get pgp -A -o wide
+{indent(cp.kubectl("get", "pgp", "-A", "-o", "wide"))}
+
+A change the pooler reloads without a restart:
+    kubectl patch pgp -n {namespace} {name} --type merge -p '{patch}'
+Metrics: curl -s http://127.0.0.1:{kubelet.port("http")}/metrics
+""")
+    if args.check:
+        return
+    say("Press Ctrl-C to stop everything.")
+    problem = None
+    while True:
+        time.sleep(SYNC_INTERVAL)
+        if not operator.alive():
+            raise RuntimeError(f"the operator exited:\n{operator.logs(40)}")
+        if kubelet.proc.poll() is not None:
+            raise RuntimeError(f"the pooler exited:\n{kubelet.logs()[-3000:]}")
+        try:
+            deployment = json.loads(cp.kubectl("get", "deployment", name, "-n", namespace, "-o", "json"))
+            if deployment["spec"]["template"] != kubelet.template:
+                say("==> the pod template changed (a setting read at startup, or the pod itself): the pooler "
+                    "restarts, as a rollout would")
+                kubelet.stop()
+                kubelet, pod = run_pod(cp, namespace, name, pod_dir, args.port, stack)
+                say(f"    running again as pod {pod}")
+            elif kubelet.sync():
+                say(f"==> ConfigMap {name}-config or Secret {name}-auth changed: projected again, "
+                    "the pooler reloads")
+            problem = None
+        except RuntimeError as exc:  # e.g. the PostgresPooler was deleted: say so once, keep serving
+            if str(exc) != problem:
+                say(f"==> the pooler keeps its last config: {exc}")
+            problem = str(exc)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m maitred.quickstart", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="start everything, query through the pooler, print the summary, then stop")
+    parser.add_argument("--state-dir", default=os.environ.get("MAITRED_QUICKSTART_DIR", ".maitred/quickstart"),
+                        help="where PostgreSQL and the logs live (default: $MAITRED_QUICKSTART_DIR, "
+                             "else .maitred/quickstart)")
+    parser.add_argument("--postgres-port", type=int, default=POSTGRES_PORT, help="PostgreSQL's port")
+    parser.add_argument("--port", type=int, default=POOLER_PORT, help="the pooler's port")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
+    code = 0
+    stack = contextlib.ExitStack()
+    try:
+        run(args, stack)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - said once, plainly, then everything stops
+        say(f"maitred quickstart: {exc}")
+        code = 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
+        say("==> stopping the pooler, the operator, the control plane and PostgreSQL")
+        stack.close()
+        say("==> stopped")
+    return code
 
 
 if __name__ == "__main__":
