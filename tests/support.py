@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,24 @@ def server_connections(pg: LocalPostgres, users: tuple[str, ...] = ("app",)) -> 
     names = ",".join(f"'{u}'" for u in users)
     return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
                        f"AND usename IN ({names})"))
+
+
+def run_threads(target, count: int) -> list[str]:
+    """Run target(0) … target(count - 1) in threads; the errors they raised, as reprs."""
+    errors: list[str] = []
+
+    def wrapped(n: int) -> None:
+        try:
+            target(n)
+        except Exception as exc:  # collected for the assertion in the main thread
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=wrapped, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):

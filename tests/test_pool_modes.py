@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from tests.support import server_connections
+from tests.support import run_threads, server_connections
 
 
 def test_session_mode_keeps_session_state_for_the_whole_connection(pooler_factory):
@@ -123,29 +123,19 @@ def test_pipelined_extended_protocol_in_transaction_mode(pooler_factory, protoco
         assert result.returncode == 0, result.stderr
         assert "number of failed transactions: 0 " in result.stdout
         return
-    errors = []
-
     def worker(n: int) -> None:
-        try:
-            # Unnamed statements only: named ones in transaction mode are the prepared-statement suite's.
-            with psycopg.connect(pooler.dsn(), autocommit=True, prepare_threshold=None) as conn:
-                for i in range(30):
+        # Unnamed statements only: named ones in transaction mode are the prepared-statement suite's.
+        with psycopg.connect(pooler.dsn(), autocommit=True, prepare_threshold=None) as conn:
+            for i in range(30):
+                with conn.pipeline():
+                    cursors = [conn.execute("SELECT %s::int + %s::int", (n, j)) for j in range(5)]
+                    conn.execute("SELECT pg_backend_pid()")
+                assert [c.fetchone()[0] for c in cursors] == [n + j for j in range(5)]
+                with conn.transaction():
                     with conn.pipeline():
-                        cursors = [conn.execute("SELECT %s::int + %s::int", (n, j)) for j in range(5)]
-                        conn.execute("SELECT pg_backend_pid()")
-                    assert [c.fetchone()[0] for c in cursors] == [n + j for j in range(5)]
-                    with conn.transaction():
-                        with conn.pipeline():
-                            conn.execute("CREATE TEMP TABLE IF NOT EXISTS p (x int) ON COMMIT DROP")
-                            conn.execute("INSERT INTO p VALUES (%s)", (i,))
-                            cur = conn.execute("SELECT count(*) FROM p")
-                        assert cur.fetchone()[0] == 1
-        except Exception as exc:  # collected and asserted below, in the main thread
-            errors.append(repr(exc))
+                        conn.execute("CREATE TEMP TABLE IF NOT EXISTS p (x int) ON COMMIT DROP")
+                        conn.execute("INSERT INTO p VALUES (%s)", (i,))
+                        cur = conn.execute("SELECT count(*) FROM p")
+                    assert cur.fetchone()[0] == 1
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(worker, 20) == []

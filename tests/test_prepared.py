@@ -5,37 +5,19 @@ import asyncio
 import re
 import socket
 import struct
-import threading
 import time
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.support import PASSWORDS
+from tests.support import PASSWORDS, run_threads
 from tests.wire import Wire
 
 
 @pytest.fixture
 def tx_pooler(pooler_factory):
     return pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200)
-
-
-def run_threads(target, count: int) -> list[str]:
-    errors: list[str] = []
-
-    def wrapped(n: int) -> None:
-        try:
-            target(n)
-        except Exception as exc:  # collected for the assertion in the main thread
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=wrapped, args=(n,)) for n in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
 
 
 def test_asyncpg_with_its_statement_cache_on_a_pool_of_two(tx_pooler):

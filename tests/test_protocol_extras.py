@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from tests.support import PASSWORDS, require_binary
+from tests.support import PASSWORDS, require_binary, run_threads
 from tests.wire import Wire, rss_kib
 
 COPY_ROWS = 100_000
@@ -323,26 +323,16 @@ def test_options_follow_their_client_on_a_shared_server_in_transaction_mode(pool
 @pytest.mark.parametrize("mode", ["transaction", "statement"])
 def test_options_hold_for_every_transaction_on_whichever_server_it_lands(pooler_factory, mode):
     pooler = pooler_factory(pool_mode=mode, default_pool_size=3)
-    errors = []
-
     def worker(n: int) -> None:
-        try:
-            options = f"-c statement_timeout={1000 + n} -c work_mem={64 + n}kB" if n % 2 else ""
-            with psycopg.connect(pooler.dsn(), options=options, autocommit=True) as conn:
-                for _ in range(40):
-                    timeout, work_mem = conn.execute(
-                        "SELECT current_setting('statement_timeout'), current_setting('work_mem')").fetchone()
-                    expected = (f"{1000 + n}ms", f"{64 + n}kB") if n % 2 else ("0", "4MB")
-                    assert (timeout, work_mem) == expected, (n, timeout, work_mem)
-        except Exception as exc:  # collected for the assertion in the main thread
-            errors.append(repr(exc))
+        options = f"-c statement_timeout={1000 + n} -c work_mem={64 + n}kB" if n % 2 else ""
+        with psycopg.connect(pooler.dsn(), options=options, autocommit=True) as conn:
+            for _ in range(40):
+                timeout, work_mem = conn.execute(
+                    "SELECT current_setting('statement_timeout'), current_setting('work_mem')").fetchone()
+                expected = (f"{1000 + n}ms", f"{64 + n}kB") if n % 2 else ("0", "4MB")
+                assert (timeout, work_mem) == expected, (n, timeout, work_mem)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(worker, 12) == []
 
 
 def test_tracked_parameters_in_options_are_reported_and_direct_parameters_win(pooler_factory):
