@@ -124,7 +124,7 @@ class Pool:
 
     def acquire(self, client: "Client") -> None:
         """Give `client` a server now if one is idle, else queue it and open a connection if allowed."""
-        if self.idle and not self.paused():
+        if self.idle and not (self.app.paused or self.db_limits.paused):
             self.stats.wait_buckets[0] += 1
             self.idle.pop().assign(client)
             return

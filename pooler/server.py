@@ -76,6 +76,12 @@ def options_statements(current: dict[str, str], wanted: dict[str, str]) -> list[
 class Server(asyncio.Protocol):
     """One connection from the pooler to PostgreSQL."""
 
+    __slots__ = ("pool", "app", "transport", "client", "dedicated", "ready", "closed", "close_needed", "params",
+                 "options", "param_key", "backend_pid", "backend_key", "expected", "status", "z_count", "z_seen",
+                 "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
+                 "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
+                 "query_started", "reading_paused", "address", "tls_requested", "__weakref__")
+
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
         # A replication client this server was opened for: outside the pool's count, never reused.
