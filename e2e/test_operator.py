@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from e2e.controlplane import wait_for
 from e2e.kubelet import Kubelet
 from e2e.local_operator import OperatorProcess, install
 from pooler_operator.render import render_documents
+from tests.support import require_binary
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
 
@@ -355,8 +355,7 @@ def test_a_second_replica_stands_by_while_the_first_leads(control_plane, operato
 def postgres():
     from maitred.local_postgres import LocalPostgres
 
-    if not shutil.which("psql"):
-        pytest.skip("PostgreSQL is not installed (scripts/install-deps.sh installs it)")
+    require_binary("psql")
     with LocalPostgres() as pg:
         pg.create_role("app", "app-secret")
         pg.create_role("reporting", "r-secret")

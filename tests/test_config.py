@@ -7,6 +7,7 @@ import pytest
 
 from pooler.config import ConfigError, load_config, parse_value
 from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, SETTINGS, USER_KEYS
+from tests.support import require_binary
 
 
 def write(tmp_path: Path, text: str, name: str = "pooler.ini") -> Path:
@@ -418,16 +419,24 @@ def test_a_bad_user_entry_is_an_error_and_an_unknown_key_a_warning(tmp_path):
 
 # -- real files --------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not Path("/etc/pgbouncer/pgbouncer.ini").exists(), reason="no Debian pgbouncer.ini")
-def test_debians_shipped_pgbouncer_ini_loads_without_warnings():
-    config = load_config("/etc/pgbouncer/pgbouncer.ini")
+@pytest.fixture
+def debian_ini():
+    """Debian's pgbouncer package ships this file; with CI=true its absence is a failure."""
+    require_binary("pgbouncer")
+    path = Path("/etc/pgbouncer/pgbouncer.ini")
+    if not path.exists():
+        pytest.fail(f"{path} is missing: reinstall Debian's pgbouncer package")
+    return path
+
+
+def test_debians_shipped_pgbouncer_ini_loads_without_warnings(debian_ini):
+    config = load_config(debian_ini)
     assert config.warnings == []
     assert config.get("auth_file") == "/etc/pgbouncer/userlist.txt"
 
 
-@pytest.mark.skipif(not Path("/etc/pgbouncer/pgbouncer.ini").exists(), reason="no Debian pgbouncer.ini")
-def test_every_setting_commented_out_in_debians_pgbouncer_ini_loads_without_warnings(tmp_path):
-    text = Path("/etc/pgbouncer/pgbouncer.ini").read_text().split("[pgbouncer]", 1)[1]
+def test_every_setting_commented_out_in_debians_pgbouncer_ini_loads_without_warnings(tmp_path, debian_ini):
+    text = debian_ini.read_text().split("[pgbouncer]", 1)[1]
     examples = [line[1:] for line in text.splitlines() if re.match(r";[a-z0-9_]+ *=", line)]
     assert len(examples) > 50
     assert load(tmp_path, "[pgbouncer]\n" + "\n".join(examples)).warnings == []
