@@ -486,14 +486,14 @@ class Client(asyncio.Protocol):
         self.server = server
         self.finish_login(dict(server.params))
 
-    def attach(self, server: "Server") -> None:
-        """The server is ours: send what waited for it."""
+    def attach(self, server: "Server", now: float = 0.0) -> None:
+        """The server is ours: send what waited for it (`now`: the hand-off's clock reading, if taken)."""
         self.server = server
         self.requested = False
         pending = self.pending
         if pending:
             if self.pending_syncs and not server.expected:
-                server.query_started = self.app.now()
+                server.query_started = now or self.app.now()
             server.expected += self.pending_syncs
             server.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
             self.pending = ()

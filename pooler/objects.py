@@ -7,7 +7,6 @@ Clients wait FIFO.
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -51,10 +50,6 @@ class Stats:
         self.parse_count = self.bind_count = self.server_parse_count = 0
         self.wait_time = self.xact_time = self.query_time = 0.0
         self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)   # the last one is +Inf
-
-    def waited(self, seconds: float) -> None:
-        self.wait_time += seconds
-        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
 
 
 class Pool:

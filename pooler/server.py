@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 import struct
 from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
+from .objects import WAIT_BUCKETS
 from .prepare import ServerCache, server_data, stale_plan
 from .tls import SSL_REQUEST
 
@@ -247,10 +249,13 @@ class Server(asyncio.Protocol):
         """Link a client; bring the session parameters in line first when they differ."""
         self.client = client
         pool = self.pool
-        pool.stats.assignments += 1
+        stats = pool.stats
+        stats.assignments += 1
         now = self.assigned_at = self.app.now()
         if client.wait_started:
-            pool.stats.waited(now - client.wait_started)
+            waited = now - client.wait_started
+            stats.wait_time += waited
+            stats.wait_buckets[bisect_left(WAIT_BUCKETS, waited)] += 1
             client.wait_started = 0.0
         if client.login_pending:
             self.client = None
@@ -269,7 +274,7 @@ class Server(asyncio.Protocol):
             if checks:
                 self.run_internal(";".join(checks), self._link_after_setup)
                 return
-        client.attach(self)
+        client.attach(self, now)
 
     def _link_after_setup(self, error: str | None) -> None:
         client = self.client
@@ -286,13 +291,13 @@ class Server(asyncio.Protocol):
         else:
             client.attach(self)
 
-    def detach(self) -> None:
+    def detach(self, now: float = 0.0) -> None:
         """The linked client is done with this server (transaction end, or it left cleanly)."""
         client = self.client
         self.client = None
         if client is not None and client.server is self:
             client.server = None
-        now = self.last_used = self.app.now()
+        now = self.last_used = now or self.app.now()
         self.pool.stats.xact_time += now - self.assigned_at
         if self.reading_paused:
             self.resume_reading()
@@ -396,6 +401,7 @@ class Server(asyncio.Protocol):
         pos = self.skip
         end = len(scan)
         released = False
+        now = 0.0
         while pos < end:
             if end - pos < 5:
                 self.partial = scan[pos:]
@@ -414,7 +420,8 @@ class Server(asyncio.Protocol):
                     expected = self.expected - 1
                     if expected <= 0:
                         self.expected = 0
-                        self.pool.stats.query_time += self.app.now() - self.query_started
+                        now = self.app.now()
+                        self.pool.stats.query_time += now - self.query_started
                         released = status == _IDLE
                         if status != _IDLE and self.pool.statement:
                             client.statement_mode_violation(self)
@@ -429,11 +436,13 @@ class Server(asyncio.Protocol):
         self.skip = pos - end
         self.forwarded_partial = len(self.partial)
         client.transport.write(out)
-        self.pool.stats.bytes_sent += len(out)
+        pool = self.pool
+        stats = pool.stats
+        stats.bytes_sent += len(out)
         if released:
-            self.pool.stats.xact_count += 1
-            if self.pool.transactional and client.at_boundary():
-                self.detach()
+            stats.xact_count += 1
+            if pool.transactional and client.at_boundary():
+                self.detach(now)
 
     def _tracked_data(self, client: "Client", data: bytes) -> None:
         finished, status = server_data(self, client, data)
