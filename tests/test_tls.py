@@ -7,8 +7,6 @@ certificate that nothing trusts.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import pwd
 import shutil
@@ -22,11 +20,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from e2e.controlplane import KeyPair, issue, make_ca
 from maitred.local_postgres import LocalPostgres
 from pooler.tls import parse_protocols
 from tests.support import (PASSWORDS, PoolerProcess, error_fields, raw_connect, read_messages, startup_packet,
@@ -47,45 +42,12 @@ class Certs:
         return str(self.folder / f"{stem.replace('_', '-')}.{extension}")
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool = False, names: tuple[str, ...] = (),
-                 usage=None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                              critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-            critical=True)
-    if names:
-        sans = []
-        for name in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                sans.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(folder: Path, stem: str, cert: x509.Certificate, key=None, owner: str | None = None) -> None:
-    (folder / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+def _write(folder: Path, stem: str, pair: KeyPair, with_key: bool = True, owner: str | None = None) -> None:
+    (folder / f"{stem}.pem").write_bytes(pair.cert)
     os.chmod(folder / f"{stem}.pem", 0o644)
-    if key is not None:
+    if with_key:
         path = folder / f"{stem}.key"
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+        path.write_bytes(pair.key)
         os.chmod(path, 0o600)
         if owner:
             entry = pwd.getpwnam(owner)
@@ -98,19 +60,14 @@ def certs():
     folder = Path(tempfile.mkdtemp(prefix="maitred-tls-"))
     os.chmod(folder, 0o755)
     server_owner = "postgres" if os.geteuid() == 0 else None
-    ca_key, stranger_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    _write(folder, "ca", _certificate("maitred test CA", ca_key, "maitred test CA", ca_key, ca=True))
-    _write(folder, "stranger-ca",
-           _certificate("stranger CA", stranger_key, "stranger CA", stranger_key, ca=True))
-    for stem, issuer, issuer_key, names, usage, owner in (
-            ("server", "maitred test CA", ca_key, ("localhost", "127.0.0.1"), ExtendedKeyUsageOID.SERVER_AUTH,
-             server_owner),
-            ("wrong", "maitred test CA", ca_key, ("wrong.example",), ExtendedKeyUsageOID.SERVER_AUTH, server_owner),
-            ("client", "maitred test CA", ca_key, (), ExtendedKeyUsageOID.CLIENT_AUTH, None),
-            ("stranger", "stranger CA", stranger_key, (), ExtendedKeyUsageOID.CLIENT_AUTH, None)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = names[0] if names else "app"
-        _write(folder, stem, _certificate(subject, key, issuer, issuer_key, names=names, usage=usage), key, owner)
+    ca, stranger_ca = make_ca("maitred test CA"), make_ca("stranger CA")
+    _write(folder, "ca", ca, with_key=False)
+    _write(folder, "stranger-ca", stranger_ca, with_key=False)
+    _write(folder, "server", issue(ca, "localhost", hosts=("localhost", "127.0.0.1"), server=True),
+           owner=server_owner)
+    _write(folder, "wrong", issue(ca, "wrong.example", hosts=("wrong.example",), server=True), owner=server_owner)
+    _write(folder, "client", issue(ca, "app", client=True))
+    _write(folder, "stranger", issue(stranger_ca, "app", client=True))
     yield Certs(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
