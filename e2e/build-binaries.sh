@@ -93,6 +93,10 @@ pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 log "building kube-apiserver, kube-controller-manager, kubectl $k8s_version and etcd $etcd_version with $("$go" version | cut -d' ' -f3) (long on a cold cache)"
+# A line a minute while Go works, so a cold build does not look hung.
+( while sleep 60; do log "still building ($(( (SECONDS - start) / 60 )) min so far)"; done ) &
+heartbeat=$!
+trap 'kill $heartbeat 2>/dev/null; rm -rf "$work"' EXIT
 (cd "$module" && "$go" build -trimpath -ldflags "$ldflags" -o "$work/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -106,6 +110,7 @@ GOBIN="$work" GOFLAGS= "$go" install -trimpath \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
 echo "$stamp" >"$work/.stamp"
+kill $heartbeat 2>/dev/null
 rm -rf "$dest"
 mv "$work" "$dest"
 trap - EXIT
