@@ -15,6 +15,7 @@ import pytest
 
 from bench import pgbench, poolconf, report, scenarios, targets
 from bench.pgclient import md5_password, startup_message
+from tests.support import missing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,10 +95,7 @@ def test_report_takes_medians_and_ratios_and_marks_failures():
 def _require(condition: bool, what: str) -> None:
     """A missing tool skips on a developer machine and fails in CI, where it must be installed."""
     if not condition:
-        message = f"{what} is needed by the benchmark harness (scripts/install-deps.sh installs it)"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{what} is needed by the benchmark harness (scripts/install-deps.sh installs it)")
 
 
 @pytest.fixture(scope="module")

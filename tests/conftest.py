@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from maitred.local_postgres import LocalPostgres
-from tests.support import PASSWORDS, PoolerProcess, require_binary
+from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
 
 
 @pytest.fixture(scope="session")
@@ -37,21 +37,9 @@ def pg():
 @pytest.fixture
 def pooler_factory(pg, tmp_path):
     """Start maitred poolers in front of `pg`; every one is stopped, and checked alive, at the end."""
-    started: list[PoolerProcess] = []
-
-    def start(**kwargs) -> PoolerProcess:
-        proc = PoolerProcess(pg, tmp_path / f"pooler{len(started)}", **kwargs)
-        started.append(proc)
-        proc.start()
-        return proc
-
-    yield start
-    errors = []
-    for proc in started:
-        if proc.expect_alive and not proc.alive():
-            errors.append(f"pooler exited with {proc.proc.returncode}:\n{proc.log_text()[-3000:]}")
-        proc.stop()
-    assert not errors, "\n".join(errors)
+    poolers = PoolerSet(pg, tmp_path)
+    yield poolers.start
+    poolers.close()
 
 
 @pytest.fixture

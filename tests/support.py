@@ -19,15 +19,46 @@ from maitred.local_postgres import LocalPostgres, free_port
 PASSWORDS = {"app": "app-secret", "md5_role": "md5-secret", "plain_role": "plain-secret", "trust_role": ""}
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str):
+    """A missing prerequisite: a failure under CI (where scripts/install-deps.sh must have provided it),
+    a skip on a developer's machine."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_binary(name: str) -> str:
-    """The path of a program the tests need; with CI=true its absence fails the test instead of skipping."""
+    """The path of a program the tests need."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
     if path is None:
-        message = f"{name} is not installed (scripts/install-deps.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed (scripts/install-deps.sh installs it)")
     return path
+
+
+class PoolerSet:
+    """The pooler processes one test starts in front of one PostgreSQL; `close()` stops them all and fails
+    the test if one that should have stayed up had died."""
+
+    def __init__(self, pg: LocalPostgres, workdir: Path):
+        self.pg = pg
+        self.workdir = Path(workdir)
+        self.started: list[PoolerProcess] = []
+
+    def start(self, **kwargs) -> "PoolerProcess":
+        proc = PoolerProcess(self.pg, self.workdir / f"pooler{len(self.started)}", **kwargs)
+        self.started.append(proc)
+        return proc.start()
+
+    def close(self) -> None:
+        errors = [f"pooler exited with {proc.proc.returncode}:\n{proc.log_text()[-3000:]}"
+                  for proc in self.started if proc.expect_alive and not proc.alive()]
+        for proc in self.started:
+            proc.stop()
+        assert not errors, "\n".join(errors)
 
 
 class PoolerProcess:

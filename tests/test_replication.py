@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from maitred.local_postgres import LocalPostgres
-from tests.support import PASSWORDS, PoolerProcess, require_binary, wait_for
+from tests.support import PASSWORDS, PoolerSet, require_binary, wait_for
 from tests.wire import ServerError, Wire
 
 
@@ -35,18 +35,9 @@ def repl_pg():
 @pytest.fixture
 def repl_pooler(repl_pg, tmp_path):
     """Start maitred poolers in front of `repl_pg`; stopped, and checked alive, at the end."""
-    started: list[PoolerProcess] = []
-
-    def start(**settings) -> PoolerProcess:
-        proc = PoolerProcess(repl_pg, tmp_path / f"pooler{len(started)}", **settings)
-        started.append(proc)
-        return proc.start()
-
-    yield start
-    dead = [proc.log_text()[-3000:] for proc in started if not proc.alive()]
-    for proc in started:
-        proc.stop()
-    assert not dead, dead
+    poolers = PoolerSet(repl_pg, tmp_path)
+    yield poolers.start
+    poolers.close()
 
 
 def psql_env() -> dict[str, str]:
