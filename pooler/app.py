@@ -130,14 +130,7 @@ class Pooler:
         port = cfg.get("listen_port")
         backlog = cfg.get("listen_backlog")
         reuse_port = bool(cfg.get("so_reuseport"))
-        addrs = [a.strip() for a in (cfg.get("listen_addr") or "").split(",") if a.strip()]
-        for addr in addrs:
-            host = None if addr == "*" else addr
-            server = await self.loop.create_server(lambda: Client(self), host, port, backlog=backlog,
-                                                   reuse_address=True, reuse_port=reuse_port)
-            self.listeners.append(server)
-            for sock in server.sockets:
-                log.info("listening on %s", _address(sock))
+        # The Unix socket first, with its mode set: once TCP accepts, every listener is ready.
         sock_dir = cfg.get("unix_socket_dir")
         if sock_dir:
             path = os.path.join(sock_dir, f".s.PGSQL.{port}")
@@ -147,6 +140,14 @@ class Pooler:
             os.chmod(path, cfg.get("unix_socket_mode"))     # already a number: the loader read "0777" as octal
             self.listeners.append(server)
             log.info("listening on unix:%s", path)
+        addrs = [a.strip() for a in (cfg.get("listen_addr") or "").split(",") if a.strip()]
+        for addr in addrs:
+            host = None if addr == "*" else addr
+            server = await self.loop.create_server(lambda: Client(self), host, port, backlog=backlog,
+                                                   reuse_address=True, reuse_port=reuse_port)
+            self.listeners.append(server)
+            for sock in server.sockets:
+                log.info("listening on %s", _address(sock))
         if not self.listeners:
             raise RuntimeError("nothing to listen on: set listen_addr or unix_socket_dir")
 
