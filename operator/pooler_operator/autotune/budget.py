@@ -84,9 +84,12 @@ def within_budget(allocations: dict[str, Allocation], demands: list[Demand], bud
 def transition_order(old: dict[str, Allocation], new: dict[str, Allocation]) -> list[str]:
     """The tiers whose share changes, in the order to apply them: every shrink (and every tier that is gone)
     before any grow, so what the poolers may open never passes the larger of the old and new totals."""
-    def share(allocations: dict[str, Allocation], tier: str) -> tuple[int, int, int]:
+    def share(allocations: dict[str, Allocation], tier: str) -> tuple[int, int, int] | None:
         a = allocations.get(tier)
-        return (0, 0, 0) if a is None else (a.connections, a.pool_size, a.per_process_cap)
+        return None if a is None else (a.connections, a.pool_size, a.per_process_cap)
+
+    def grows(tier: str) -> bool:
+        return (share(new, tier) or (0,))[0] > (share(old, tier) or (0,))[0]
 
     changed = sorted(t for t in old.keys() | new.keys() if share(old, t) != share(new, t))
-    return sorted(changed, key=lambda t: share(new, t)[0] > share(old, t)[0])
+    return sorted(changed, key=grows)
