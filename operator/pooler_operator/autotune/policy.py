@@ -22,6 +22,7 @@ the congestion ceiling are the hysteresis: on a steady load the size settles and
 from __future__ import annotations
 
 import math
+
 from .model import Decision, History, PolicyParams, TierSignals
 
 HISTORY_TICKS = 30   # ticks remembered: the baseline's window and how long a congestion ceiling lasts
