@@ -334,7 +334,7 @@ class Client(asyncio.Protocol):
         try:
             secret = await self.app.auth_query.secret(self.dbname, self.user)
         except LookupFailed as exc:
-            self.fatal(protocol.CONNECTION_FAILURE, str(exc))
+            self.fatal(exc.sqlstate, str(exc))
             return
         if self.closed:
             return

@@ -88,7 +88,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
        "Query returning (user name, password or secret) for the user name given as $1."),
-    _S("auth_dbname", "str", "", "Database, of [databases], in which auth_query runs; not set means the target."),
+    _S("auth_dbname", "str", "",
+       "Database, of [databases], in which auth_query runs; not set means the target. pgbouncer is refused."),
     _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
     # Logging
     _S("syslog", "bool", False, "Also log to syslog."),
