@@ -462,9 +462,10 @@ def show_pools(app: "Pooler"):
     for (name, user), pool in sorted(app.pools.items()):
         counts = pool.counts()
         wait = pool.oldest_wait(now)
-        rows.append((name, user, counts["cl_active"], counts["cl_waiting"], 0, 0, counts["sv_active"], 0, 0,
-                     counts["sv_idle"], counts["sv_used"], counts["sv_tested"], counts["sv_login"],
-                     int(wait), int(wait * 1e6) % 1_000_000, pool.mode, _load_balance_hosts(pool.db)))
+        rows.append((name, user, counts["cl_active"], counts["cl_waiting"], 0, 0, counts["sv_active"], 0,
+                     counts["sv_being_canceled"], counts["sv_idle"], counts["sv_used"], counts["sv_tested"],
+                     counts["sv_login"], int(wait), int(wait * 1e6) % 1_000_000, pool.mode,
+                     _load_balance_hosts(pool.db)))
     rows.append((RESERVED_DATABASE, RESERVED_DATABASE, len(_consoles(app))) + (0,) * 12 + ("statement", None))
     return POOLS, sorted(rows, key=lambda r: (r[0], r[1]))
 

@@ -6,15 +6,19 @@ import logging
 import os
 import socket
 import time
-from typing import Awaitable
+from typing import TYPE_CHECKING, Awaitable
 
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config
 from .objects import Limits, Pool
 from .prepare import Registry
+from .protocol import cancel_request
 from .tls import build as build_tls
 from .userlist import load_userlist
+
+if TYPE_CHECKING:
+    from .server import Server
 
 log = logging.getLogger("maitred")
 
@@ -107,21 +111,23 @@ class Pooler:
         server = client.server if client is not None else None
         if server is None or not server.ready:
             return
-        self.spawn(self._send_cancel(server.pool.db, server.address, server.backend_pid, server.backend_key))
+        server.cancels += 1       # until it is answered, the server goes to no other client (Pool.release)
+        self.spawn(self._send_cancel(server))
 
-    async def _send_cancel(self, db, address: str, pid: int, key: int) -> None:
-        from .protocol import cancel_request
+    async def _send_cancel(self, server: Server) -> None:
+        """Send the CancelRequest and wait for PostgreSQL to close the connection, which it does once the
+        backend has been signalled; only then may the server's next client start a query on it."""
+        address = server.address
         try:
-            if address.startswith("unix:"):
-                _, writer = await asyncio.open_unix_connection(address[5:])
-            else:
-                host, _, port = address.rpartition(":")
-                _, writer = await asyncio.open_connection(host, int(port))
-            writer.write(cancel_request(pid, key))
-            await writer.drain()
-            writer.close()
-        except OSError as exc:
+            await asyncio.wait_for(_cancel_exchange(address, server.backend_pid, server.backend_key),
+                                   self.config.get("server_connect_timeout") or None)
+        except OSError as exc:       # refused, or cut: either way no cancel is on its way any more
             log.warning("cancel request to %s failed: %s", address, exc)
+        except asyncio.TimeoutError:
+            log.warning("cancel request to %s unanswered: the server it targets is retired", address)
+            server.close_needed = True      # it may still land on whatever query runs next
+        finally:
+            server.pool.cancel_resolved(server)
 
     # -- listening ---------------------------------------------------------------------------------------
 
@@ -173,6 +179,19 @@ class Pooler:
     def log_event(self, logger: logging.Logger, text: str, conn) -> None:
         if self.log_connections:
             logger.info("%s %s", conn.describe(), text)
+
+
+async def _cancel_exchange(address: str, pid: int, key: int) -> None:
+    if address.startswith("unix:"):
+        reader, writer = await asyncio.open_unix_connection(address[5:])
+    else:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(cancel_request(pid, key))
+        await reader.read()           # PostgreSQL sends nothing back and closes once the signal is sent
+    finally:
+        writer.close()
 
 
 def _address(sock: socket.socket) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from . import protocol
 from .auth import secret_kind
 
 if TYPE_CHECKING:
@@ -39,7 +40,15 @@ IDLE_LIFETIME = 60.0  # seconds an unused connection stays open
 
 
 class LookupFailed(Exception):
-    """PostgreSQL could not be asked, or gave no usable answer; the message is what the client is told."""
+    """PostgreSQL could not be asked, or gave no usable answer; the message is what the client is told.
+
+    PostgreSQL out of reach is said as it is (08006). Anything else, a query or auth_user login that fails or
+    an answer of the wrong shape, is a configuration problem whose details go to the log only: the client, who
+    has not logged in yet, gets PgBouncer's `bouncer config error` (08P01)."""
+
+    def __init__(self, text: str = "bouncer config error", sqlstate: str = protocol.PROTOCOL_VIOLATION):
+        super().__init__(text)
+        self.sqlstate = sqlstate
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class AuthQuery:
 
     async def secret(self, dbname: str, user: str) -> str | None:
         """`user`'s secret for a client of `dbname`: None when no such user, "" when no password logs in."""
+        if self.app.config.database_for(dbname) is None:     # gone in a RELOAD: a mock login, as unknown ones get
+            return None
         target, query = self._target(dbname)
         key = (target, query, user)
         cached = self._cache.get(key)
@@ -104,15 +115,14 @@ class AuthQuery:
     def _target(self, dbname: str) -> tuple[Target, str]:
         cfg = self.app.config
         db = cfg.database_for(dbname)
-        if db is None:      # removed by a RELOAD since the client asked for it
-            raise LookupFailed(f"no such database: {dbname}")
         auth_user = db.auth_user or cfg.get("auth_user")
         query = db.auth_query or cfg.get("auth_query")
         auth_dbname = db.auth_dbname or cfg.get("auth_dbname")
         if auth_dbname:
             db = cfg.database_for(auth_dbname)
             if db is None:
-                raise LookupFailed(f"auth_query failed: auth_dbname {auth_dbname} is not in [databases]")
+                log.error('auth_query: authentication database "%s" is not configured', auth_dbname)
+                raise LookupFailed()
         password = self.app.userlist.get(auth_user)
         if password is None and db.user == auth_user:
             password = db.password
@@ -137,16 +147,21 @@ class AuthQuery:
             row = await asyncio.wait_for(self._fetch(target, query, user), timeout)
         except asyncio.TimeoutError:
             reason = f"no answer from server {target.address} within server_connect_timeout ({timeout:g}s)"
+            unreachable = True
         except Exception as exc:     # connection refused, TLS, login or query errors: all end the login alike
             reason = self._failure(target, exc)
+            unreachable = _unreachable(exc)
         else:
             if row is None or row[0] is None:
                 return None
             if len(row) == 2:
                 return "" if row[1] is None else str(row[1])
             reason = f"auth_query returned {len(row)} columns instead of two (user name, secret)"
+            unreachable = False
         log.warning('auth_query for user "%s" on %s failed: %s', user, target.describe(), reason)
-        raise LookupFailed(f"auth_query failed: {reason}")
+        if unreachable:
+            raise LookupFailed(f"auth_query failed: {reason}", protocol.CONNECTION_FAILURE)
+        raise LookupFailed()
 
     async def _fetch(self, target: Target, query: str, user: str):
         task = self._pools.get(target)
@@ -164,7 +179,7 @@ class AuthQuery:
             server_settings={"application_name": "maitred auth_query"})
 
     def _failure(self, target: Target, exc: Exception) -> str:
-        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        if _unreachable(exc):
             return f"cannot connect to server {target.address}: {exc.strerror or exc}"
         reason = (str(exc) or type(exc).__name__).splitlines()[0]     # asyncpg adds hints on further lines
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and target.password is None:
@@ -197,3 +212,8 @@ class AuthQuery:
             await asyncio.wait_for(pool.close(), self.app.config.get("server_connect_timeout") or None)
         except asyncio.TimeoutError:     # a lookup still running: its client is told it failed
             pool.terminate()
+
+
+def _unreachable(exc: Exception) -> bool:
+    """PostgreSQL could not be reached at all (not a TLS, login or query failure)."""
+    return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)

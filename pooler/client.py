@@ -319,9 +319,8 @@ class Client(asyncio.Protocol):
         if app.shutting_down:
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
             return
-        if self.dbname != RESERVED_DATABASE and app.config.database_for(self.dbname) is None:
-            self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
-            return
+        # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
+        # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).
         secret = app.user_secret(self.user)
         if secret is None and self.dbname != RESERVED_DATABASE and app.auth_query.enabled(self.dbname):
             self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
@@ -335,7 +334,7 @@ class Client(asyncio.Protocol):
         try:
             secret = await self.app.auth_query.secret(self.dbname, self.user)
         except LookupFailed as exc:
-            self.fatal(protocol.CONNECTION_FAILURE, str(exc))
+            self.fatal(exc.sqlstate, str(exc))
             return
         if self.closed:
             return
@@ -415,6 +414,9 @@ class Client(asyncio.Protocol):
         return True
 
     def _authenticated(self, scram_keys: tuple[bytes, bytes] | None = None) -> None:
+        if self.dbname != RESERVED_DATABASE and self.app.config.database_for(self.dbname) is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
+            return
         self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:
             from .admin import start      # here, not above: the console imports this module

@@ -182,6 +182,8 @@ def parse_value(setting: Setting, raw: str) -> object:
         return _parse_enum(setting, raw)
     if setting.kind == "list":
         return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if setting.name == "auth_dbname" and raw == RESERVED_DATABASE:    # PgBouncer's words, at load instead of login
+        raise ValueError(f'cannot use the reserved "{RESERVED_DATABASE}" database as an auth_dbname')
     if setting.kind in ("str", "path"):
         return raw
     raise ValueError(f"unknown kind {setting.kind!r} for {setting.name}")

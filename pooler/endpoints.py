@@ -6,7 +6,9 @@ metrics read the pools without locks or threads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -53,6 +55,30 @@ async def start(app: "Pooler") -> asyncio.AbstractServer | None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, app.config.get("http_addr") or None, port)
-    log.info("HTTP endpoint on %s:%s (/metrics /healthz /readyz)", app.config.get("http_addr") or "*", port)
-    return server
+    return await _listen(handle, app.config.get("http_addr") or None, port)
+
+
+async def _listen(handle, addr: str | None, port: int) -> asyncio.AbstractServer | None:
+    """The endpoint on its port; when that port is taken (a second pooler on the host, from the same config), on a
+    free one, said in the log; when even that fails, none. It never keeps the pooler from serving clients."""
+    try:
+        server = await asyncio.start_server(handle, addr, port)
+        log.info("HTTP endpoint on %s (/metrics /healthz /readyz)", _where(server))
+        return server
+    except OSError as exc:
+        error = exc
+    if error.errno == errno.EADDRINUSE:
+        try:
+            server = await asyncio.start_server(handle, addr, 0)
+            log.warning("HTTP port %s is in use (another pooler on this host?): /metrics /healthz /readyz are on "
+                        "%s instead; set [maitred] http_port to a free port, or 0 for none", port, _where(server))
+            return server
+        except OSError as exc:
+            error = exc
+    log.warning("HTTP endpoint not started, the pooler serves without /metrics /healthz /readyz: cannot listen "
+                "on %s:%s: %s", addr or "*", port, os.strerror(error.errno) if (error.errno or 0) > 0 else error)
+    return None
+
+
+def _where(server: asyncio.AbstractServer) -> str:
+    return ", ".join("%s:%s" % sock.getsockname()[:2] for sock in server.sockets)

@@ -138,6 +138,10 @@ class Pool:
         """A clean server comes back: hand it to the first waiting client, park it, or retire it."""
         if server.closed:
             return
+        if server.cancels:
+            # A cancel still on its way could stop the next client's query: hold the server until it lands.
+            server.being_canceled = True
+            return
         if server.close_needed or len(self.servers) > self.max_servers or self.app.paused \
                 or self.db_limits.paused or (self.server_lifetime and (now or self.app.now())
                                              - server.connected_at >= self.server_lifetime):
@@ -150,6 +154,14 @@ class Pool:
         else:
             server.park()
             self.idle.append(server)
+
+    def cancel_resolved(self, server: "Server") -> None:
+        """A cancel sent for `server` is over (PostgreSQL closed its connection, so the backend has the signal
+        and drops it when no query runs): once none is left in flight, a server held back serves again."""
+        server.cancels -= 1
+        if not server.cancels and server.being_canceled:
+            server.being_canceled = False
+            self.release(server)
 
     def retire_reason(self, server: "Server") -> str:
         """Why a server coming back must close instead of serving again."""
@@ -268,14 +280,16 @@ class Pool:
 
     def counts(self) -> dict[str, int]:
         active = sum(1 for s in self.servers if s.client is not None)
+        canceled = sum(1 for s in self.servers if s.being_canceled)
         login = self.connecting
         idle = len(self.idle)
         return {
             "cl_active": len(self.clients) - len(self.waiting),
             "cl_waiting": len(self.waiting),
             "sv_active": active,
+            "sv_being_canceled": canceled,
             "sv_idle": idle,
             "sv_used": 0,
-            "sv_tested": max(0, len(self.servers) - active - idle - login),
+            "sv_tested": max(0, len(self.servers) - active - canceled - idle - login),
             "sv_login": login,
         }

@@ -82,7 +82,8 @@ class Server(asyncio.Protocol):
                  "options", "param_key", "backend_pid", "backend_key", "expected", "status", "z_count", "z_seen",
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
                  "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
-                 "query_started", "reading_paused", "address", "tls_requested", "__weakref__")
+                 "query_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
+                 "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
@@ -121,6 +122,8 @@ class Server(asyncio.Protocol):
         self.reading_paused = False
         self.address = ""
         self.tls_requested = False    # SSLRequest sent; PostgreSQL's one-byte answer not read yet
+        self.cancels = 0              # cancel requests sent to PostgreSQL for this server, not yet answered
+        self.being_canceled = False   # released while a cancel was in flight: held out of the pool until it ends
 
     # -- connecting and logging in ----------------------------------------------------------------------
 

@@ -88,7 +88,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
        "FROM pg_authid WHERE rolname=$1 AND rolcanlogin",
        "Query returning (user name, password or secret) for the user name given as $1."),
-    _S("auth_dbname", "str", "", "Database, of [databases], in which auth_query runs; not set means the target."),
+    _S("auth_dbname", "str", "",
+       "Database, of [databases], in which auth_query runs; not set means the target. pgbouncer is refused."),
     _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
     # Logging
     _S("syslog", "bool", False, "Also log to syslog."),
@@ -167,7 +168,9 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
     _S("http_addr", "str", "127.0.0.1",
        "Address of the /metrics, /healthz and /readyz endpoint; the operator sets 0.0.0.0 in pods.",
        reloadable=False),
-    _S("http_port", "int", 9127, "Port of the HTTP endpoint; 0 disables it.", reloadable=False),
+    _S("http_port", "int", 9127,
+       "Port of the HTTP endpoint; 0 disables it. When it is in use, a free port is taken and logged.",
+       reloadable=False),
     _S("shutdown_timeout", "float_seconds", 30.0, "On shutdown, how long clients may finish before being closed."),
     _S("workers", "int", 1, "Pooler processes sharing the port with SO_REUSEPORT.", reloadable=False),
     _S("config_watch", "bool", True, "Reload when the config file changes, as on SIGHUP."),

@@ -99,8 +99,8 @@ def test_per_database_auth_user_overrides_the_global_one(pooler_factory, pg, loo
                             databases={"app": f"{target} auth_user={LOOKUP_USER}", "other": target})
     assert current_user(pooler) == "app"
     error = login_error(pooler, user="app", password=PASSWORDS["app"], database="other")
-    assert error.sqlstate == "08006"
-    assert "aq_nobody" in error.message
+    assert (error.sqlstate, error.message) == ("08P01", "bouncer config error")     # aq_nobody cannot log in
+    assert 'auth_query for user "app"' in pooler.log_text() and "aq_nobody" in pooler.log_text()
 
 
 # -- refusals --------------------------------------------------------------------------------------------
