@@ -29,6 +29,12 @@ def backend_pids(pg) -> set[int]:
     return {int(p) for p in out.split()}
 
 
+def config_of(port: int) -> tuple[int, int]:
+    """(default_pool_size, max_db_connections) of a running pooler, read through its console."""
+    got = run(sample("127.0.0.1", port, "admin", USERS["admin"]))
+    return got.default_pool_size, got.max_db_connections
+
+
 @pytest.fixture
 def pgbouncer(pg):
     pgb = PgBouncer(require_binary("pgbouncer"),

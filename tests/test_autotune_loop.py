@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from maitred.local_postgres import LocalPostgres
-from pooler_operator.autotune.console import sample
 from pooler_operator.autotune.loop import Autotuner, ConsoleTarget, PostgresTarget, TierReport, TierTarget
 from pooler_operator.autotune.model import PolicyParams
 from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
 from tests.test_admin import USERS
+from tests.test_autotune_console import config_of
 
 TICK = 0.5
 HEADROOM = 2
@@ -120,11 +120,6 @@ def within_budget(reports: list[TierReport]) -> bool:
     return sum(r.allocation.connections for r in reports) <= reports[0].budget
 
 
-def config(pooler) -> tuple[int, int]:
-    got = asyncio.run(sample("127.0.0.1", pooler.port, "admin", USERS["admin"]))
-    return got.default_pool_size, got.max_db_connections
-
-
 def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_the_budget(poolers, small_pg):
     busy, quiet = poolers(), poolers()
     tiers = [tier(busy, small_pg), tier(quiet, small_pg)]
@@ -143,7 +138,7 @@ def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_th
     budgets = [reports[0].budget for reports in during + after]
     assert all(within_budget(reports) for reports in during + after)
     assert sampler.samples > 50 and 0 < sampler.peak <= min(budgets), (sampler.peak, budgets)
-    size, cap = config(busy)
+    size, cap = config_of(busy.port)
     assert size == of(after, tiers[0].tier)[-1].to_size and 0 < cap <= min(budgets)
 
 
@@ -153,7 +148,7 @@ def test_a_console_that_dies_holds_and_stays_counted_at_its_cap(small_pg, pooler
     tuner = Autotuner(timeout=2)
     first = asyncio.run(tuner.tick(tiers))
     last_cap = first[1].allocation.per_process_cap
-    assert last_cap == 10 and config(doomed) == (10, 10)
+    assert last_cap == 10 and config_of(doomed.port) == (10, 10)
     doomed.signal(signal.SIGKILL)
     doomed.proc.wait()
     bench = burst(busy, seconds=5)
@@ -177,7 +172,7 @@ def test_a_dry_run_reports_a_decision_and_changes_nothing(small_pg, poolers):
     report = history[-1][0]
     assert report.to_size > report.from_size == 2 and not report.applied
     assert "[dry run]" in report.line()
-    assert config(busy) == (2, 0)
+    assert config_of(busy.port) == (2, 0)
 
 
 def test_postgres_unreachable_holds_every_tier_and_sets_nothing(small_pg, poolers):
@@ -188,4 +183,4 @@ def test_postgres_unreachable_holds_every_tier_and_sets_nothing(small_pg, pooler
     (report,) = asyncio.run(Autotuner(timeout=2).tick([broken]))
     assert report.decision.direction == "hold" and report.allocation is None and not report.applied
     assert any("password authentication failed" in e for e in report.errors)
-    assert config(pooler) == (2, 0)
+    assert config_of(pooler.port) == (2, 0)
