@@ -121,8 +121,8 @@ def targets(args: argparse.Namespace) -> "list[TierTarget]":
 
 
 class Printer:
-    """Prints a report when it changes something or says something new, and a line when a signal goes
-    missing or comes back (signals are known by what their error names first: a console, cpu, postgres)."""
+    """Prints a report when it changes a size or the policy's rule changes (a steady hold is said once), and a
+    line when a signal goes missing or comes back (known by what its error names first: a console, cpu, ...)."""
 
     def __init__(self, out: TextIO):
         self.out = out
@@ -138,7 +138,7 @@ class Printer:
         for key in before.keys() - now.keys():
             self._print(f"{stamp} {r.tier} back: {key}")
         self.missing[r.tier] = now
-        what = (r.from_size, r.to_size, r.decision.reason)
+        what = (r.from_size, r.to_size, r.decision.direction, r.decision.rule)   # not the reason's numbers
         if r.changed or self.said.get(r.tier) != repr(what):
             self._print(r.line())
         self.said[r.tier] = repr(what)
