@@ -9,12 +9,15 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import psycopg
 import pytest
 
 from maitred.local_postgres import LocalPostgres
-from pooler_operator.autotune.loop import Autotuner, ConsoleTarget, PostgresTarget, TierReport, TierTarget
+from maitred.local_prometheus import CPU_QUERY, LocalPrometheus
+from pooler_operator.autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
+                                           TierTarget)
 from pooler_operator.autotune.model import PolicyParams
 from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
 from tests.test_admin import USERS
@@ -205,3 +208,18 @@ def test_an_idle_pooler_gives_back_what_a_waiting_one_needs_shrinking_first(smal
     assert max(r.to_size for r in took) > BUDGET - 25      # more than fitted beside the idle 25
     assert all(within_budget(reports) for reports in history)
     assert max(budgets) == BUDGET and 0 < sampler.peak <= BUDGET, sampler.peak
+
+
+def test_cpu_from_prometheus_at_the_high_water_mark_holds_then_shrinks(small_pg, poolers):
+    require_binary("prometheus")
+    require_binary("prometheus-node-exporter")
+    pooler = poolers(default_pool_size=10)
+    with LocalPrometheus() as prom:
+        target = replace(tier(pooler, small_pg, cpu_high=0.0, cpu_low=0.0),
+                         prometheus=PrometheusTarget(prom.url, CPU_QUERY))
+        tuner = Autotuner(timeout=3)
+        first, second = [asyncio.run(tuner.tick([target]))[0] for _ in range(2)]
+    assert 0.0 <= first.signals.cpu <= 1.0
+    assert first.decision.direction == "hold" and "cpu" in first.decision.reason and first.to_size == 10
+    assert second.decision.direction == "shrink" and second.to_size < 10 and second.applied
+    assert config_of(pooler.port)[0] == second.to_size
