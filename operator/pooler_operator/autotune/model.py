@@ -59,6 +59,8 @@ class DatabaseSample:
     reserved_connections: int = 0            # PostgreSQL 16+, else 0
     backend_pids: frozenset[int] = frozenset()   # client backends (pg_stat_activity backend_type = client backend)
     by_state: dict[str, int] = field(default_factory=dict)
+    by_user: dict[str, int] = field(default_factory=dict)       # client backends per role
+    by_database: dict[str, int] = field(default_factory=dict)   # client backends per database
 
 
 @dataclass(frozen=True)
