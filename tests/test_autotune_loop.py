@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import psycopg
@@ -95,8 +96,12 @@ def tier(pooler, pg: LocalPostgres, dry_run: bool = False, **params) -> TierTarg
 
 
 def burst(pooler, seconds: int, clients: int = 30) -> subprocess.Popen:
-    return subprocess.Popen(["pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-h", "127.0.0.1",
-                             "-p", str(pooler.port), "-U", "app", "app"],
+    """Short transactions that wait on something other than CPU or locks (a 10 ms sleep), so that a larger pool
+    really serves more of them: pgbench's default script updates one branch row and only queues on its lock."""
+    script = Path(pooler.workdir) / "burst.sql"
+    script.write_text("SELECT pg_sleep(0.01);\n")
+    return subprocess.Popen(["pgbench", "-n", "-f", str(script), "-c", str(clients), "-j", "2", "-T", str(seconds),
+                             "-h", "127.0.0.1", "-p", str(pooler.port), "-U", "app", "app"],
                             env=dict(os.environ, PGPASSWORD=PASSWORDS["app"]), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -122,11 +127,19 @@ def clean(bench: subprocess.Popen) -> None:
     assert "number of failed transactions: 0 " in out, out
 
 
-def through_burst(tuner: Autotuner, tiers: list[TierTarget], pooler, seconds: int) -> list[list[TierReport]]:
-    """Tick while pgbench runs `seconds` through `pooler`; no transaction may fail."""
+def through_burst(tuner: Autotuner, tiers: list[TierTarget], pooler, seconds: int,
+                  enough=lambda history: False) -> list[list[TierReport]]:
+    """Tick while pgbench runs `seconds` through `pooler`, or until `enough(history)`: a tick count, not the
+    machine's speed, bounds what the loop must achieve. No transaction may fail."""
     bench = burst(pooler, seconds)
-    history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=8 * seconds))
-    clean(bench)
+    history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None or enough(h),
+                                    limit=8 * seconds))
+    if bench.poll() is None:                 # stopped early: no summary, but no client may have failed so far
+        bench.terminate()
+        _, err = bench.communicate(timeout=60)
+        assert "abort" not in err and "ERROR" not in err, err
+    else:
+        clean(bench)
     return history
 
 
@@ -204,10 +217,11 @@ def test_an_idle_pooler_gives_back_what_a_waiting_one_needs_shrinking_first(smal
     tiers = [tier(idle, small_pg), tier(busy, small_pg)]
     tuner = Autotuner(timeout=3)
     with Sampler(small_pg) as sampler:
-        history = through_burst(tuner, tiers, busy, seconds=10)
+        history = through_burst(tuner, tiers, busy, seconds=60,
+                                enough=lambda h: max(r.to_size or 0 for r in of(h, tiers[1].tier)) > BUDGET - 25)
     gave, took = of(history, tiers[0].tier), of(history, tiers[1].tier)
     assert gave[-1].to_size < 25
-    assert max(r.to_size for r in took) > BUDGET - 25      # more than fitted beside the idle 25
+    assert max(r.to_size for r in took) > BUDGET - 25, [r.line() for r in took[-6:] + gave[-6:]]
     assert_within_budget(history, sampler)
 
 
