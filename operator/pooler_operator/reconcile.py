@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+from secrets import token_urlsafe
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -146,21 +147,22 @@ def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post
 
     wanted = {(m["kind"], m["metadata"]["name"]) for m in rendered.manifests}
     names = Names(pooler.name)
-    candidates = {"PodMonitor": names.monitor, "ServiceMonitor": names.monitor,
-                  "PodDisruptionBudget": names.pdb, "Deployment": names.deployment, "Service": names.service,
-                  "ServiceAccount": names.service_account, "ConfigMap": names.config, "Secret": names.auth}
+    candidates = {"PodMonitor": [names.monitor], "ServiceMonitor": [names.monitor],
+                  "PodDisruptionBudget": [names.pdb], "Deployment": [names.deployment], "Service": [names.service],
+                  "ServiceAccount": [names.service_account], "ConfigMap": [names.config],
+                  "Secret": [names.auth, names.console]}
     for api_version, kind in OWNED_KINDS:
-        name = candidates[kind]
-        if (kind, name) in wanted:
-            continue
-        if api_version.startswith("monitoring.coreos.com") and not kube.has_kind(api_version, kind):
-            continue
-        existing = kube.get(api_version, kind, pooler.namespace, name)
-        if existing is not None and owned_by(existing, pooler.metadata.get("uid")):
-            kube.delete(api_version, kind, pooler.namespace, name)
-            message = f"deleted {kind} {name}: no longer wanted"
-            changed.append(message)
-            post("Normal", "Deleted", message)
+        for name in candidates[kind]:
+            if (kind, name) in wanted:
+                continue
+            if api_version.startswith("monitoring.coreos.com") and not kube.has_kind(api_version, kind):
+                continue
+            existing = kube.get(api_version, kind, pooler.namespace, name)
+            if existing is not None and owned_by(existing, pooler.metadata.get("uid")):
+                kube.delete(api_version, kind, pooler.namespace, name)
+                message = f"deleted {kind} {name}: no longer wanted"
+                changed.append(message)
+                post("Normal", "Deleted", message)
     return changed
 
 
@@ -172,6 +174,16 @@ def read_secrets(kube: Kube, pooler: PostgresPooler) -> tuple[dict[str, dict[str
         if found is not None:
             data[name], versions[name] = found
     return data, versions
+
+
+def console_password(kube: Kube, pooler: PostgresPooler) -> str | None:
+    """The autotuner's console password: kept in the operator's own Secret, made once, never in the resource."""
+    if not pooler.spec.autotune.enabled:
+        return None
+    found = kube.read_secret(pooler.namespace, Names(pooler.name).console)
+    if found and found[0].get("password"):
+        return found[0]["password"]
+    return token_urlsafe(24)
 
 
 def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None) -> Result:
@@ -192,7 +204,8 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
             monitoring = pooler.spec.monitoring
             available = (not monitoring.enabled
                          or kube.has_kind("monitoring.coreos.com/v1", monitoring.kind))
-            rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available)
+            rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available,
+                              console_password=console_password(kube, pooler))
             for warning in rendered.warnings:
                 post("Warning", "MonitoringUnavailable", warning)
             for problem in rendered.autotune_problems:
@@ -203,6 +216,7 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
                 message += "; mode sidecar: only the ConfigMap and Secret are rendered, no Deployment is run"
             outcome = Outcome(APPLIED, message, config_hash=rendered.config_hash,
                               restart_hash=rendered.restart_hash, pool_size=rendered.pool_size,
+                              pool_size_source=rendered.pool_size_source,
                               budget=rendered.budget, selector=rendered.selector,
                               autotune_problems=tuple(rendered.autotune_problems))
     except InvalidSpec as exc:

@@ -21,6 +21,9 @@ REJECTED = "RejectedByAPIServer"
 APPLY_FAILED = "ApplyFailed"
 PAUSED = "Paused"
 
+# Autotuned reasons (and status.autotune.state): True while the loop acts, False while it holds or cannot run.
+TUNING, HOLDING, MISCONFIGURED, WAITING = "Tuning", "Holding", "Misconfigured", "Waiting"
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -33,6 +36,7 @@ class Outcome:
     pool_size: int | None = None
     budget: int | None = None
     selector: str | None = None
+    pool_size_source: str = "spec"
     autotune_problems: tuple[str, ...] = ()
 
     @property
@@ -107,16 +111,21 @@ def degradation(deployment: dict[str, Any] | None,
     return "False", "AsExpected", ""
 
 
-def autotune_report(autotune: dict[str, Any], pool_size: int | None,
-                    problems: tuple[str, ...] = ()) -> dict[str, Any]:
-    """status.autotune: what the autotuner will do with this tier."""
+TICKED_STATES = (TUNING, HOLDING)
+
+
+def autotune_report(autotune: dict[str, Any], pool_size: int | None, problems: tuple[str, ...] = (),
+                    current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """status.autotune as a reconcile sees it: the loop's own report is kept once it has ticked."""
     if not autotune.get("enabled"):
         return {"enabled": False, "state": "Disabled", "message": "the pool size is spec.pool.defaultPoolSize"}
-    if problems:
-        return {"enabled": True, "state": "Misconfigured", "message": "; ".join(problems)}
+    if problems:  # the loop's last allocation stays in force (and in the config) until it runs again
+        return {**(current or {}), "enabled": True, "state": MISCONFIGURED, "message": "; ".join(problems)}
+    if current and current.get("state") in TICKED_STATES:
+        return current
     prometheus = autotune.get("prometheus") or {}
     cpu = f"CPU from {prometheus['url']}" if prometheus.get("url") else "no CPU signal"
-    return {"enabled": True, "state": "Waiting",
+    return {"enabled": True, "state": WAITING,
             "message": f"pool size {autotune.get('minPoolSize')}..{autotune.get('maxPoolSize')} every "
                        f"{autotune.get('intervalSeconds')}s, headroom {autotune.get('budgetHeadroom')}, {cpu}; "
                        f"until the autotuner's first tick the pool size stays {pool_size}"}
@@ -142,15 +151,19 @@ def compute_status(current: dict[str, Any] | None, *, generation: int | None, sp
                                    outcome.reason, outcome.message, generation, now)
         if outcome.applied:
             status.update({"configHash": outcome.config_hash, "restartHash": outcome.restart_hash,
-                           "poolSize": outcome.pool_size, "poolSizeSource": "spec", "selector": outcome.selector})
+                           "poolSize": outcome.pool_size, "poolSizeSource": outcome.pool_size_source,
+                           "selector": outcome.selector})
             status["budget"] = outcome.budget
             autotune = spec.get("autotune") or {}
-            status["autotune"] = autotune_report(autotune, outcome.pool_size, outcome.autotune_problems)
+            status["autotune"] = autotune_report(autotune, outcome.pool_size, outcome.autotune_problems,
+                                                 status.get("autotune"))
             if autotune.get("enabled") and outcome.autotune_problems:
-                conditions = set_condition(conditions, AUTOTUNED, "False", "AutotuneMisconfigured",
+                conditions = set_condition(conditions, AUTOTUNED, "False", MISCONFIGURED,
                                            status["autotune"]["message"], generation, now)
+            elif autotune.get("enabled") and status["autotune"]["state"] in TICKED_STATES:
+                pass  # the loop's condition stands until its next tick
             elif autotune.get("enabled"):
-                conditions = set_condition(conditions, AUTOTUNED, "Unknown", "Waiting",
+                conditions = set_condition(conditions, AUTOTUNED, "Unknown", WAITING,
                                            status["autotune"]["message"], generation, now)
             else:
                 conditions = [c for c in conditions if c.get("type") != AUTOTUNED]
