@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what maitred and its tests need, when missing: Debian's PostgreSQL and PgBouncer packages, the
-# Python distribution with its test extras, and the Kubernetes binaries the e2e tests run. Safe to run again.
+# Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus and
+# node-exporter packages, the Python distribution with its test extras, and the Kubernetes binaries the e2e
+# tests run. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ command -v pgbench >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/de
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v prometheus-node-exporter >/dev/null 2>&1 || need_apt+=(prometheus-node-exporter)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -16,8 +19,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# Debian starts a packaged cluster and a pgbouncer service on install; maitred's tests start their own.
-for svc in postgresql pgbouncer; do
+# Debian starts a packaged cluster, a pgbouncer, a prometheus and a node-exporter service on install;
+# maitred's tests start their own.
+for svc in postgresql pgbouncer prometheus prometheus-node-exporter; do
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
 done
 
