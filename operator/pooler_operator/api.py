@@ -469,6 +469,8 @@ class AutotuneStatus(StatusModel):
                                                  "same one share its budget.")
     last_decision: AutotuneDecision | None = Field(None, description="The last decision that changed or held "
                                                                      "the size.")
+    missing_signals: list[str] | None = Field(None, description="While Holding: the signals (and consoles) "
+                                                                "the last tick could not read.")
     message: str = Field("", description="The last decision or why there is none.")
 
 

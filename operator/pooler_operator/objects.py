@@ -197,7 +197,7 @@ def pooler_config(pooler: PostgresPooler, tuned: TunedSize | None = None) -> Poo
         pgbouncer[f.setting] = f"{CONFIG_DIR}/{f.path}"
     if tuned:
         pgbouncer["default_pool_size"] = tuned.pool_size
-        if tuned.per_process_cap and db.dbname:  # one database: the cap bounds everything a process opens
+        if tuned.per_process_cap:  # with one database it bounds all a process opens; with `*`, each database
             pgbouncer["max_db_connections"] = tuned.per_process_cap
     pgbouncer.update(spec.pooler.parameters)
     if spec.autotune.enabled:

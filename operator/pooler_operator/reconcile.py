@@ -18,8 +18,8 @@ from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .kube import ApiError, Kube
 from .objects import (CONFIG_FILE, POOLER_LABEL, RESTART_HASH_ANNOTATION, MissingSecret, Names, PoolerConfig,
                       Rendered, digest, referenced_secrets, render)
-from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Outcome,
-                     compute_status)
+from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Event, Outcome,
+                     compute_status, tier_status)
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,12 @@ def config_changes(old: PoolerConfig, new: PoolerConfig) -> tuple[list[str], lis
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch turning status `old` into `new` (removed keys become null)."""
-    return {**{k: None for k in old if k not in new}, **new}
+    """A merge patch turning status `old` into `new` (removed keys become null, at any depth)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = status_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    return patch
 
 
 def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
@@ -274,6 +278,26 @@ def _write_status(kube: Kube, namespace: str, name: str, generation: int | None,
             kube.patch_pooler_status(namespace, name, status_patch(old, new),
                                      current["metadata"]["resourceVersion"])
             return new
+        except ApiError as exc:
+            if exc.status != 409:
+                raise RetryLater(f"could not write the status: {exc}") from exc
+    raise RetryLater("the status kept changing under us")
+
+
+def write_tier_report(kube: Kube, namespace: str, name: str, report: Any, *, dry_run: bool,
+                      attempts: int = 5) -> tuple[dict[str, Any] | None, list[Event]]:
+    """One autotuner tick into the status (against the freshest object); the body and the Events to post.
+    (None, []) when the resource is gone."""
+    for _ in range(attempts):
+        current = kube.get_pooler(namespace, name)
+        if current is None:
+            return None, []
+        old = current.get("status") or {}
+        new, events = tier_status(old, report, dry_run=dry_run)
+        try:
+            kube.patch_pooler_status(namespace, name, status_patch(old, new),
+                                     current["metadata"]["resourceVersion"])
+            return {**current, "status": new}, events
         except ApiError as exc:
             if exc.status != 409:
                 raise RetryLater(f"could not write the status: {exc}") from exc
