@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import processes, report, scenarios, targets
+from . import autotune_scale, processes, report, scenarios, targets
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["autotune-scale"]:
+        return autotune_scale.main(argv[1:])
     args = build_parser().parse_args(argv)
     scale = scenarios.QUICK if args.quick else scenarios.FULL
     overrides = {"rounds": args.rounds, "duration": args.duration, "idle_clients": args.idle_clients}
