@@ -165,7 +165,15 @@ def tuned_size(pooler: PostgresPooler) -> TunedSize | None:
     autotune, seen = pooler.spec.autotune, pooler.status.autotune
     if not autotune.enabled or autotune.dry_run or seen is None or seen.pool_size is None:
         return None
-    return TunedSize(seen.pool_size, seen.per_process_cap)
+    size, cap = seen.pool_size, seen.per_process_cap
+    processes = pooler.spec.replicas * pooler.spec.pooler.workers
+    if seen.share and cap and cap * processes > seen.share:
+        # More replicas than the share was made for: each process gets less, so the new pods do not push the
+        # tier past its share before the next tick reallocates (the ConfigMap is applied before the
+        # Deployment grows).
+        cap = max(1, seen.share // processes)
+        size = min(size, cap)
+    return TunedSize(size, cap)
 
 
 def pooler_config(pooler: PostgresPooler, tuned: TunedSize | None = None) -> PoolerConfig:
