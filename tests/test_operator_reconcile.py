@@ -187,6 +187,28 @@ def test_autotune_gets_a_console_secret_made_once_and_pruned_when_turned_off(kub
     assert ("Normal", "Deleted", "deleted Secret p-autotune: no longer wanted") in events
 
 
+def test_scaling_up_an_autotuned_tier_shrinks_the_running_pods_first(kube):
+    kube.add_secret("monitor", {"username": "mon", "password": "pw"})
+    kube.add_pooler({**SPEC, "replicas": 2, "autotune": {"enabled": True, "postgresSecret": {"name": "monitor"}}})
+    run(kube)
+    obj = kube.objects[("maitred.dev/v1alpha1", "PostgresPooler", NS, "p")]
+    obj["status"]["autotune"] = {"state": "Tuning", "poolSize": 12, "perProcessCap": 12, "share": 24}
+    kube.update_spec(replicas=4)
+    seen = []
+
+    def shrink(pooler, tuned):
+        deployment = kube.get("apps/v1", "Deployment", NS, "p")
+        config = kube.get("v1", "ConfigMap", NS, "p-config")["data"]["pooler.ini"]
+        seen.append((tuned, deployment["spec"]["replicas"], "max_db_connections = 6" in config))
+        return ["team/p-x/10.0.0.9:5432: no answer"]
+    events = Events()
+    reconcile(kube, kube.pooler(), events, image="img", before_scale_up=shrink)
+    assert [(t.pool_size, t.per_process_cap, replicas, config_first) for t, replicas, config_first in seen] == \
+        [(6, 6, 2, True)]
+    assert kube.get("apps/v1", "Deployment", NS, "p")["spec"]["replicas"] == 4
+    assert ("Warning", "PoolResizeFailed", "before scaling up: team/p-x/10.0.0.9:5432: no answer") in events
+
+
 def test_autotune_without_monitoring_credentials_is_misconfigured_but_the_pooler_runs(kube):
     kube.add_pooler({**SPEC, "autotune": {"enabled": True}})
     run(kube)

@@ -11,6 +11,7 @@ puts its finalizer on autotuned resources only, so that their daemon stops befor
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import socket
@@ -21,10 +22,11 @@ import kopf
 
 from . import GROUP, PLURAL, VERSION
 from .api import InvalidSpec, PostgresPooler, parse_pooler
-from .autotune.loop import TierReport
-from .autotune_runner import AutotuneRunner, Pod, Secrets, pod_selector
+from .autotune.console import ConsoleError, set_settings
+from .autotune.loop import ConsoleTarget, TierReport
+from .autotune_runner import AutotuneRunner, Pod, Secrets, pod_consoles, pod_selector
 from .kube import Kube, load_config
-from .objects import MANAGED_BY, Names, default_image, referenced_secrets
+from .objects import MANAGED_BY, Names, TunedSize, default_image, referenced_secrets
 from .reconcile import RetryLater, owner_of, read_secrets, reconcile, refresh_status, write_tier_report
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ def _run(body: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -
     meta = body["metadata"]
     with _lock(meta.get("namespace", "default"), meta["name"]):
         try:
-            result = reconcile(kube(), body, _poster(body), image=default_image())
+            result = reconcile(kube(), body, _poster(body), image=default_image(),
+                               before_scale_up=_shrink_running)
         except RetryLater as exc:
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
         except Exception as exc:
@@ -197,6 +200,24 @@ def _publish(pooler: PostgresPooler, report: TierReport) -> None:
     log.info(report.line())
     if not pooler.spec.autotune.dry_run and report.applied and report.changed:
         _reconcile_by_name(pooler.namespace, pooler.name, log)
+
+
+def _shrink_running(pooler: PostgresPooler, tuned: TunedSize) -> list[str]:
+    """SET the running pods to the per-process cap the added replicas leave them (cap first, then size, so a
+    process is within both limits after either SET); a pod that does not answer stays counted at its cap."""
+    pods, _, password = _read_tier(pooler)
+    settings = {"max_db_connections": tuned.per_process_cap or tuned.pool_size, "default_pool_size": tuned.pool_size}
+
+    async def one(console: ConsoleTarget) -> str | None:
+        try:
+            await set_settings(console.host, console.port, console.user, console.password, settings)
+        except ConsoleError as exc:
+            return f"{console.label}: {exc}"
+        return None
+
+    async def every() -> list[str | None]:
+        return await asyncio.gather(*(one(c) for c in pod_consoles(pods, password or "")))
+    return [problem for problem in asyncio.run(every()) if problem]
 
 
 _runner: AutotuneRunner | None = None

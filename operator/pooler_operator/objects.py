@@ -360,6 +360,7 @@ class Rendered:
     budget: int | None
     selector: str
     pool_size_source: str = "spec"
+    tuned: TunedSize | None = None
     warnings: list[str] = field(default_factory=list)
     autotune_problems: list[str] = field(default_factory=list)
 
@@ -485,7 +486,7 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
 
     return Rendered(manifests=manifests, config=config, ini=ini, config_hash=digest(ini),
                     restart_hash=restart_hash, pool_size=tuned.pool_size if tuned else spec.pool.default_pool_size,
-                    budget=budget(pooler, tuned), pool_size_source="autotune" if tuned else "spec",
+                    budget=budget(pooler, tuned), pool_size_source="autotune" if tuned else "spec", tuned=tuned,
                     selector=selector_string(pooler.name), warnings=warnings,
                     autotune_problems=autotune_problems(pooler, secrets))
 

@@ -17,7 +17,7 @@ from . import API_VERSION, KIND
 from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .kube import ApiError, Kube
 from .objects import (CONFIG_FILE, POOLER_LABEL, RESTART_HASH_ANNOTATION, MissingSecret, Names, PoolerConfig,
-                      Rendered, digest, referenced_secrets, render)
+                      Rendered, TunedSize, digest, referenced_secrets, render)
 from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Event, Outcome,
                      compute_status, tier_status)
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 APPLIED_HASH_ANNOTATION = "maitred.dev/applied-hash"
 Post = Callable[[str, str, str], None]
 """post(type, reason, message): type is Normal or Warning."""
+ShrinkRunning = Callable[[PostgresPooler, TunedSize], list[str]]
+"""SET the running pods to a tuned size before more pods start; returns what failed."""
 
 # Every kind the operator may own, in the order owned objects are pruned (dependents first).
 OWNED_KINDS = [("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -135,8 +137,17 @@ def _describe(kind: str, name: str, existing: dict[str, Any] | None, rendered: R
     return f"updated {kind} {name}"
 
 
-def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post) -> list[str]:
-    """Apply what differs from what was last applied; prune what is no longer wanted. Returns what changed."""
+def scales_up(existing: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    return existing is not None and manifest["kind"] == "Deployment" and \
+        (existing.get("spec") or {}).get("replicas", 0) < manifest["spec"]["replicas"]
+
+
+def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post,
+              before_scale_up: ShrinkRunning | None = None) -> list[str]:
+    """Apply what differs from what was last applied; prune what is no longer wanted. Returns what changed.
+
+    The ConfigMap goes before the Deployment; with an autotuned size, the running pods are also brought to
+    the (smaller) per-process cap before the Deployment adds pods, so the tier never exceeds its share."""
     changed = []
     for manifest in rendered.manifests:
         manifest = with_applied_hash(manifest)
@@ -144,6 +155,9 @@ def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post
         existing = kube.get(manifest["apiVersion"], kind, pooler.namespace, name)
         if existing is not None and applied_hash(existing) == applied_hash(manifest):
             continue
+        if rendered.tuned and before_scale_up and scales_up(existing, manifest):
+            for problem in before_scale_up(pooler, rendered.tuned):
+                post("Warning", "PoolResizeFailed", f"before scaling up: {problem}")
         kube.apply(manifest)
         message = _describe(kind, name, existing, rendered)
         changed.append(message)
@@ -190,7 +204,8 @@ def console_password(kube: Kube, pooler: PostgresPooler) -> str | None:
     return token_urlsafe(24)
 
 
-def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None) -> Result:
+def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None,
+              before_scale_up: ShrinkRunning | None = None) -> Result:
     """Bring the owned objects of `body` in line with its spec, and write its status.
 
     Problems the user must fix end as a Degraded status and a Warning Event; transient ones raise RetryLater.
@@ -214,7 +229,7 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
                 post("Warning", "MonitoringUnavailable", warning)
             for problem in rendered.autotune_problems:
                 post("Warning", "AutotuneMisconfigured", problem)
-            changed = apply_all(kube, pooler, rendered, post)
+            changed = apply_all(kube, pooler, rendered, post, before_scale_up)
             message = f"config {rendered.config_hash} in force"
             if pooler.spec.mode == "sidecar":
                 message += "; mode sidecar: only the ConfigMap and Secret are rendered, no Deployment is run"
