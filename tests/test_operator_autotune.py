@@ -53,6 +53,13 @@ def test_tier_reaches_running_pods_on_their_ips_and_counts_the_rest_at_their_cap
     assert expected_processes(p, pods + [pod("e", "10.0.0.5"), pod("f", None, "Pending")]) == 5 * 2
 
 
+def test_a_pod_whose_port_is_mapped_elsewhere_is_reached_where_its_annotation_says():
+    mapped = pod("a", "10.0.0.1")
+    mapped["metadata"]["annotations"] = {"maitred.dev/console-address": "127.0.0.1:40123"}
+    target = tier_target(pooler(), [mapped], SECRETS, "pw")
+    assert [(c.host, c.port) for c in target.consoles] == [("127.0.0.1", 40123)]
+
+
 def test_tier_carries_the_spec_bounds_credentials_and_dry_run():
     p = pooler({"budgetHeadroom": 7, "dryRun": True,
                 "prometheus": {"url": "http://prom:9090", "credentialsSecret": {"name": "prom"}}})

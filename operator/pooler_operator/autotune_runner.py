@@ -24,7 +24,7 @@ from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
                             TierTarget)
 from .autotune.model import PolicyParams
-from .objects import CONSOLE_USER, LISTEN_PORT, selector_string
+from .objects import CONSOLE_ADDRESS_ANNOTATION, CONSOLE_USER, LISTEN_PORT, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +53,32 @@ def live_pods(pods: list[Pod]) -> list[Pod]:
     return [p for p in pods if (p.get("status") or {}).get("phase") not in GONE_PHASES]
 
 
-def console_port(pod: Pod) -> int:
-    """The pooler's port in this pod: the container port named `postgres`, else the operator's default."""
+def console_address(pod: Pod) -> tuple[str, int] | None:
+    """Where the pod's console answers: its pod IP and the container port named `postgres` (else the
+    operator's default), unless the pod's console-address annotation says otherwise; None without an IP."""
+    override = ((pod.get("metadata") or {}).get("annotations") or {}).get(CONSOLE_ADDRESS_ANNOTATION)
+    if override:
+        host, _, port = override.rpartition(":")
+        return host, int(port)
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == "postgres":
-                return int(port["containerPort"])
-    return LISTEN_PORT
+                return ip, int(port["containerPort"])
+    return ip, LISTEN_PORT
 
 
 def pod_consoles(pods: list[Pod], password: str) -> tuple[ConsoleTarget, ...]:
     """One console per running pod with an IP, reached on the pod IP (not the Service: every pod is SET)."""
     out = []
     for pod in live_pods(pods):
-        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-        ip = status.get("podIP")
-        if not ip or status.get("phase") != "Running":
+        meta = pod.get("metadata") or {}
+        address = console_address(pod)
+        if address is None or (pod.get("status") or {}).get("phase") != "Running":
             continue
-        port = console_port(pod)
+        ip, port = address
         label = f"{meta.get('namespace')}/{meta.get('name')}/{ip}:{port}"
         out.append(ConsoleTarget(host=ip, port=port, user=CONSOLE_USER, password=password, label=label))
     return tuple(out)

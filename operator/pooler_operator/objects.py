@@ -34,6 +34,9 @@ POOLER_LABEL = "maitred.dev/pooler"
 MANAGED_BY = "maitred-operator"
 CONSOLE_USER = "maitred_autotune"
 """The admin user the operator's autotuner logs into the pooler consoles as (SET needs admin_users)."""
+CONSOLE_ADDRESS_ANNOTATION = "maitred.dev/console-address"
+"""On a pooler pod whose port is mapped elsewhere (host:port): where the autotuner reaches its console instead
+of the pod IP and container port."""
 GRACE_MARGIN_SECONDS = 5
 
 

@@ -1,0 +1,145 @@
+"""The operator's autotuner on the local control plane: `maitred operator` (as its ServiceAccount, with peering)
+tunes a PostgresPooler whose Deployment pod runs here as a local process (its console address annotated on the
+pod, as its port is moved), in front of a real PostgreSQL; a pgbench burst through the pooler makes it grow, the quiet after it
+makes it shrink, and the resource's status and Events show each decision.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from typing import Any
+
+import pytest
+
+from e2e.controlplane import wait_for
+from e2e.kubelet import Kubelet
+from e2e.local_operator import OperatorProcess, install
+from tests.support import require_binary
+
+pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
+
+HEADROOM = 4
+MAX_CONNECTIONS = 40
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane, tmp_path_factory):
+    install(control_plane, peering="maitred")
+    op = OperatorProcess(control_plane, tmp_path_factory.mktemp("operator"), "--all-namespaces",
+                         "--peering", "maitred", env={"MAITRED_POOLER_IMAGE": "registry.invalid/maitred:e2e"})
+    try:
+        yield op.wait_live()
+    finally:
+        op.stop()
+        print("operator log (tail):\n" + op.logs(200))
+
+
+@pytest.fixture
+def postgres():
+    from maitred.local_postgres import LocalPostgres
+
+    require_binary("pgbench")
+    with LocalPostgres(settings={"max_connections": str(MAX_CONNECTIONS)}) as pg:
+        pg.create_role("app", "app-secret")
+        pg.create_database("app", owner="app")
+        pg.create_role("monitor", "monitor-secret")
+        pg.psql("GRANT pg_monitor TO monitor")
+        yield pg
+
+
+def kubectl_json(cp, *args: str) -> dict[str, Any]:
+    return json.loads(cp.kubectl(*args, "-o", "json"))
+
+
+def apply(cp, *docs: dict[str, Any]) -> None:
+    cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)}))
+
+
+def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "stringData": data}
+
+
+def resizes(cp, namespace: str) -> list[tuple[int, int]]:
+    """(from, to) of every PoolResized Event on the resource, oldest first."""
+    events = kubectl_json(cp, "get", "events", "-n", namespace, "--field-selector",
+                          "involvedObject.kind=PostgresPooler,reason=PoolResized")["items"]
+    out = []
+    for e in sorted(events, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or ""):
+        words = e["message"].split()       # "resized the pool 2 -> 4: grow: ..."
+        arrow = words.index("->")
+        out.append((int(words[arrow - 1]), int(words[arrow + 1].rstrip(":"))))
+    return out
+
+
+def test_the_operator_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_plane, operator, namespace,
+                                                                     postgres, tmp_path):
+    cp = control_plane
+    postgres.psql("SELECT 1")
+    reserved = int(postgres.psql("SHOW superuser_reserved_connections"))
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", postgres.dsn("app", "app-secret", "app")], check=True,
+                   capture_output=True)
+    spec = {"database": {"host": "127.0.0.1", "port": postgres.port, "dbname": "app"},
+            "auth": {"usersSecret": {"name": "pool-users"}},
+            "pool": {"defaultPoolSize": 2},
+            "autotune": {"enabled": True, "intervalSeconds": 5, "minPoolSize": 2, "maxPoolSize": 16,
+                         "budgetHeadroom": HEADROOM, "postgresSecret": {"name": "pool-monitor"}}}
+    apply(cp, secret("pool-users", namespace, {"app": "app-secret"}),
+          secret("pool-monitor", namespace, {"username": "monitor", "password": "monitor-secret"}),
+          {"apiVersion": "maitred.dev/v1alpha1", "kind": "PostgresPooler",
+           "metadata": {"name": "pool", "namespace": namespace}, "spec": spec})
+    pooler = lambda: kubectl_json(cp, "get", "postgrespooler", "pool", "-n", namespace)  # noqa: E731
+    wait_for(lambda: (pooler().get("status") or {}).get("configHash"), timeout=60, what="the first reconcile")
+    deployment = kubectl_json(cp, "get", "deployment", "pool", "-n", namespace)
+    kubelet = Kubelet(cp, namespace, deployment, tmp_path)
+    kubelet.start()
+    try:
+        kubelet.report_ready()
+        first = wait_for(lambda: (pooler()["status"].get("autotune") or {}).get("lastDecision") and pooler(),
+                         timeout=60, what=f"the first tick:\n{operator.logs()}")
+        assert first["status"]["autotune"]["state"] == "Tuning", first["status"]["autotune"]
+
+        # A burst: 12 clients whose transactions hold a server 50 ms each, through a pool of 2.
+        script = tmp_path / "hold.sql"
+        script.write_text("SELECT pg_sleep(0.05);\n")
+        bench = subprocess.Popen(["pgbench", "-n", "-c", "12", "-j", "2", "-T", "30", "-f", str(script),
+                                  f"host=127.0.0.1 port={kubelet.port('postgres')} dbname=app user=app password=app-secret"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.append(bench.communicate()[0]))
+        reader.start()
+        grown = wait_for(lambda: [r for r in resizes(cp, namespace) if r[1] > r[0]], timeout=40,
+                         what=f"a PoolResized Event that grows the pool:\n{operator.logs()}")
+        assert grown[0][0] == 2
+        reader.join(60)
+        assert bench.returncode == 0, output
+
+        # The quiet after it: idle servers are given back.
+        wait_for(lambda: [r for r in resizes(cp, namespace) if r[1] < r[0]], timeout=150,
+                 what=f"a PoolResized Event that shrinks the pool:\n{operator.logs()}")
+        steps = resizes(cp, namespace)
+        first_shrink = next(i for i, r in enumerate(steps) if r[1] < r[0])
+        assert all(r[1] > r[0] for r in steps[:first_shrink]), steps
+
+        status = pooler()["status"]
+        auto = status["autotune"]
+        # No client but the autotuner's own monitoring connection while it read pg_stat_activity.
+        assert auto["budget"] == MAX_CONNECTIONS - reserved - HEADROOM - 1, auto
+        assert auto["server"] == postgres.psql("SELECT system_identifier FROM pg_control_system()")
+        assert auto["share"] <= auto["budget"] and auto["poolSize"] >= 2
+        assert set(auto["lastDecision"]) >= {"time", "from", "to", "reason", "signals"}
+        assert (status["poolSizeSource"], status["poolSize"]) == ("autotune", auto["poolSize"])
+        autotuned = next(c for c in status["conditions"] if c["type"] == "Autotuned")
+        assert (autotuned["status"], autotuned["reason"]) == ("True", "Tuning")
+
+        # The ConfigMap follows, so a new pod would start at the autotuned size.
+        def config_size():
+            ini = kubectl_json(cp, "get", "configmap", "pool-config", "-n", namespace)["data"]["pooler.ini"]
+            return next(int(line.split("=")[1]) for line in ini.splitlines()
+                        if line.startswith("default_pool_size"))
+        wait_for(lambda: config_size() == pooler()["status"]["autotune"]["poolSize"], timeout=30,
+                 what="the ConfigMap to carry the autotuned size")
+        assert kubelet.proc.poll() is None, "the pooler restarted"
+    finally:
+        kubelet.stop()
