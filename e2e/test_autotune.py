@@ -1,7 +1,7 @@
-"""The operator's autotuner on the local control plane: `maitred operator` (as its ServiceAccount, with peering)
-tunes a PostgresPooler whose Deployment pod runs here as a local process (its console address annotated on the
-pod, as its port is moved), in front of a real PostgreSQL; a pgbench burst through the pooler makes it grow, the quiet after it
-makes it shrink, and the resource's status and Events show each decision.
+"""The operator's autotuner on the local control plane: `maitred operator` (as its ServiceAccount, with
+peering) tunes a PostgresPooler whose Deployment pod runs here as a local process (its console address annotated
+on the pod, as its port is moved), in front of a real PostgreSQL; a pgbench burst through the pooler makes it
+grow, the quiet after it makes it shrink, and the resource's status and Events show each decision.
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ def test_the_operator_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_pl
         # A burst: 12 clients whose transactions hold a server 50 ms each, through a pool of 2.
         script = tmp_path / "hold.sql"
         script.write_text("SELECT pg_sleep(0.05);\n")
-        bench = subprocess.Popen(["pgbench", "-n", "-c", "12", "-j", "2", "-T", "30", "-f", str(script),
-                                  f"host=127.0.0.1 port={kubelet.port('postgres')} dbname=app user=app password=app-secret"],
+        conninfo = f"host=127.0.0.1 port={kubelet.port('postgres')} dbname=app user=app password=app-secret"
+        bench = subprocess.Popen(["pgbench", "-n", "-c", "12", "-j", "2", "-T", "30", "-f", str(script), conninfo],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output: list[str] = []
         reader = threading.Thread(target=lambda: output.append(bench.communicate()[0]))
