@@ -276,12 +276,12 @@ class Autotuner:
         shrinking = {label: v for t in live for label, v in t.settings.items() if v and _shrinks(t, label)}
         growing = {label: v for t in live for label, v in t.settings.items() if v and label not in shrinking}
         failures = await self._send(consoles, shrinking)
-        if growing and shrinking:
+        if growing and shrinking:     # a shrink that failed or has not closed its surplus yet holds every grow
             caps = {label: t.caps[label] for t in live for label in t.settings
                     if label in shrinking and label not in failures}
-            late = await self._settle(consoles, caps)
+            late = [label for label in shrinking if label in failures] + await self._settle(consoles, caps)
             if late:
-                failures.update({label: f"grow deferred: {', '.join(late)} still above its new cap"
+                failures.update({label: f"grow deferred: {', '.join(late)} not yet within its new cap"
                                  for label in growing})
                 growing = {}
         failures.update(await self._send(consoles, growing))
