@@ -80,7 +80,9 @@ class Trace:
     budget: int
 
 
-def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams) -> Trace:
+def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams, *, prometheus: bool = True,
+             outage: range = range(0)) -> Trace:
+    """Run the loop; without `prometheus` there is no CPU signal, during `outage` it is missing."""
     budget = server.budget()
     trace = Trace({t.name: [] for t in tiers}, {t.name: [] for t in tiers}, [], [], budget)
     limited: dict[str, bool] = {}
@@ -99,8 +101,9 @@ def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams
                 cl_waiting=waiting, cl_active=round(a), sv_active=round(a),
                 sv_idle=t.size * t.processes * t.pools - round(a),
                 maxwait_s=t.backlog / x if waiting and x else 0.0, xact_per_s=x if x else None,
-                avg_xact_time_ms=latency * 1000 if x else None, avg_wait_time_ms=None, cpu=round(cpu, 3),
-                contended=any(v for k, v in limited.items() if k != t.name))
+                avg_xact_time_ms=latency * 1000 if x else None, avg_wait_time_ms=None,
+                cpu=round(cpu, 3) if prometheus and tick not in outage else None,
+                missing=("cpu",) if tick in outage else (), contended=any(v for k, v in limited.items() if k != t.name))
             decision = decide(signals, t.history, params)
             t.history = remember(t.history, signals, decision)
             demands.append(Demand(t.name, t.processes, t.pools, decision.size, params.min_pool_size))
@@ -184,3 +187,21 @@ def test_the_budget_is_never_exceeded_with_many_tiers_processes_and_pools_under_
     trace = simulate(IO_BOUND, tiers, 60, PolicyParams(min_pool_size=1, max_pool_size=100))
     assert all(trace.within)
     assert max(trace.sizes["t6"]) > 1                          # the loop did act
+
+
+def test_without_a_cpu_signal_latency_alone_stops_the_pool_near_the_knee_and_it_stays():
+    cpu_bound = Server(cores=2, cpu_ms=4.0, io_ms=16.0, max_connections=100)   # knee at 10 in flight
+    tiers = [Tier("hot", {0: 0.0, 5: 800.0}), Tier("warm", {0: 100.0})]
+    trace = simulate(cpu_bound, tiers, 120, PolicyParams(min_pool_size=2, max_pool_size=100), prometheus=False)
+    hot = trace.sizes["hot"]
+    assert max(hot) >= 32 and len(set(hot[20:])) == 1, hot      # overshot, came back, then held for 100 ticks
+    assert hot[-1] < 20, hot
+
+
+def test_prometheus_down_in_the_middle_of_a_steady_load_changes_no_size_and_growth_waits_for_it():
+    tiers = [Tier("a", {0: 1200.0}), Tier("b", {0: 300.0, 42: 1500.0})]        # b's load rises while cpu is gone
+    trace = simulate(IO_BOUND, tiers, 70, PARAMS, outage=range(40, 50))
+    assert len(set(trace.sizes["a"][20:])) == 1
+    assert len(set(trace.sizes["b"][39:50])) == 1 and max(trace.waiting["b"][43:50]) > 0
+    assert trace.sizes["b"][55] > trace.sizes["b"][49]
+    assert all(trace.within)
