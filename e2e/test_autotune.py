@@ -73,8 +73,23 @@ def resizes(cp, namespace: str) -> list[tuple[int, int]]:
     return out
 
 
-def test_the_operator_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_plane, operator, namespace,
-                                                                     postgres, tmp_path):
+@pytest.fixture
+def standby(control_plane, operator, tmp_path):
+    """A second operator replica of lower priority in the same peering: kopf keeps it frozen."""
+    op = OperatorProcess(control_plane, tmp_path, "--all-namespaces", "--peering", "maitred", "--priority", "1",
+                         name="standby")
+    try:
+        def peers():
+            status = kubectl_json(control_plane, "get", "clusterkopfpeering", "maitred").get("status")
+            return len(status or {}) >= 2
+        wait_for(peers, timeout=30, what=f"both replicas in the peering object:\n{op.logs()}")
+        yield op
+    finally:
+        op.stop()
+
+
+def test_the_leader_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_plane, operator, standby, namespace,
+                                                                   postgres, tmp_path):
     cp = control_plane
     postgres.psql("SELECT 1")
     reserved = int(postgres.psql("SHOW superuser_reserved_connections"))
@@ -141,5 +156,8 @@ def test_the_operator_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_pl
         wait_for(lambda: config_size() == pooler()["status"]["autotune"]["poolSize"], timeout=30,
                  what="the ConfigMap to carry the autotuned size")
         assert kubelet.proc.poll() is None, "the pooler restarted"
+        # Only the leader ticked: the frozen standby never ran the loop.
+        assert f"{namespace}/pool " in operator.log.read_text()
+        assert f"{namespace}/pool " not in standby.log.read_text(), standby.logs()
     finally:
         kubelet.stop()
