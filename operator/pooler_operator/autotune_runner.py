@@ -211,6 +211,9 @@ class AutotuneRunner:
             reports = await self.autotuner.tick(targets)
             for report in reports:
                 if report.tier in self.tiers and report.tier in poolers:
-                    await asyncio.to_thread(self.publish, poolers[report.tier], report)
+                    try:
+                        await asyncio.to_thread(self.publish, poolers[report.tier], report)
+                    except Exception as exc:  # the tick has acted; the next one reports again
+                        log.warning(f"{report.tier}: the report was not published: {exc}")
             return reports
 

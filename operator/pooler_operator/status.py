@@ -128,7 +128,7 @@ def autotune_report(autotune: dict[str, Any], pool_size: int | None, problems: t
         return current
     prometheus = autotune.get("prometheus") or {}
     cpu = f"CPU from {prometheus['url']}" if prometheus.get("url") else "no CPU signal"
-    return {"enabled": True, "state": WAITING,
+    return {**(current or {}), "enabled": True, "state": WAITING,
             "message": f"pool size {autotune.get('minPoolSize')}..{autotune.get('maxPoolSize')} every "
                        f"{autotune.get('intervalSeconds')}s, headroom {autotune.get('budgetHeadroom')}, {cpu}; "
                        f"until the autotuner's first tick the pool size stays {pool_size}"}
