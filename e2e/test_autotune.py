@@ -111,9 +111,9 @@ def test_the_leader_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_plan
     kubelet.start()
     try:
         kubelet.report_ready()
-        first = wait_for(lambda: (pooler()["status"].get("autotune") or {}).get("lastDecision") and pooler(),
-                         timeout=60, what=f"the first tick:\n{operator.logs()}")
-        assert first["status"]["autotune"]["state"] == "Tuning", first["status"]["autotune"]
+        # Ticks before the pod runs hold (no process found); the first one that reaches it tunes.
+        wait_for(lambda: (pooler()["status"].get("autotune") or {}).get("state") == "Tuning", timeout=60,
+                 what=f"a tick that reaches the pod:\n{operator.logs()}")
 
         # A burst: 12 clients whose transactions hold a server 50 ms each, through a pool of 2.
         script = tmp_path / "hold.sql"
