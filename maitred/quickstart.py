@@ -117,20 +117,25 @@ class Decisions:
 
     def __init__(self, cp, namespace: str, name: str):
         self.cp, self.namespace, self.name = cp, namespace, name
-        self.last: str | None = None
-        self.grew = False
+        self.last = (self._read().get("lastDecision") or {}).get("time")  # only what happens from now on
+        self.grew = self.shrank = False
+
+    def _read(self) -> dict[str, Any]:
+        obj = json.loads(self.cp.kubectl("get", "pgp", self.name, "-n", self.namespace, "-o", "json"))
+        return (obj.get("status") or {}).get("autotune") or {}
 
     def print_new(self) -> None:
-        obj = json.loads(self.cp.kubectl("get", "pgp", self.name, "-n", self.namespace, "-o", "json"))
-        autotune = (obj.get("status") or {}).get("autotune") or {}
+        autotune = self._read()
         decision = autotune.get("lastDecision")
         if not decision or decision["time"] == self.last:
             return
         self.last = decision["time"]
-        self.grew = self.grew or (decision.get("to") or 0) > (decision.get("from") or 0)
+        before, after = decision.get("from"), decision.get("to")
+        if before is not None and after is not None:
+            self.grew, self.shrank = self.grew or after > before, self.shrank or (self.grew and after < before)
         seen = decision.get("signals") or {}
         signals = " ".join(f"{key}={seen[key]}" for key in ("clWaiting", "svActive", "svIdle", "cpu") if key in seen)
-        say(f"    {decision['time']}  pool {decision.get('from')} -> {decision.get('to')}  {decision['reason']}  "
+        say(f"    {decision['time']}  pool {before} -> {after}  {decision['reason']}  "
             f"[{signals} budget={autotune.get('budget')}]")
 
 
@@ -284,9 +289,9 @@ Metrics: curl -s http://127.0.0.1:{kubelet.port("http")}/metrics
         f"autotuner's decisions (every {AUTOTUNE_INTERVAL} s) as they happen:")
     decisions = Decisions(cp, namespace, name)
     burst = start_burst(state, args.port, user, password, dbname, stack)
-    if args.check:
-        deadline = time.monotonic() + BURST_SECONDS + 30
-        while (burst.poll() is None or not decisions.grew) and time.monotonic() < deadline:
+    if args.check:  # until the pool has grown and given back (or a bound)
+        deadline = time.monotonic() + BURST_SECONDS + 60
+        while not decisions.shrank and time.monotonic() < deadline:
             time.sleep(1)
             decisions.print_new()
         return
