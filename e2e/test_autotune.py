@@ -161,3 +161,49 @@ def test_the_leader_grows_then_shrinks_a_pool_under_a_pgbench_burst(control_plan
         assert f"{namespace}/pool " not in standby.log.read_text(), standby.logs()
     finally:
         kubelet.stop()
+
+
+def test_a_standby_takes_over_from_a_killed_leader_at_the_size_the_pod_reports(control_plane, operator, standby,
+                                                                                namespace, postgres, tmp_path):
+    """Last in this module: it kills the module's operator."""
+    cp = control_plane
+    spec = {"database": {"host": "127.0.0.1", "port": postgres.port, "dbname": "app"},
+            "auth": {"usersSecret": {"name": "pool-users"}},
+            "pool": {"defaultPoolSize": 2},
+            "autotune": {"enabled": True, "intervalSeconds": 5, "minPoolSize": 2, "maxPoolSize": 16,
+                         "postgresSecret": {"name": "pool-monitor"}}}
+    apply(cp, secret("pool-users", namespace, {"app": "app-secret"}),
+          secret("pool-monitor", namespace, {"username": "monitor", "password": "monitor-secret"}),
+          {"apiVersion": "maitred.dev/v1alpha1", "kind": "PostgresPooler",
+           "metadata": {"name": "pool", "namespace": namespace}, "spec": spec})
+    pooler = lambda: kubectl_json(cp, "get", "postgrespooler", "pool", "-n", namespace)  # noqa: E731
+    wait_for(lambda: (pooler().get("status") or {}).get("configHash"), timeout=60, what="the first reconcile")
+    kubelet = Kubelet(cp, namespace, kubectl_json(cp, "get", "deployment", "pool", "-n", namespace), tmp_path)
+    kubelet.start()
+    try:
+        kubelet.report_ready()
+        script = tmp_path / "hold.sql"
+        script.write_text("SELECT pg_sleep(0.05);\n")
+        conninfo = f"host=127.0.0.1 port={kubelet.port('postgres')} dbname=app user=app password=app-secret"
+        bench = subprocess.Popen(["pgbench", "-n", "-c", "12", "-j", "2", "-T", "20", "-f", str(script), conninfo],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: [r for r in resizes(cp, namespace) if r[1] > r[0]], timeout=40,
+                     what=f"the leader to grow the pool:\n{operator.logs()}")
+        finally:
+            bench.wait(60)
+        operator.proc.kill()                  # mid-run, no goodbye: its peering record stays until it expires
+        operator.proc.wait()
+        metrics = kubelet.http("/metrics")
+        held = next(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+                    if line.startswith('maitred_pool_size{database="app",user="app"}'))
+        assert held > 2
+
+        def standby_decision():
+            lines = [line for line in standby.log.read_text().splitlines() if f"{namespace}/pool " in line]
+            return lines and lines[0]
+        first = wait_for(standby_decision, timeout=150, what=f"the standby to take over:\n{standby.logs()}")
+        # Nothing was kept in memory: the new leader starts from what the pod reports, not from the spec.
+        assert f"/pool {held} -> " in first, (held, first)
+    finally:
+        kubelet.stop()
