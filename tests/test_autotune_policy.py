@@ -255,6 +255,10 @@ def test_any_sequence_stays_in_bounds_steps_boundedly_and_never_grows_on_a_missi
         check_tick(signals, decision, params)
         history = remember(history, signals, decision)
         assert len(history.signals) <= HISTORY_TICKS
+        if history.ceiling is None:         # the running baseline is the window's lowest sane latency
+            sane = [s.avg_xact_time_ms for s, d in zip(history.signals, history.decisions)
+                    if d.rule != "signal" and s.xact_per_s is not None and (s.avg_xact_time_ms or 0) > 0]
+            assert history.baseline_xact_ms == (min(sane) if sane else None)
 
 
 @settings(max_examples=200, deadline=None)

@@ -81,12 +81,16 @@ class Trace:
 
 
 def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams, *, prometheus: bool = True,
-             outage: range = range(0)) -> Trace:
-    """Run the loop; without `prometheus` there is no CPU signal, during `outage` it is missing."""
+             outage: range = range(0), others: dict[int, int] | None = None) -> Trace:
+    """Run the loop; without `prometheus` there is no CPU signal, during `outage` it is missing; `others` sets
+    the client backends that are not the poolers' from a tick on."""
     budget = server.budget()
     trace = Trace({t.name: [] for t in tiers}, {t.name: [] for t in tiers}, [], [], budget)
     limited: dict[str, bool] = {}
     for tick in range(ticks):
+        if others and tick in others:
+            server.other_backends = others[tick]
+            budget = server.budget()
         demand = [t.offered_at(tick) + t.backlog / TICK_S for t in tiers]
         capacity = [t.size * t.processes * t.pools for t in tiers]
         flight, latency = serve(server, demand, capacity)
@@ -204,4 +208,14 @@ def test_prometheus_down_in_the_middle_of_a_steady_load_changes_no_size_and_grow
     assert len(set(trace.sizes["a"][20:])) == 1
     assert len(set(trace.sizes["b"][39:50])) == 1 and max(trace.waiting["b"][43:50]) > 0
     assert trace.sizes["b"][55] > trace.sizes["b"][49]
+    assert all(trace.within)
+
+
+def test_a_budget_that_shrinks_under_the_allocation_takes_the_sizes_down_at_once_and_back_up_after():
+    server = Server(cores=8, cpu_ms=1.0, io_ms=19.0, max_connections=100)
+    tiers = [Tier("a", {0: 2000.0}), Tier("b", {0: 1500.0})]                   # need 40 and 30 of 90
+    trace = simulate(server, tiers, 50, PARAMS, others={20: 42, 35: 2})         # 42 other backends: budget 50
+    assert trace.sizes["a"][19] + trace.sizes["b"][19] >= 70
+    assert trace.sizes["a"][20] + trace.sizes["b"][20] <= 50 and trace.sizes["b"][20] >= 20   # max-min fair
+    assert trace.sizes["a"][35 + 5] >= 40 and trace.sizes["b"][35 + 5] >= 30
     assert all(trace.within)

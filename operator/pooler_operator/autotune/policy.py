@@ -62,17 +62,19 @@ def remember(history: History, signals: TierSignals, decision: Decision) -> Hist
     ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits."""
     kept = (history.signals + (signals,))[-HISTORY_TICKS:]
     decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
-    baseline = history.baseline_xact_ms
-    if history.ceiling is None or baseline is None:
-        latencies = [s.avg_xact_time_ms for s, d in zip(kept, decisions) if _measured(s, d)]
-        baseline = min(latencies) if latencies else None
-    elif _measured(signals, decision):     # held down by congestion, the pool never sees the no-queue latency
-        baseline = min(baseline, signals.avg_xact_time_ms)     # again: keep the one it saw
     ceiling, age = history.ceiling, history.ceiling_age + 1
     if decision.rule in CONGESTION and decision.direction == "shrink":
         ceiling, age = signals.pool_size, 0
     elif decision.rule in ("steady", "idle", "contended"):   # no client waits: the load that hit it is gone
         ceiling, age = None, 0
+    baseline = history.baseline_xact_ms
+    leaving = history.signals[0].avg_xact_time_ms if len(history.signals) == HISTORY_TICKS else None
+    held = ceiling is not None          # held down by congestion, the pool never sees the no-queue latency again
+    if baseline is None or (not held and (history.ceiling is not None or leaving == baseline)):
+        latencies = [s.avg_xact_time_ms for s, d in zip(kept, decisions) if _measured(s, d)]
+        baseline = min(latencies) if latencies else None    # the window's lowest, looked for again
+    elif _measured(signals, decision):
+        baseline = min(baseline, signals.avg_xact_time_ms)
     return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline, ceiling=ceiling, ceiling_age=age)
 
 
