@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.controlplane import SETPRIV, free_port, wait_for
+from pooler_operator.objects import CONSOLE_ADDRESS_ANNOTATION
 
 
 class Kubelet:
@@ -161,6 +162,9 @@ class Kubelet:
         }
         self.cp.kubectl("patch", "pod", name, "-n", self.namespace, "--subresource=status", "--type=merge",
                         "-p", json.dumps({"status": status}))
+        # The pod's port is moved here: say where its console really is (the operator's autotuner reads it).
+        self.cp.kubectl("annotate", "--overwrite", "pod", name, "-n", self.namespace,
+                        f"{CONSOLE_ADDRESS_ANNOTATION}=127.0.0.1:{self.port('postgres')}")
         return name
 
     def http(self, path: str) -> str:

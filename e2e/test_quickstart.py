@@ -77,6 +77,8 @@ def test_check_brings_up_everything_serves_a_query_and_stops_it_all(quickstart):
     assert re.split(r"\s{2,}", table[2].strip())[:8] == ["shop", "shop-pooler", "deployment", "transaction", "1/1",
                                                          "20", "25", "True"]
     assert "AllReplicasReady" in out and "export KUBECONFIG=" in out
+    sizes = [tuple(map(int, m)) for m in re.findall(r"  pool (\d+) -> (\d+)  ", out)]
+    assert any(b > a for a, b in sizes) and any(b < a for a, b in sizes), out  # the burst: grown, given back
     assert out.rstrip().endswith("==> stopped")
     assert leftovers(quickstart.state) == []
 

@@ -5,8 +5,9 @@ binaries built once), a PostgreSQL kept in STATE/pg between runs, `maitred opera
 examples/postgrespooler.yaml applied with its database pointed at that PostgreSQL. The control plane has no
 kubelet, so the quick start plays its part for the Deployment the operator makes: it runs the pooler here from
 the ConfigMap and Secret the operator rendered, reports the pod ready, projects changed files so the pooler
-reloads them, and restarts the pooler when the pod template changes. Stopping stops all of it. `--check`
-stops after the summary instead: the quick start's own test.
+reloads them, and restarts the pooler when the pod template changes. Then a short burst of load (pgbench)
+shows the autotuner at work: each of its decisions is printed as it happens. Stopping stops all of it.
+`--check` stops after the burst instead: the quick start's own test.
 
 Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and e2e/.
 """
@@ -38,6 +39,8 @@ from maitred.local_postgres import LocalPostgres
 EXAMPLE = "examples/postgrespooler.yaml"
 POSTGRES_PORT, POOLER_PORT = 15432, 6432
 SYNC_INTERVAL = 5  # seconds between projections of the ConfigMap and Secret, as a kubelet's sync loop
+AUTOTUNE_INTERVAL = 5  # seconds between the autotuner's ticks here, so that a short burst shows its decisions
+BURST_CLIENTS, BURST_SECONDS = 60, 20
 
 
 def say(message: str) -> None:
@@ -67,6 +70,7 @@ def load_example(postgres_port: int) -> tuple[list[dict[str, Any]], dict[str, An
     pooler = next(d for d in docs if d["kind"] == "PostgresPooler")
     pooler["spec"]["database"].update(host="127.0.0.1", port=postgres_port)
     pooler["spec"]["replicas"] = 1
+    pooler["spec"].setdefault("autotune", {})["intervalSeconds"] = AUTOTUNE_INTERVAL
     secret_name = pooler["spec"]["auth"]["usersSecret"]["name"]
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == secret_name)
     users = dict(secret.get("stringData") or {})
@@ -93,6 +97,60 @@ def start_postgres(state: Path, port: int, users: dict[str, str], dbname: str) -
     if not pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}'"):
         pg.create_database(f'"{dbname}"', owner=f'"{next(iter(users))}"')
     return pg
+
+
+def monitoring_role(pg: LocalPostgres, docs: list[dict[str, Any]], pooler: dict[str, Any]) -> None:
+    """The role of the example's autotune.postgresSecret, made a member of pg_monitor: the autotuner reads
+    max_connections and pg_stat_activity with it."""
+    ref = ((pooler["spec"].get("autotune") or {}).get("postgresSecret") or {}).get("name")
+    secret = next((d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref), None)
+    if secret is None:
+        return
+    user, password = secret["stringData"]["username"], secret["stringData"]["password"].replace("'", "''")
+    pg.psql(f"SET password_encryption = 'scram-sha-256'; "
+            f"DO $$BEGIN CREATE ROLE \"{user}\"; EXCEPTION WHEN duplicate_object THEN NULL; END$$; "
+            f"ALTER ROLE \"{user}\" LOGIN PASSWORD '{password}'; GRANT pg_monitor TO \"{user}\"")
+
+
+class Decisions:
+    """The autotuner's decisions on one PostgresPooler as its status shows them, each printed once."""
+
+    def __init__(self, cp, namespace: str, name: str):
+        self.cp, self.namespace, self.name = cp, namespace, name
+        self.last = (self._read().get("lastDecision") or {}).get("time")  # only what happens from now on
+        self.grew = self.shrank = False
+
+    def _read(self) -> dict[str, Any]:
+        obj = json.loads(self.cp.kubectl("get", "pgp", self.name, "-n", self.namespace, "-o", "json"))
+        return (obj.get("status") or {}).get("autotune") or {}
+
+    def print_new(self) -> None:
+        autotune = self._read()
+        decision = autotune.get("lastDecision")
+        if not decision or decision["time"] == self.last:
+            return
+        self.last = decision["time"]
+        before, after = decision.get("from"), decision.get("to")
+        if before is not None and after is not None:
+            self.grew, self.shrank = self.grew or after > before, self.shrank or (self.grew and after < before)
+        seen = decision.get("signals") or {}
+        signals = " ".join(f"{key}={seen[key]}" for key in ("clWaiting", "svActive", "svIdle", "cpu") if key in seen)
+        say(f"    {decision['time']}  pool {before} -> {after}  {decision['reason']}  "
+            f"[{signals} budget={autotune.get('budget')}]")
+
+
+def start_burst(state: Path, port: int, user: str, password: str, dbname: str,
+                stack: contextlib.ExitStack) -> subprocess.Popen:
+    """pgbench through the pooler: clients whose transactions each hold a server for 50 ms, more of them than
+    the pool has servers, so they wait and the autotuner grows the pool; after it, the pool shrinks again."""
+    script = state / "burst.sql"
+    script.write_text("SELECT pg_sleep(0.05);\n")
+    burst = subprocess.Popen(["pgbench", "-n", "-c", str(BURST_CLIENTS), "-j", "2", "-T", str(BURST_SECONDS),
+                              "-f", str(script), "-h", "127.0.0.1", "-p", str(port), "-U", user, dbname],
+                             env={**os.environ, "PGPASSWORD": password}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    stack.callback(lambda: burst.poll() is None and burst.kill())
+    return burst
 
 
 def kubernetes_binaries() -> dict[str, Path]:
@@ -173,6 +231,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
         f"(users {', '.join(users)}, database {dbname})")
     pg = start_postgres(state, args.postgres_port, users, dbname)
     stack.callback(pg.stop)
+    monitoring_role(pg, docs, pooler)
 
     say(f"==> Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager "
         f"({binaries['kube-apiserver'].parent})")
@@ -226,7 +285,15 @@ A change the pooler reloads without a restart:
     kubectl patch pgp -n {namespace} {name} --type merge -p '{patch}'
 Metrics: curl -s http://127.0.0.1:{kubelet.port("http")}/metrics
 """)
-    if args.check:
+    say(f"==> a burst of load: pgbench, {BURST_CLIENTS} clients for {BURST_SECONDS} s through the pooler; the "
+        f"autotuner's decisions (every {AUTOTUNE_INTERVAL} s) as they happen:")
+    decisions = Decisions(cp, namespace, name)
+    burst = start_burst(state, args.port, user, password, dbname, stack)
+    if args.check:  # until the pool has grown and given back (or a bound)
+        deadline = time.monotonic() + BURST_SECONDS + 60
+        while not decisions.shrank and time.monotonic() < deadline:
+            time.sleep(1)
+            decisions.print_new()
         return
     say("Press Ctrl-C to stop everything.")
     problem = None
@@ -237,6 +304,7 @@ Metrics: curl -s http://127.0.0.1:{kubelet.port("http")}/metrics
         if kubelet.proc.poll() is not None:
             raise RuntimeError(f"the pooler exited:\n{kubelet.logs()[-3000:]}")
         try:
+            decisions.print_new()
             deployment = json.loads(cp.kubectl("get", "deployment", name, "-n", namespace, "-o", "json"))
             if deployment["spec"]["template"] != kubelet.template:
                 say("==> the pod template changed (a setting read at startup, or the pod itself): the pooler "

@@ -1,6 +1,7 @@
 """The reconcile against an in-memory API server: what is applied, what is pruned, which Events, which status."""
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 from typing import Any
@@ -59,7 +60,10 @@ class FakeKube:
 
     def read_secret(self, namespace, name):
         obj = self.get("v1", "Secret", namespace, name)
-        return None if obj is None else (dict(obj.get("stringData") or {}), obj["metadata"]["resourceVersion"])
+        if obj is None:
+            return None
+        data = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        return {**data, **(obj.get("stringData") or {})}, obj["metadata"]["resourceVersion"]
 
     def has_kind(self, api_version, kind):
         return kind in self.kinds.get(api_version, set())
@@ -164,6 +168,53 @@ def test_second_reconcile_changes_nothing_and_posts_no_event(kube):
     result, events = run(kube)
     assert kube.applied() == [] and events == [] and result.changed == []
     assert kube.pooler()["status"] == before
+
+
+def test_autotune_gets_a_console_secret_made_once_and_pruned_when_turned_off(kube):
+    kube.add_secret("monitor", {"username": "mon", "password": "pw"})
+    kube.add_pooler({**SPEC, "autotune": {"enabled": True, "postgresSecret": {"name": "monitor"}}})
+    run(kube)
+    console = kube.get("v1", "Secret", NS, "p-autotune")
+    password = base64.b64decode(console["data"]["password"]).decode()
+    auth = base64.b64decode(kube.get("v1", "Secret", NS, "p-auth")["data"]["userlist.txt"]).decode()
+    assert len(password) >= 24 and f'"maitred_autotune" "{password}"' in auth
+    kube.applied()
+    result, events = run(kube)
+    assert kube.applied() == [] and events == []            # the password is not made again
+    kube.update_spec(autotune={"enabled": False})
+    result, events = run(kube)
+    assert kube.get("v1", "Secret", NS, "p-autotune") is None
+    assert ("Normal", "Deleted", "deleted Secret p-autotune: no longer wanted") in events
+
+
+def test_scaling_up_an_autotuned_tier_shrinks_the_running_pods_first(kube):
+    kube.add_secret("monitor", {"username": "mon", "password": "pw"})
+    kube.add_pooler({**SPEC, "replicas": 2, "autotune": {"enabled": True, "postgresSecret": {"name": "monitor"}}})
+    run(kube)
+    obj = kube.objects[("maitred.dev/v1alpha1", "PostgresPooler", NS, "p")]
+    obj["status"]["autotune"] = {"state": "Tuning", "poolSize": 12, "perProcessCap": 12, "share": 24}
+    kube.update_spec(replicas=4)
+    seen = []
+
+    def shrink(pooler, tuned):
+        deployment = kube.get("apps/v1", "Deployment", NS, "p")
+        config = kube.get("v1", "ConfigMap", NS, "p-config")["data"]["pooler.ini"]
+        seen.append((tuned, deployment["spec"]["replicas"], "max_db_connections = 6" in config))
+        return ["team/p-x/10.0.0.9:5432: no answer"]
+    events = Events()
+    reconcile(kube, kube.pooler(), events, image="img", before_scale_up=shrink)
+    assert [(t.pool_size, t.per_process_cap, replicas, config_first) for t, replicas, config_first in seen] == \
+        [(6, 6, 2, True)]
+    assert kube.get("apps/v1", "Deployment", NS, "p")["spec"]["replicas"] == 4
+    assert ("Warning", "PoolResizeFailed", "before scaling up: team/p-x/10.0.0.9:5432: no answer") in events
+
+
+def test_autotune_without_monitoring_credentials_is_misconfigured_but_the_pooler_runs(kube):
+    kube.add_pooler({**SPEC, "autotune": {"enabled": True}})
+    run(kube)
+    status = kube.pooler()["status"]
+    assert status["autotune"]["state"] == "Misconfigured" and "postgresSecret" in status["autotune"]["message"]
+    assert condition(status, "ConfigApplied")["status"] == "True"
 
 
 def test_reloadable_change_updates_only_the_configmap(kube):
@@ -347,3 +398,4 @@ def test_config_changes_split_reloadable_from_restart_settings():
 
 def test_status_patch_removes_keys_that_went_away():
     assert status_patch({"a": 1, "b": 2}, {"a": 3}) == {"b": None, "a": 3}
+    assert status_patch({"x": {"a": 1, "b": 2}}, {"x": {"a": 1}}) == {"x": {"b": None, "a": 1}}

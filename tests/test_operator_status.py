@@ -82,7 +82,7 @@ def test_autotune_misconfiguration_is_reported_in_its_own_condition():
     status = compute_status({}, generation=1, spec=spec, outcome=outcome, deployment=None, deployment_known=True,
                             now="t")
     assert (cond(status, "Autotuned")["status"], cond(status, "Autotuned")["reason"]) == \
-        ("False", "AutotuneMisconfigured")
+        ("False", "Misconfigured")
     assert status["autotune"] == {"enabled": True, "state": "Misconfigured", "message": "Secret prom not found"}
     assert cond(status, "ConfigApplied")["status"] == "True"
 

@@ -282,7 +282,8 @@ class PrometheusSpec(Model):
 
 
 class AutotuneSpec(Model):
-    """Closed-loop pool sizing. Stored, validated and reported; the autotuner acts on it."""
+    """Closed-loop pool sizing: the operator's autotuner moves default_pool_size (and the per-process cap)
+    within one connection budget per PostgreSQL server."""
 
     __rules__ = (Rule("!has(self.minPoolSize) || !has(self.maxPoolSize) || self.minPoolSize <= self.maxPoolSize",
                       "autotune.minPoolSize must not exceed autotune.maxPoolSize",
@@ -296,6 +297,11 @@ class AutotuneSpec(Model):
                                                                   "for everyone else.")
     prometheus: PrometheusSpec | None = Field(None, description="The CPU signal; without it the autotuner "
                                                                 "sizes from pool waits and idle servers only.")
+    postgres_secret: SecretRef | None = Field(
+        None, description="A Secret with `username` and `password` (and optionally `dbname`, default postgres) "
+                          "of a role that reads pg_settings and pg_stat_activity (pg_monitor) on "
+                          "spec.database: the budget's source. Required when enabled.")
+    dry_run: bool = Field(False, description="Decide and report (status, Events) without changing any pool.")
 
 
 class ClientTLSSpec(Model):
@@ -435,12 +441,36 @@ class Condition(StatusModel):
     observed_generation: int | None = Field(None, description="The generation the condition is about.")
 
 
+class AutotuneDecision(StatusModel):
+    """One decision of the autotuner."""
+
+    time: str = Field(description="When it was taken.", json_schema_extra={"format": "date-time"})
+    from_: int | None = Field(None, alias="from", description="Pool size before.")
+    to: int | None = Field(None, description="Pool size after (the budget's say included).")
+    reason: str = Field("", description="Why, in one line.")
+    signals: KubeObject = Field(default_factory=dict, description="The signals it saw (clWaiting, svIdle, cpu, "
+                                                                  "...).")
+
+
 class AutotuneStatus(StatusModel):
     """What the autotuner does with this tier."""
 
     enabled: bool = Field(False, description="spec.autotune.enabled as last reconciled.")
-    state: str = Field("Disabled", description="Disabled, Misconfigured, Waiting (enabled, no tick yet) or "
-                                               "Tuning.")
+    state: str = Field("Disabled", description="Disabled, Misconfigured, Waiting (enabled, no tick yet), "
+                                               "Tuning or Holding (a signal is missing).")
+    pool_size: int | None = Field(None, description="default_pool_size the autotuner set on every process.")
+    per_process_cap: int | None = Field(None, description="Server connections one process may open "
+                                                          "(max_db_connections), set with poolSize.")
+    budget: int | None = Field(None, description="The server's budget: max_connections - reserved - "
+                                                 "connections not the poolers' - headroom.")
+    share: int | None = Field(None, description="Server connections this tier may open: per-process cap x "
+                                                "processes.")
+    server: str | None = Field(None, description="system_identifier of the PostgreSQL server; tiers with the "
+                                                 "same one share its budget.")
+    last_decision: AutotuneDecision | None = Field(None, description="The last decision that changed or held "
+                                                                     "the size.")
+    missing_signals: list[str] | None = Field(None, description="While Holding: the signals (and consoles) "
+                                                                "the last tick could not read.")
     message: str = Field("", description="The last decision or why there is none.")
 
 

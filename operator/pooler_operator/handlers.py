@@ -4,11 +4,14 @@
 - A Secret it references changing reconciles it (an index maps Secrets to the poolers that name them).
 - An owned object deleted by someone is put back by reconciling its owner.
 - Its Deployment changing refreshes the status (replica counts, Ready, Degraded).
-No finalizer: owner references make the garbage collector delete what the operator made, and nothing else
-needs cleaning up.
+- While it has autotune enabled, a daemon keeps it in the autotuner's one tick loop (autotune_runner.py).
+  kopf stops every daemon while peering freezes this replica, so only the leader tunes.
+No finalizer of the operator's own: owner references make the garbage collector delete what it made. kopf
+puts its finalizer on autotuned resources only, so that their daemon stops before they go.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import socket
@@ -18,10 +21,13 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION
-from .api import InvalidSpec, parse_pooler
+from .api import InvalidSpec, PostgresPooler, parse_pooler
+from .autotune.console import ConsoleError, set_settings
+from .autotune.loop import ConsoleTarget, TierReport
+from .autotune_runner import AutotuneRunner, Pod, Secrets, pod_consoles, pod_selector
 from .kube import Kube, load_config
-from .objects import MANAGED_BY, default_image, referenced_secrets
-from .reconcile import RetryLater, owner_of, reconcile, refresh_status
+from .objects import MANAGED_BY, Names, TunedSize, default_image, referenced_secrets
+from .reconcile import RetryLater, owner_of, read_secrets, reconcile, refresh_status, write_tier_report
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,8 @@ def _run(body: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter) -
     meta = body["metadata"]
     with _lock(meta.get("namespace", "default"), meta["name"]):
         try:
-            result = reconcile(kube(), body, _poster(body), image=default_image())
+            result = reconcile(kube(), body, _poster(body), image=default_image(),
+                               before_scale_up=_shrink_running)
         except RetryLater as exc:
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
         except Exception as exc:
@@ -166,3 +173,75 @@ def deployment_changed(type: str | None, body: kopf.Body, namespace: str, logger
             refresh_status(kube(), namespace, owner)
         except RetryLater as exc:
             logger.warning(f"status of {owner} not refreshed: {exc}")
+
+
+# -- the autotuner ------------------------------------------------------------------------------------------
+
+
+def _read_tier(pooler: PostgresPooler) -> tuple[list[Pod], Secrets, str | None]:
+    """The tier's pods (by selector), its referenced Secrets and the console password, for one tick."""
+    selector = pod_selector(pooler)
+    pods = kube().list("v1", "Pod", pooler.namespace, selector) if selector else []
+    secrets, _ = read_secrets(kube(), pooler)
+    found = kube().read_secret(pooler.namespace, Names(pooler.name).console)
+    return pods, secrets, (found[0].get("password") if found else None)
+
+
+def _publish(pooler: PostgresPooler, report: TierReport) -> None:
+    """The report into status and Events; after a change of size the ConfigMap follows (a reconcile renders
+    the size from status), so a new pod starts at it and no reconcile reverts it."""
+    body, events = write_tier_report(kube(), pooler.namespace, pooler.name, report,
+                                     dry_run=pooler.spec.autotune.dry_run)
+    if body is None:
+        return
+    post = _poster(body)
+    for type_, reason, message in events:
+        post(type_, reason, message)
+    log.info(report.line())
+    if not pooler.spec.autotune.dry_run and report.applied and report.changed:
+        _reconcile_by_name(pooler.namespace, pooler.name, log)
+
+
+def _shrink_running(pooler: PostgresPooler, tuned: TunedSize) -> list[str]:
+    """SET the running pods to the per-process cap the added replicas leave them (cap first, then size, so a
+    process is within both limits after either SET); a pod that does not answer stays counted at its cap."""
+    pods, _, password = _read_tier(pooler)
+    settings = {"max_db_connections": tuned.per_process_cap or tuned.pool_size, "default_pool_size": tuned.pool_size}
+
+    async def one(console: ConsoleTarget) -> str | None:
+        try:
+            await set_settings(console.host, console.port, console.user, console.password, settings)
+        except ConsoleError as exc:
+            return f"{console.label}: {exc}"
+        return None
+
+    async def every() -> list[str | None]:
+        return await asyncio.gather(*(one(c) for c in pod_consoles(pods, password or "")))
+    return [problem for problem in asyncio.run(every()) if problem]
+
+
+_runner: AutotuneRunner | None = None
+
+
+def runner() -> AutotuneRunner:
+    global _runner
+    if _runner is None:
+        _runner = AutotuneRunner(read=_read_tier, publish=_publish)
+    return _runner
+
+
+def _autotuned(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("autotune") or {}).get("enabled")) and spec.get("mode", "deployment") == "deployment"
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="autotune", when=_autotuned, cancellation_backoff=20,
+             cancellation_timeout=10)
+async def autotune(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Keep this tier in the tick loop while the daemon lives; kopf keeps `body` current."""
+    tier = runner().register(copy.deepcopy(dict(body)))
+    try:
+        while not stopped:
+            await stopped.wait(1.0)
+            runner().update(tier, copy.deepcopy(dict(body)))
+    finally:
+        await runner().unregister(tier)

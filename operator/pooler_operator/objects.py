@@ -32,6 +32,11 @@ HTTP_PORT = int(MAITRED_SETTINGS["http_port"].default)
 RESTART_HASH_ANNOTATION = "maitred.dev/restart-hash"
 POOLER_LABEL = "maitred.dev/pooler"
 MANAGED_BY = "maitred-operator"
+CONSOLE_USER = "maitred_autotune"
+"""The admin user the operator's autotuner logs into the pooler consoles as (SET needs admin_users)."""
+CONSOLE_ADDRESS_ANNOTATION = "maitred.dev/console-address"
+"""On a pooler pod whose port is mapped elsewhere (host:port): where the autotuner reaches its console instead
+of the pod IP and container port."""
 GRACE_MARGIN_SECONDS = 5
 
 
@@ -60,6 +65,10 @@ class Names:
     @property
     def auth(self) -> str:
         return f"{self.pooler}-auth"
+
+    @property
+    def console(self) -> str:
+        return f"{self.pooler}-autotune"
 
 
 def common_labels(name: str) -> dict[str, str]:
@@ -145,7 +154,32 @@ def tls_files(pooler: PostgresPooler) -> list[TLSFiles]:
     return files
 
 
-def pooler_config(pooler: PostgresPooler) -> PoolerConfig:
+@dataclass(frozen=True)
+class TunedSize:
+    """The autotuner's last allocation. The config carries it instead of the spec's sizes, so a new pod starts
+    at it and a reconcile never reverts the loop."""
+
+    pool_size: int
+    per_process_cap: int | None = None
+
+
+def tuned_size(pooler: PostgresPooler) -> TunedSize | None:
+    """The allocation in status.autotune, when the autotuner owns the pool size (enabled, not a dry run)."""
+    autotune, seen = pooler.spec.autotune, pooler.status.autotune
+    if not autotune.enabled or autotune.dry_run or seen is None or seen.pool_size is None:
+        return None
+    size, cap = seen.pool_size, seen.per_process_cap
+    processes = pooler.spec.replicas * pooler.spec.pooler.workers
+    if seen.share and cap and cap * processes > seen.share:
+        # More replicas than the share was made for: each process gets less, so the new pods do not push the
+        # tier past its share before the next tick reallocates (the ConfigMap is applied before the
+        # Deployment grows).
+        cap = max(1, seen.share // processes)
+        size = min(size, cap)
+    return TunedSize(size, cap)
+
+
+def pooler_config(pooler: PostgresPooler, tuned: TunedSize | None = None) -> PoolerConfig:
     """The settings the pooler runs with, in the order the ini file lists them."""
     spec = pooler.spec
     db = spec.database
@@ -172,7 +206,14 @@ def pooler_config(pooler: PostgresPooler) -> PoolerConfig:
         pgbouncer["server_tls_sslmode"] = spec.tls.server.sslmode
     for f in tls_files(pooler):
         pgbouncer[f.setting] = f"{CONFIG_DIR}/{f.path}"
+    if tuned:
+        pgbouncer["default_pool_size"] = tuned.pool_size
+        if tuned.per_process_cap:  # with one database it bounds all a process opens; with `*`, each database
+            pgbouncer["max_db_connections"] = tuned.per_process_cap
     pgbouncer.update(spec.pooler.parameters)
+    if spec.autotune.enabled:
+        admins = [u.strip() for u in str(pgbouncer.get("admin_users", "")).split(",") if u.strip()]
+        pgbouncer["admin_users"] = ",".join(dict.fromkeys([*admins, CONSOLE_USER]))
     maitred = {
         "http_addr": "0.0.0.0",
         "http_port": HTTP_PORT,
@@ -192,8 +233,10 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def userlist(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> tuple[str, list[str]]:
-    """The auth_file: the users Secret (one key per user, or a ready userlist.txt) plus the auth_user.
+def userlist(pooler: PostgresPooler, secrets: dict[str, dict[str, str]],
+             console_password: str | None = None) -> tuple[str, list[str]]:
+    """The auth_file: the users Secret (one key per user, or a ready userlist.txt), the auth_user and the
+    autotuner's console user.
 
     `secrets` maps Secret name to its decoded data. Returns the text and what is missing; a missing part is
     left out of the text.
@@ -221,6 +264,8 @@ def userlist(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> tupl
             missing.append(f"Secret {ref.name} has no key {ref.key} (spec.auth.authQuery.passwordSecret)")
         else:
             lines.append(f"{_quote(auth.auth_query.user)} {_quote(data[ref.key].strip())}")
+    if console_password and pooler.spec.autotune.enabled:
+        lines.append(f"{_quote(CONSOLE_USER)} {_quote(console_password)}")
     return ("\n".join(lines) + "\n" if lines else ""), missing
 
 
@@ -230,6 +275,8 @@ def referenced_secrets(pooler: PostgresPooler) -> list[str]:
     prometheus = pooler.spec.autotune.prometheus
     if prometheus and prometheus.credentials_secret:
         names.append(prometheus.credentials_secret.name)
+    if pooler.spec.autotune.postgres_secret:
+        names.append(pooler.spec.autotune.postgres_secret.name)
     return list(dict.fromkeys(names))
 
 
@@ -255,16 +302,28 @@ def tls_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> 
 def autotune_problems(pooler: PostgresPooler, secrets: dict[str, dict[str, str]]) -> list[str]:
     """What keeps the autotuner from running; reported, but never in the way of the pooler's own config."""
     autotune = pooler.spec.autotune
-    creds = autotune.prometheus.credentials_secret if autotune.enabled and autotune.prometheus else None
-    if creds is None:
+    if not autotune.enabled:
         return []
-    data = secrets.get(creds.name)
-    if data is None:
-        return [f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) not found"]
-    if "token" not in data and not {"username", "password"} <= data.keys():
-        return [f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) has neither `token` nor "
-                "`username` and `password`"]
-    return []
+    problems = []
+    if autotune.postgres_secret is None:
+        problems.append("spec.autotune.postgresSecret is needed: the monitoring credentials the budget is read "
+                        "with")
+    else:
+        data = secrets.get(autotune.postgres_secret.name)
+        if data is None:
+            problems.append(f"Secret {autotune.postgres_secret.name} (spec.autotune.postgresSecret) not found")
+        elif not {"username", "password"} <= data.keys():
+            problems.append(f"Secret {autotune.postgres_secret.name} (spec.autotune.postgresSecret) needs "
+                            "`username` and `password`")
+    creds = autotune.prometheus.credentials_secret if autotune.prometheus else None
+    if creds is not None:
+        data = secrets.get(creds.name)
+        if data is None:
+            problems.append(f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) not found")
+        elif "token" not in data and not {"username", "password"} <= data.keys():
+            problems.append(f"Secret {creds.name} (spec.autotune.prometheus.credentialsSecret) has neither "
+                            "`token` nor `username` and `password`")
+    return problems
 
 
 def digest(*parts: Any) -> str:
@@ -303,6 +362,8 @@ class Rendered:
     pool_size: int
     budget: int | None
     selector: str
+    pool_size_source: str = "spec"
+    tuned: TunedSize | None = None
     warnings: list[str] = field(default_factory=list)
     autotune_problems: list[str] = field(default_factory=list)
 
@@ -338,35 +399,40 @@ def _projected_sources(pooler: PostgresPooler, names: Names) -> list[dict[str, A
     return sources
 
 
-def budget(pooler: PostgresPooler) -> int | None:
+def budget(pooler: PostgresPooler, tuned: TunedSize | None = None) -> int | None:
     """Most server connections one (database, user) pool may open over the whole tier."""
     if pooler.spec.mode != "deployment":
         return None
     pool = pooler.spec.pool
-    per_process = pool.default_pool_size + (pool.reserve_pool_size or 0)
-    if pool.max_db_connections:
-        per_process = min(per_process, pool.max_db_connections)
+    per_process = (tuned.pool_size if tuned else pool.default_pool_size) + (pool.reserve_pool_size or 0)
+    cap = tuned.per_process_cap if tuned and tuned.per_process_cap else pool.max_db_connections
+    if cap:
+        per_process = min(per_process, cap)
     return per_process * pooler.spec.pooler.workers * pooler.spec.replicas
 
 
 def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image: str | None = None,
            versions: dict[str, str] | None = None, monitoring_available: bool = True,
-           strict: bool = True) -> Rendered:
+           strict: bool = True, console_password: str | None = None) -> Rendered:
     """All owned manifests for `pooler`, in the order they are applied.
 
     `secrets` holds the decoded data of the referenced Secrets, `versions` their resourceVersions (offline
     there are none). With strict=False (offline rendering), a
     missing Secret leaves its part of the auth_file out and becomes a warning instead of MissingSecret.
+    `console_password` is the autotuner's console password (the operator keeps it in its own Secret; offline
+    there is none, and neither that Secret nor its auth_file line is rendered).
     """
     spec, names, warnings = pooler.spec, Names(pooler.name), []
-    users, problems = userlist(pooler, secrets)
+    console_password = console_password if spec.autotune.enabled else None
+    tuned = tuned_size(pooler)
+    users, problems = userlist(pooler, secrets, console_password)
     problems += tls_problems(pooler, secrets)
     if problems:
         if strict:
             raise MissingSecret(problems)
         warnings += problems
 
-    config = pooler_config(pooler)
+    config = pooler_config(pooler, tuned)
     # The config names the versions of the Secrets behind its files, so that a new password or certificate
     # changes the config file and the pooler reloads. Versions, not contents: a ConfigMap is no place for
     # anything derived from a password.
@@ -390,7 +456,8 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
     template = spec.template
     extra_meta = template.metadata if template and template.metadata else None
     context = dict(
-        spec=spec, names=names, meta=meta, ini=ini, userlist=users,
+        spec=spec, names=names, meta=meta, ini=ini, userlist=users, console_user=CONSOLE_USER,
+        console_password=console_password,
         selector=selector_labels(pooler.name),
         pod_labels={**(extra_meta.labels if extra_meta else {}), **labels},
         pod_annotations={**(extra_meta.annotations if extra_meta else {}), RESTART_HASH_ANNOTATION: restart_hash},
@@ -405,7 +472,7 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
         metrics_on_service=spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor",
     )
 
-    kinds = ["serviceaccount", "secret", "configmap"]
+    kinds = ["serviceaccount", "secret", "configmap"] + (["console-secret"] if console_password else [])
     if spec.mode == "deployment":
         kinds += ["service", "deployment"]
         if spec.replicas > 1 and spec.pod_disruption_budget.enabled:
@@ -417,11 +484,12 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
                 warnings.append(f"spec.monitoring: the {spec.monitoring.kind} CRD (monitoring.coreos.com) is not "
                                 "installed; no monitor was made")
     if spec.mode == "sidecar":
-        kinds = ["secret", "configmap"]
+        kinds = ["secret", "configmap"] + (["console-secret"] if console_password else [])
     manifests = [yaml.safe_load(_ENV.get_template(f"{kind}.yaml.j2").render(**context)) for kind in kinds]
 
     return Rendered(manifests=manifests, config=config, ini=ini, config_hash=digest(ini),
-                    restart_hash=restart_hash, pool_size=spec.pool.default_pool_size, budget=budget(pooler),
+                    restart_hash=restart_hash, pool_size=tuned.pool_size if tuned else spec.pool.default_pool_size,
+                    budget=budget(pooler, tuned), pool_size_source="autotune" if tuned else "spec", tuned=tuned,
                     selector=selector_string(pooler.name), warnings=warnings,
                     autotune_problems=autotune_problems(pooler, secrets))
 

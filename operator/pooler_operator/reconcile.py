@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+from secrets import token_urlsafe
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,15 +17,17 @@ from . import API_VERSION, KIND
 from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .kube import ApiError, Kube
 from .objects import (CONFIG_FILE, POOLER_LABEL, RESTART_HASH_ANNOTATION, MissingSecret, Names, PoolerConfig,
-                      Rendered, digest, referenced_secrets, render)
-from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Outcome,
-                     compute_status)
+                      Rendered, TunedSize, digest, referenced_secrets, render)
+from .status import (APPLIED, APPLY_FAILED, INVALID_SPEC, PAUSED, REJECTED, SECRET_NOT_FOUND, Event, Outcome,
+                     compute_status, tier_status)
 
 log = logging.getLogger(__name__)
 
 APPLIED_HASH_ANNOTATION = "maitred.dev/applied-hash"
 Post = Callable[[str, str, str], None]
 """post(type, reason, message): type is Normal or Warning."""
+ShrinkRunning = Callable[[PostgresPooler, TunedSize], list[str]]
+"""SET the running pods to a tuned size before more pods start; returns what failed."""
 
 # Every kind the operator may own, in the order owned objects are pruned (dependents first).
 OWNED_KINDS = [("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -79,8 +82,12 @@ def config_changes(old: PoolerConfig, new: PoolerConfig) -> tuple[list[str], lis
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch turning status `old` into `new` (removed keys become null)."""
-    return {**{k: None for k in old if k not in new}, **new}
+    """A merge patch turning status `old` into `new` (removed keys become null, at any depth)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = status_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    return patch
 
 
 def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
@@ -130,8 +137,17 @@ def _describe(kind: str, name: str, existing: dict[str, Any] | None, rendered: R
     return f"updated {kind} {name}"
 
 
-def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post) -> list[str]:
-    """Apply what differs from what was last applied; prune what is no longer wanted. Returns what changed."""
+def scales_up(existing: dict[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    return existing is not None and manifest["kind"] == "Deployment" and \
+        (existing.get("spec") or {}).get("replicas", 0) < manifest["spec"]["replicas"]
+
+
+def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post,
+              before_scale_up: ShrinkRunning | None = None) -> list[str]:
+    """Apply what differs from what was last applied; prune what is no longer wanted. Returns what changed.
+
+    The ConfigMap goes before the Deployment; with an autotuned size, the running pods are also brought to
+    the (smaller) per-process cap before the Deployment adds pods, so the tier never exceeds its share."""
     changed = []
     for manifest in rendered.manifests:
         manifest = with_applied_hash(manifest)
@@ -139,6 +155,9 @@ def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post
         existing = kube.get(manifest["apiVersion"], kind, pooler.namespace, name)
         if existing is not None and applied_hash(existing) == applied_hash(manifest):
             continue
+        if rendered.tuned and before_scale_up and scales_up(existing, manifest):
+            for problem in before_scale_up(pooler, rendered.tuned):
+                post("Warning", "PoolResizeFailed", f"before scaling up: {problem}")
         kube.apply(manifest)
         message = _describe(kind, name, existing, rendered)
         changed.append(message)
@@ -146,21 +165,22 @@ def apply_all(kube: Kube, pooler: PostgresPooler, rendered: Rendered, post: Post
 
     wanted = {(m["kind"], m["metadata"]["name"]) for m in rendered.manifests}
     names = Names(pooler.name)
-    candidates = {"PodMonitor": names.monitor, "ServiceMonitor": names.monitor,
-                  "PodDisruptionBudget": names.pdb, "Deployment": names.deployment, "Service": names.service,
-                  "ServiceAccount": names.service_account, "ConfigMap": names.config, "Secret": names.auth}
+    candidates = {"PodMonitor": [names.monitor], "ServiceMonitor": [names.monitor],
+                  "PodDisruptionBudget": [names.pdb], "Deployment": [names.deployment], "Service": [names.service],
+                  "ServiceAccount": [names.service_account], "ConfigMap": [names.config],
+                  "Secret": [names.auth, names.console]}
     for api_version, kind in OWNED_KINDS:
-        name = candidates[kind]
-        if (kind, name) in wanted:
-            continue
-        if api_version.startswith("monitoring.coreos.com") and not kube.has_kind(api_version, kind):
-            continue
-        existing = kube.get(api_version, kind, pooler.namespace, name)
-        if existing is not None and owned_by(existing, pooler.metadata.get("uid")):
-            kube.delete(api_version, kind, pooler.namespace, name)
-            message = f"deleted {kind} {name}: no longer wanted"
-            changed.append(message)
-            post("Normal", "Deleted", message)
+        for name in candidates[kind]:
+            if (kind, name) in wanted:
+                continue
+            if api_version.startswith("monitoring.coreos.com") and not kube.has_kind(api_version, kind):
+                continue
+            existing = kube.get(api_version, kind, pooler.namespace, name)
+            if existing is not None and owned_by(existing, pooler.metadata.get("uid")):
+                kube.delete(api_version, kind, pooler.namespace, name)
+                message = f"deleted {kind} {name}: no longer wanted"
+                changed.append(message)
+                post("Normal", "Deleted", message)
     return changed
 
 
@@ -174,7 +194,18 @@ def read_secrets(kube: Kube, pooler: PostgresPooler) -> tuple[dict[str, dict[str
     return data, versions
 
 
-def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None) -> Result:
+def console_password(kube: Kube, pooler: PostgresPooler) -> str | None:
+    """The autotuner's console password: kept in the operator's own Secret, made once, never in the resource."""
+    if not pooler.spec.autotune.enabled:
+        return None
+    found = kube.read_secret(pooler.namespace, Names(pooler.name).console)
+    if found and found[0].get("password"):
+        return found[0]["password"]
+    return token_urlsafe(24)
+
+
+def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None = None,
+              before_scale_up: ShrinkRunning | None = None) -> Result:
     """Bring the owned objects of `body` in line with its spec, and write its status.
 
     Problems the user must fix end as a Degraded status and a Warning Event; transient ones raise RetryLater.
@@ -192,17 +223,19 @@ def reconcile(kube: Kube, body: dict[str, Any], post: Post, *, image: str | None
             monitoring = pooler.spec.monitoring
             available = (not monitoring.enabled
                          or kube.has_kind("monitoring.coreos.com/v1", monitoring.kind))
-            rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available)
+            rendered = render(pooler, secrets, image=image, versions=versions, monitoring_available=available,
+                              console_password=console_password(kube, pooler))
             for warning in rendered.warnings:
                 post("Warning", "MonitoringUnavailable", warning)
             for problem in rendered.autotune_problems:
                 post("Warning", "AutotuneMisconfigured", problem)
-            changed = apply_all(kube, pooler, rendered, post)
+            changed = apply_all(kube, pooler, rendered, post, before_scale_up)
             message = f"config {rendered.config_hash} in force"
             if pooler.spec.mode == "sidecar":
                 message += "; mode sidecar: only the ConfigMap and Secret are rendered, no Deployment is run"
             outcome = Outcome(APPLIED, message, config_hash=rendered.config_hash,
                               restart_hash=rendered.restart_hash, pool_size=rendered.pool_size,
+                              pool_size_source=rendered.pool_size_source,
                               budget=rendered.budget, selector=rendered.selector,
                               autotune_problems=tuple(rendered.autotune_problems))
     except InvalidSpec as exc:
@@ -260,6 +293,26 @@ def _write_status(kube: Kube, namespace: str, name: str, generation: int | None,
             kube.patch_pooler_status(namespace, name, status_patch(old, new),
                                      current["metadata"]["resourceVersion"])
             return new
+        except ApiError as exc:
+            if exc.status != 409:
+                raise RetryLater(f"could not write the status: {exc}") from exc
+    raise RetryLater("the status kept changing under us")
+
+
+def write_tier_report(kube: Kube, namespace: str, name: str, report: Any, *, dry_run: bool,
+                      attempts: int = 5) -> tuple[dict[str, Any] | None, list[Event]]:
+    """One autotuner tick into the status (against the freshest object); the body and the Events to post.
+    (None, []) when the resource is gone."""
+    for _ in range(attempts):
+        current = kube.get_pooler(namespace, name)
+        if current is None:
+            return None, []
+        old = current.get("status") or {}
+        new, events = tier_status(old, report, dry_run=dry_run)
+        try:
+            kube.patch_pooler_status(namespace, name, status_patch(old, new),
+                                     current["metadata"]["resourceVersion"])
+            return {**current, "status": new}, events
         except ApiError as exc:
             if exc.status != 409:
                 raise RetryLater(f"could not write the status: {exc}") from exc

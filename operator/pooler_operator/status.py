@@ -7,9 +7,12 @@ them stale.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic.alias_generators import to_camel
 
 READY, CONFIG_APPLIED, DEGRADED, AUTOTUNED = "Ready", "ConfigApplied", "Degraded", "Autotuned"
 
@@ -20,6 +23,9 @@ SECRET_NOT_FOUND = "SecretNotFound"
 REJECTED = "RejectedByAPIServer"
 APPLY_FAILED = "ApplyFailed"
 PAUSED = "Paused"
+
+# Autotuned reasons (and status.autotune.state): True while the loop acts, False while it holds or cannot run.
+TUNING, HOLDING, MISCONFIGURED, WAITING = "Tuning", "Holding", "Misconfigured", "Waiting"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Outcome:
     pool_size: int | None = None
     budget: int | None = None
     selector: str | None = None
+    pool_size_source: str = "spec"
     autotune_problems: tuple[str, ...] = ()
 
     @property
@@ -107,16 +114,21 @@ def degradation(deployment: dict[str, Any] | None,
     return "False", "AsExpected", ""
 
 
-def autotune_report(autotune: dict[str, Any], pool_size: int | None,
-                    problems: tuple[str, ...] = ()) -> dict[str, Any]:
-    """status.autotune: what the autotuner will do with this tier."""
+TICKED_STATES = (TUNING, HOLDING)
+
+
+def autotune_report(autotune: dict[str, Any], pool_size: int | None, problems: tuple[str, ...] = (),
+                    current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """status.autotune as a reconcile sees it: the loop's own report is kept once it has ticked."""
     if not autotune.get("enabled"):
         return {"enabled": False, "state": "Disabled", "message": "the pool size is spec.pool.defaultPoolSize"}
-    if problems:
-        return {"enabled": True, "state": "Misconfigured", "message": "; ".join(problems)}
+    if problems:  # the loop's last allocation stays in force (and in the config) until it runs again
+        return {**(current or {}), "enabled": True, "state": MISCONFIGURED, "message": "; ".join(problems)}
+    if current and current.get("state") in TICKED_STATES:
+        return current
     prometheus = autotune.get("prometheus") or {}
     cpu = f"CPU from {prometheus['url']}" if prometheus.get("url") else "no CPU signal"
-    return {"enabled": True, "state": "Waiting",
+    return {**(current or {}), "enabled": True, "state": WAITING,
             "message": f"pool size {autotune.get('minPoolSize')}..{autotune.get('maxPoolSize')} every "
                        f"{autotune.get('intervalSeconds')}s, headroom {autotune.get('budgetHeadroom')}, {cpu}; "
                        f"until the autotuner's first tick the pool size stays {pool_size}"}
@@ -142,15 +154,19 @@ def compute_status(current: dict[str, Any] | None, *, generation: int | None, sp
                                    outcome.reason, outcome.message, generation, now)
         if outcome.applied:
             status.update({"configHash": outcome.config_hash, "restartHash": outcome.restart_hash,
-                           "poolSize": outcome.pool_size, "poolSizeSource": "spec", "selector": outcome.selector})
+                           "poolSize": outcome.pool_size, "poolSizeSource": outcome.pool_size_source,
+                           "selector": outcome.selector})
             status["budget"] = outcome.budget
             autotune = spec.get("autotune") or {}
-            status["autotune"] = autotune_report(autotune, outcome.pool_size, outcome.autotune_problems)
+            status["autotune"] = autotune_report(autotune, outcome.pool_size, outcome.autotune_problems,
+                                                 status.get("autotune"))
             if autotune.get("enabled") and outcome.autotune_problems:
-                conditions = set_condition(conditions, AUTOTUNED, "False", "AutotuneMisconfigured",
+                conditions = set_condition(conditions, AUTOTUNED, "False", MISCONFIGURED,
                                            status["autotune"]["message"], generation, now)
+            elif autotune.get("enabled") and status["autotune"]["state"] in TICKED_STATES:
+                pass  # the loop's condition stands until its next tick
             elif autotune.get("enabled"):
-                conditions = set_condition(conditions, AUTOTUNED, "Unknown", "Waiting",
+                conditions = set_condition(conditions, AUTOTUNED, "Unknown", WAITING,
                                            status["autotune"]["message"], generation, now)
             else:
                 conditions = [c for c in conditions if c.get("type") != AUTOTUNED]
@@ -181,3 +197,85 @@ def compute_status(current: dict[str, Any] | None, *, generation: int | None, sp
     status["conditions"] = conditions
     return {k: v for k, v in status.items() if v is not None}
 
+
+
+# -- the autotuner's reports --------------------------------------------------------------------------------
+
+Event = tuple[str, str, str]
+"""(type, reason, message) of an Event to post."""
+
+
+def signals_seen(signals: Any) -> dict[str, Any]:
+    """A TierSignals as status.autotune.lastDecision.signals: camelCase, rounded, unknowns left out."""
+    if signals is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(signals).items():
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = round(value, 3)
+        elif isinstance(value, (tuple, list)):
+            value = list(value)
+        out[to_camel(key)] = value
+    return out
+
+
+def missing_of(report: Any) -> list[str]:
+    """What the tick could not read: the signals the policy had to do without, then every error."""
+    missing = list(report.signals.missing) if report.signals is not None else ["every signal"]
+    return list(dict.fromkeys([*missing, *report.errors]))
+
+
+def tier_status(current: dict[str, Any], report: Any, *, dry_run: bool, now: str | None = None
+                ) -> tuple[dict[str, Any], list[Event]]:
+    """The status after one tick's TierReport, and the Events it deserves: one per change of size, one when a
+    signal goes missing. Holding (Autotuned False) while a signal is missing, Tuning (True) otherwise."""
+    now = now or now_iso()
+    status = dict(current)
+    old = dict(status.get("autotune") or {})
+    old_missing = set(old.get("missingSignals") or [])
+    missing = missing_of(report) if (report.signals is None or report.signals.missing) else []
+    errors = list(report.errors)
+    state = HOLDING if missing else TUNING
+    resized = report.from_size is not None and report.to_size is not None and report.to_size != report.from_size
+    in_force = report.to_size if (report.applied or dry_run or not resized) else report.from_size
+    allocation = report.allocation
+    autotune = {
+        "enabled": True, "state": state,
+        "poolSize": in_force if in_force is not None else old.get("poolSize"),
+        "perProcessCap": allocation.per_process_cap if allocation else old.get("perProcessCap"),
+        "budget": report.budget, "share": allocation.connections if allocation else None,
+        "server": report.server,
+        "lastDecision": {"time": now_iso(dt.datetime.fromtimestamp(report.at, dt.timezone.utc)),
+                         "from": report.from_size, "to": report.to_size, "reason": report.decision.reason,
+                         "signals": signals_seen(report.signals)},
+        "message": ("dry run, nothing changed: " if dry_run else "") + report.line()
+                   + (f"; problems: {'; '.join(errors)}" if errors else ""),
+    }
+    if missing:
+        autotune["missingSignals"] = missing
+    status["autotune"] = {k: v for k, v in autotune.items() if v is not None}
+    if not dry_run and status["autotune"].get("poolSize") is not None:
+        status["poolSize"], status["poolSizeSource"] = status["autotune"]["poolSize"], "autotune"
+    generation = status.get("observedGeneration")
+    conditions = list(status.get("conditions") or [])
+    if state == TUNING:
+        conditions = set_condition(conditions, AUTOTUNED, "True", TUNING, report.line(), generation, now)
+    else:
+        conditions = set_condition(conditions, AUTOTUNED, "False", HOLDING,
+                                   f"holding: {', '.join(missing)} missing", generation, now)
+    status["conditions"] = conditions
+
+    events: list[Event] = []
+    if resized and (report.applied or dry_run):
+        verb = "would resize" if dry_run else "resized"
+        events.append(("Normal", "PoolResized",
+                       f"{verb} the pool {report.from_size} -> {report.to_size}: {report.decision.reason}"))
+    elif resized:
+        events.append(("Warning", "PoolResizeFailed", f"the pool stays {report.from_size} (wanted "
+                                                      f"{report.to_size}): {'; '.join(errors)}"))
+    newly_missing = [m for m in missing if m not in old_missing]
+    if newly_missing:
+        events.append(("Warning", "SignalMissing", f"holding the pool size: {', '.join(newly_missing)}"))
+    return status, events
