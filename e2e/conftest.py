@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.controlplane import (
+from maitred.local.controlplane import (
     CONTROL_PLANE_BINARIES,
     BinariesMissing,
     Cluster,

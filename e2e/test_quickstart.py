@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.controlplane import cached_binaries_dir, free_port
+from maitred.local.controlplane import cached_binaries_dir, free_port
 from tests.support import missing
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]

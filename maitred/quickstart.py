@@ -1,6 +1,6 @@
 """The quick start: the whole product on this machine, in the foreground until Ctrl-C or SIGTERM.
 
-A local Kubernetes control plane (e2e/controlplane.py: etcd, kube-apiserver, kube-controller-manager; their
+A local Kubernetes control plane (maitred/local/controlplane.py: etcd, kube-apiserver, kube-controller-manager; their
 binaries built once), a PostgreSQL kept in STATE/pg between runs, `maitred operator`, and
 examples/postgrespooler.yaml applied with its database pointed at that PostgreSQL. The control plane has no
 kubelet, so the quick start plays its part for the Deployment the operator makes: it runs the pooler here from
@@ -8,7 +8,8 @@ the ConfigMap and Secret the operator rendered, reports the pod ready, projects 
 reloads them, and restarts the pooler when the pod template changes. Stopping stops all of it. `--check`
 stops after the summary instead: the quick start's own test.
 
-Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and e2e/.
+Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and builds the binaries
+with e2e/build-binaries.sh.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from e2e.controlplane import ControlPlane, cached_binaries_dir, find_binaries, wait_for
-from e2e.kubelet import Kubelet
-from e2e.local_operator import OperatorProcess, install
-from maitred.local_postgres import LocalPostgres
+from maitred.local.controlplane import ControlPlane, cached_binaries_dir, find_binaries, wait_for
+from maitred.local.kubelet import Kubelet
+from maitred.local.operator import OperatorProcess, install
+from maitred.local.postgres import LocalPostgres
 
 EXAMPLE = "examples/postgrespooler.yaml"
 POSTGRES_PORT, POOLER_PORT = 15432, 6432

@@ -8,7 +8,7 @@ import os
 import pytest
 from kubernetes import client
 
-from e2e.controlplane import wait_for
+from maitred.local.controlplane import wait_for
 
 pytestmark = pytest.mark.kind
 

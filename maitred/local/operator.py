@@ -15,9 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from e2e.controlplane import SETPRIV, free_port, wait_for
+from maitred.local.controlplane import CHECKOUT as ROOT, SETPRIV, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "maitred-system"
 SERVICE_ACCOUNT = "maitred-operator"
 

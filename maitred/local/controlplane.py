@@ -1,4 +1,4 @@
-"""A real, local Kubernetes control plane for end-to-end tests, the way envtest runs one.
+"""A real, local Kubernetes control plane for the quick start and the e2e tests, the way envtest runs one.
 
 etcd, kube-apiserver and kube-controller-manager run as plain processes on 127.0.0.1: real schema
 validation, watches, admission webhooks and garbage collection, with no Docker. There is no scheduler
@@ -38,8 +38,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-E2E_DIR = Path(__file__).resolve().parent
-BUILD_SCRIPT = E2E_DIR / "build-binaries.sh"
+# The checkout this runs from: the binaries are built from its e2e/k8s Go module.
+CHECKOUT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = CHECKOUT / "e2e" / "build-binaries.sh"
 CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 # The controllers the tests rely on: ownership and deletion (garbage collector, namespace), workloads
