@@ -28,6 +28,10 @@ MIRROR = os.environ.get("MAITRED_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 VENV = "/opt/venv"
 BASE_PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# pip trusts the system's certificates rather than its own copy, and the build sees this machine's: whatever
+# this machine trusts on its way to PyPI (a proxy's CA, say) the build trusts too.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BASE_ENV = (f"PATH={BASE_PATH}", "LANG=C.UTF-8", f"PIP_CERT={CA_BUNDLE}")
 # What the Dockerfile copies, besides itself.
 IMAGE_INPUTS = ("pyproject.toml", "README.md", "maitred", "pooler", "operator/pooler_operator")
 # The sandbox's only process: sleeps until told to stop. PID 1 ignores SIGTERM unless it handles it.
@@ -97,7 +101,7 @@ def _export(ref: str, archive: Path) -> Image:
 
 def base_image() -> Image:
     """Debian bookworm from debootstrap, python3 and a virtual environment at /opt/venv first on PATH."""
-    key = digest(MIRROR.encode(), " ".join(BASE_PACKAGES).encode(), BASE_PATH.encode())
+    key = digest(MIRROR.encode(), " ".join(BASE_PACKAGES).encode(), " ".join(BASE_ENV).encode())
     ref, archive = f"localhost/maitred-python:bookworm-{key}", IMAGES / f"python-bookworm-{key}.tar"
     if found := _cached(ref, archive):
         return found
@@ -114,7 +118,7 @@ def base_image() -> Image:
         container = buildah("from", "scratch").strip()
         try:
             buildah("add", container, str(tarball), "/")
-            buildah("config", "--env", f"PATH={BASE_PATH}", "--env", "LANG=C.UTF-8", "--cmd", "python3", container)
+            buildah("config", *(a for env in BASE_ENV for a in ("--env", env)), "--cmd", "python3", container)
             buildah("commit", "--rm", container, ref, what="committing the base")
         except BaseException:
             buildah("rm", container)
@@ -129,7 +133,8 @@ def maitred_image(base: Image | None = None) -> Image:
     ref, archive = f"localhost/maitred:{key}", IMAGES / f"maitred-{key}.tar"
     if found := _cached(ref, archive):
         return found
-    buildah("build", "--network", "host", "--layers", "--build-arg", f"PYTHON_IMAGE={base.ref}", "-t", ref,
+    trust = ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"] if Path(CA_BUNDLE).exists() else []
+    buildah("build", "--network", "host", "--layers", *trust, "--build-arg", f"PYTHON_IMAGE={base.ref}", "-t", ref,
             "-f", str(CHECKOUT / "Dockerfile"), str(CHECKOUT), what="buildah build of the Dockerfile", timeout=3600)
     return _export(ref, archive)
 
