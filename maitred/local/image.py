@@ -96,6 +96,10 @@ def _export(ref: str, archive: Path) -> Image:
     tmp.unlink(missing_ok=True)
     buildah("push", ref, f"docker-archive:{tmp}:{ref}", what=f"exporting {ref}")
     tmp.rename(archive)
+    stem = archive.name.rsplit("-", 1)[0]
+    for older in archive.parent.glob(f"{stem}-*.tar"):  # the cache keeps the newest of each image
+        if older != archive:
+            older.unlink()
     return Image(ref, archive)
 
 

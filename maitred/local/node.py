@@ -232,12 +232,13 @@ class Node:
     def stop(self) -> None:
         """Stop every pod's containers, kubelet, containerd and its shims; unmount, remove the bridge and the
         work directory. Safe to call twice, and after a failed start."""
+        if self.socket.exists():  # remembered, so that leftovers() can look for their processes
+            self.containers |= set(self.ctr("containers", "ls", "-q", check=False).split())
         kubelet = next((p for p in self.processes if p.name == "kubelet"), None)
         if kubelet and kubelet.popen.poll() is None:
             self._drain()
             kubelet.stop()
         if self.socket.exists():
-            self.containers |= set(self.ctr("containers", "ls", "-q", check=False).split())
             for task in self.ctr("tasks", "ls", "-q", check=False).split():
                 self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
             deadline = time.monotonic() + 20
