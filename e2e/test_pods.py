@@ -59,6 +59,18 @@ def pod_operator(pod_platform, tmp_path_factory):
         print("operator log (tail):\n" + op.logs(60))
 
 
+@pytest.fixture
+def pod_namespace(request, pod_platform):
+    """A fresh namespace of the pod platform's cluster, named after the test; deleted after it."""
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"pods-{stem}-{uuid.uuid4().hex[:6]}"
+    pod_platform.cluster.kubectl("create", "namespace", name)
+    wait_for(lambda: pod_platform.cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
+             timeout=30, what=f"the default ServiceAccount in {name}")
+    yield name
+    pod_platform.cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 @dataclass
 class Tier:
     """A PostgresPooler of REPLICAS pods and the database behind it; the test's view of the tier."""
@@ -79,8 +91,9 @@ class Tier:
 
     def pods(self) -> list[dict[str, Any]]:
         """The tier's pods that are not being deleted."""
-        pods = json.loads(self.kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={self.name}",
-                                       "-o", "json"))["items"]
+        labels = self.get("deployment")["spec"]["selector"]["matchLabels"]
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        pods = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
         return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
     def ready_pods(self) -> list[dict[str, Any]]:
@@ -134,12 +147,12 @@ def pool_sizes(pod: dict[str, Any]) -> set[float]:
 
 
 @pytest.fixture
-def tier(pod_platform, pod_operator, pod_postgres, namespace):
+def tier(pod_platform, pod_operator, pod_postgres, pod_namespace):
     """A PostgresPooler of two pods in front of pod_postgres, Ready; its own role and database."""
     user, dbname = f"u_{uuid.uuid4().hex[:8]}", f"d_{uuid.uuid4().hex[:8]}"
     pod_postgres.create_role(user, PASSWORD)
     pod_postgres.create_database(dbname, owner=user)
-    name = "tier"
+    name, namespace = "tier", pod_namespace
     docs = [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-users", "namespace": namespace},
          "stringData": {user: PASSWORD}},
@@ -225,7 +238,7 @@ class Writer:
         def attempt():
             for pod in self.tier.ready_pods():
                 try:
-                    return self.tier.connect(pod)
+                    return self.tier.connect(pod, autocommit=True)
                 except psycopg.OperationalError:
                     continue
         return wait_for(attempt, timeout=60, interval=0.2, what="a ready pod to connect to")
@@ -241,8 +254,8 @@ class Writer:
                     conn.execute("INSERT INTO ledger (id, part) VALUES (%s, 2)", (next_id,))
                     stage = "commit"
                 self.committed.append(next_id)
-            except psycopg.OperationalError as exc:
-                if exc.sqlstate == "57P01":
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if getattr(exc, "sqlstate", None) == "57P01":
                     self.told += 1
                 if stage == "commit":
                     self.uncertain.append(next_id)
@@ -307,13 +320,14 @@ def test_a_deleted_pod_is_replaced_and_the_status_follows(tier):
 
 
 @pytest.mark.local_control_plane
-def test_a_stopped_node_leaves_no_container_mount_netns_or_process(pod_platform, namespace):
+def test_a_stopped_node_leaves_no_container_mount_netns_or_process(pod_platform, pod_namespace):
     from maitred.local.node import Node
 
     first = pod_platform.node
     pause = first.pause
     second = Node.start(pod_platform.cluster, first.kubelet, pause)
     try:
+        namespace = pod_namespace
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "namespace": namespace},
                "spec": {"nodeName": second.name, "containers": [{
                    "name": "sleeper", "image": pause.ref, "imagePullPolicy": "Never"}]}}
