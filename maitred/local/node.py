@@ -35,6 +35,7 @@ from maitred.local.controlplane import ControlPlane, StartFailed, _Process, free
 from maitred.local.image import Image
 
 CNI_BIN = Path("/usr/lib/cni")
+CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links to its containers' logs: not configurable
 NODE_PREFIX = "maitred-node-"
 COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "ip")
 
@@ -116,7 +117,8 @@ def kubelet_config(work: Path, socket: Path, ca: Path, address: str, port: int, 
         "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False},
                            "x509": {"clientCAFile": str(ca)}},
         "authorization": {"mode": "AlwaysAllow"},
-        "staticPodPath": str(work / "manifests"),
+        "staticPodPath": str(work / "manifests"), "podLogsDir": str(work / "logs"),
+        "volumePluginDir": str(work / "volume-plugins"),
         "registerNode": True, "serializeImagePulls": False,
         "syncFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
         "resolvConf": "/etc/resolv.conf",
@@ -254,6 +256,8 @@ class Node:
         for target in reversed(self._mounts()):
             subprocess.run(["umount", "-l", target], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        for link in self._log_links():
+            link.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _drain(self, timeout: float = 30) -> None:
@@ -275,6 +279,7 @@ class Node:
         found += [f"mount {m}" for m in self._mounts()]
         netns = self.workdir / "containerd" / "state" / "io.containerd.grpc.v1.cri" / "netns"
         found += [f"netns {p}" for p in (netns.iterdir() if netns.is_dir() else ())]
+        found += [f"log link {link}" for link in self._log_links()]
         if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode == 0:
             found.append(f"bridge {self.bridge}")
         if self.workdir.exists():
@@ -297,6 +302,11 @@ class Node:
             if any(c in cgroups for c in self.containers):
                 found.append(pid)
         return found
+
+    def _log_links(self) -> list[Path]:
+        if not CONTAINER_LOGS.is_dir():
+            return []
+        return [link for link in CONTAINER_LOGS.iterdir() if any(c in link.name for c in self.containers)]
 
     def _mounts(self) -> list[str]:
         prefix = str(self.workdir) + "/"
