@@ -12,7 +12,7 @@
 # $KUBEBUILDER_ASSETS wins when it holds all the binaries. Otherwise they are
 # built once from the wrapper Go module in e2e/k8s (Kubernetes and etcd
 # versions pinned by its go.mod/go.sum) and cached, keyed by version, in
-# ${MAITRED_CACHE:-$HOME/.cache/maitred}/k8s/<version>/. Later runs only check
+# ${MAITRED_CACHE:-$HOME/.cache/maitred}/kubernetes/<version>/. Later runs only check
 # the cache. A cold build takes a while on 2 cores; concurrent callers wait on
 # a lock instead of building twice. Each binary keeps its own key (the module
 # versions it is built from), so adding a binary to go.mod builds only that one.
@@ -52,7 +52,7 @@ fi
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$module/go.mod")"
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$module/go.mod")"
 cache="${MAITRED_CACHE:-$HOME/.cache/maitred}"
-dest="$cache/k8s/$k8s_version"
+dest="$cache/kubernetes/$k8s_version"
 # The stamp ties the cached binaries to the exact module contents and helm version.
 stamp="$(cat "$module/go.mod" "$module/go.sum" <(echo "$HELM_VERSION ${BINARIES[*]}") | sha256sum | cut -c1-16)"
 
@@ -73,8 +73,8 @@ if ! "$go" version >/dev/null 2>&1; then
   exit 1
 fi
 
-mkdir -p "$cache/k8s"
-exec 9>"$cache/k8s/.build.lock"
+mkdir -p "$cache/kubernetes"
+exec 9>"$cache/kubernetes/.build.lock"
 if ! flock -n 9; then
   log "another build is running; waiting for it"
   flock 9
@@ -84,7 +84,7 @@ if fresh; then
   exit 0
 fi
 
-work="$(mktemp -d "$cache/k8s/.build.XXXXXX")"
+work="$(mktemp -d "$cache/kubernetes/.build.XXXXXX")"
 chmod 755 "$work"
 trap 'rm -rf "$work"' EXIT
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
