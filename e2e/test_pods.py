@@ -84,7 +84,7 @@ class Tier:
     seen: dict[str, Any] = field(default_factory=dict)
 
     def kubectl(self, *args: str) -> str:
-        return self.cluster.kubectl(*args, "-n", self.namespace)
+        return self.cluster.kubectl("-n", self.namespace, *args)
 
     def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
         return json.loads(self.kubectl("get", kind, name or self.name, "-o", "json"))

@@ -44,7 +44,7 @@ BUILD_SCRIPT = CHECKOUT / "e2e" / "build-binaries.sh"
 CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 NODE_BINARIES = ("kube-scheduler", "kubelet")
 
-# The controllers the tests rely on: ownership and deletion (garbage collector, namespace), workloads
+# The controllers the tests rely on: ownership and deletion (garbage collector, namespace), nodes, workloads
 # (deployment, replicaset, disruption for PodDisruptionBudget status), and the per-namespace
 # `default` ServiceAccount plus `kube-root-ca.crt` ConfigMap that the ServiceAccount admission plugin
 # and real clusters provide.
@@ -57,6 +57,7 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
     "endpointslice-controller",
+    "node-lifecycle-controller",  # a registered node's not-ready taint goes once it is Ready
     "pod-garbage-collector-controller",
 )
 

@@ -138,7 +138,7 @@ def maitred_image(base: Image | None = None) -> Image:
     if found := _cached(ref, archive):
         return found
     trust = ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"] if Path(CA_BUNDLE).exists() else []
-    buildah("build", "--network", "host", "--layers", *trust, "--build-arg", f"PYTHON_IMAGE={base.ref}", "-t", ref,
+    buildah("build", "--network", "host", "--layers=false", *trust, "--build-arg", f"PYTHON_IMAGE={base.ref}", "-t", ref,
             "-f", str(CHECKOUT / "Dockerfile"), str(CHECKOUT), what="buildah build of the Dockerfile", timeout=3600)
     return _export(ref, archive)
 
