@@ -487,6 +487,7 @@ class ControlPlane(Cluster):
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--endpoint-reconciler-type=none",
+            "--kubelet-preferred-address-types=InternalIP",  # a node's name resolves nowhere
             "--profiling=false",
         ])
         context = ssl.create_default_context(cadata=ca.cert.decode())
