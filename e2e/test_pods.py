@@ -81,7 +81,6 @@ class Tier:
     user: str
     dbname: str
     operator: OperatorProcess | None
-    seen: dict[str, Any] = field(default_factory=dict)
 
     def kubectl(self, *args: str) -> str:
         return self.cluster.kubectl("-n", self.namespace, *args)

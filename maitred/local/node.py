@@ -173,7 +173,7 @@ class Node:
         return out.stdout
 
     def import_image(self, image: Image) -> None:
-        self.ctr("images", "import", "--no-unpack=false", str(image.archive))
+        self.ctr("images", "import", str(image.archive))
 
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         proc = spawn(self.workdir, name, argv)
