@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from maitred.local_postgres import LocalPostgres, free_port
+from maitred.local.postgres import LocalPostgres, free_port
 
 from . import pgclient, poolconf
 

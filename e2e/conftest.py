@@ -14,9 +14,12 @@ Fixtures:
     kube_env        function: KUBECONFIG set in os.environ for the test, so in-process clients
                     (kopf.testing.KopfRunner, kubernetes.config.load_kube_config()) find the cluster.
     helm            session: path of the helm binary.
+    pod_platform    session: where real pods run (a PodPlatform): the real node of maitred/local/node.py on a
+                    control plane with kube-scheduler, or the kind cluster; with the image to run.
 
-Missing binaries are built with e2e/build-binaries.sh before the first test (long once, cached
-after). When they cannot be had, the tests skip, or fail when CI=true.
+Missing binaries are built with e2e/build-binaries.sh before the first test, and the images with buildah
+(maitred/local/image.py) before the first test that runs pods (long once, cached after). When they cannot
+be had, the tests skip, or fail when CI=true.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import contextlib
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from e2e.controlplane import (
+from maitred.local import image, node
+from maitred.local.controlplane import (
     CONTROL_PLANE_BINARIES,
+    NODE_BINARIES,
     BinariesMissing,
     Cluster,
     ControlPlane,
@@ -48,6 +54,8 @@ class _prepared:
 
     binaries: dict[str, Path] = {}
     error: str | None = None
+    images: tuple[image.Image, image.Image] | None = None  # pause, maitred
+    images_error: str | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,10 +79,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     used = set()
     for item in session.items:
         if not item.get_closest_marker("skip"):
-            used |= {"control_plane", "helm"} & set(getattr(item, "fixturenames", ()))
+            used |= {"control_plane", "helm", "pod_platform"} & set(getattr(item, "fixturenames", ()))
     if not used:
         return
     names = CONTROL_PLANE_BINARIES + (("helm",) if "helm" in used else ())
+    names += NODE_BINARIES if "pod_platform" in used else ()
+    if "pod_platform" in used:
+        _prepare_images(session)
     try:
         _prepared.binaries = find_binaries(names=names)
         return
@@ -94,6 +105,67 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _prepared.binaries = find_binaries(names=names)
     except BinariesMissing as exc:
         _prepared.error = str(exc)
+
+
+def _prepare_images(session: pytest.Session) -> None:
+    """The pause and maitred images for the node, built with buildah once (minutes on a cold cache)."""
+    lacking = node.missing_parts() + [c for c in ("buildah", "debootstrap") if not shutil.which(c)]
+    if lacking:
+        _prepared.images_error = f"the real node needs {', '.join(lacking)} (scripts/install-deps.sh)"
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line("e2e: the base, pause and maitred images (built once with buildah; cached afterwards)")
+    try:
+        base = image.base_image()
+        _prepared.images = (image.pause_image(base), image.maitred_image(base))
+    except (image.ImageBuildFailed, OSError) as exc:
+        _prepared.images_error = str(exc)
+
+
+@dataclass
+class PodPlatform:
+    """Where the pod-level tests run.
+
+    cluster: the API server; image: the maitred image its pods run; host: this machine's address as pods
+    see it (a PostgreSQL for them listens there); pod_network: the pods' addresses, for pg_hba.conf;
+    node: the local node (None in the kind suite).
+    """
+
+    cluster: Cluster
+    image: str
+    host: str
+    pod_network: str
+    node: node.Node | None = None
+
+
+@pytest.fixture(scope="session")
+def pod_platform():
+    """The real node on its own control plane with kube-scheduler, or the kind cluster: see PodPlatform."""
+    if KIND_KUBECONFIG:
+        yield PodPlatform(Cluster.from_kubeconfig(KIND_KUBECONFIG), os.environ.get("MAITRED_E2E_IMAGE", "maitred:e2e"),
+                          os.environ.get("MAITRED_E2E_HOST_ADDRESS", "172.18.0.1"),
+                          os.environ.get("MAITRED_E2E_POD_NETWORK", "172.16.0.0/12"))
+        return
+    if _prepared.error or _prepared.images_error:
+        missing(_prepared.error or _prepared.images_error)
+    try:
+        binaries = _prepared.binaries or find_binaries(names=CONTROL_PLANE_BINARIES + NODE_BINARIES)
+    except BinariesMissing as exc:
+        missing(str(exc))
+    pause, maitred = _prepared.images
+    with contextlib.ExitStack() as stack:
+        cp = ControlPlane.start(binaries, scheduler=True)
+        stack.callback(cp.stop)
+        the_node = node.Node.start(cp, binaries["kubelet"], pause, [maitred])
+        stack.callback(lambda: _stopped_clean(the_node))
+        yield PodPlatform(cp, maitred.ref, the_node.gateway, str(the_node.subnet), the_node)
+
+
+def _stopped_clean(the_node: node.Node) -> None:
+    the_node.stop()
+    left = the_node.leftovers()
+    assert not left, f"the node left {left}"
 
 
 @pytest.fixture(scope="session")

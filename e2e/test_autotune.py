@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from e2e.controlplane import wait_for
-from e2e.kubelet import Kubelet
-from e2e.local_operator import OperatorProcess, install
+from maitred.local.controlplane import wait_for
+from maitred.local.kubelet import Kubelet
+from maitred.local.operator import OperatorProcess, install
 from tests.support import require_binary
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
@@ -37,7 +37,7 @@ def operator(control_plane, tmp_path_factory):
 
 @pytest.fixture
 def postgres():
-    from maitred.local_postgres import LocalPostgres
+    from maitred.local.postgres import LocalPostgres
 
     require_binary("pgbench")
     with LocalPostgres(settings={"max_connections": str(MAX_CONNECTIONS)}) as pg:

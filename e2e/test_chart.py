@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.controlplane import wait_for
+from maitred.local.controlplane import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "maitred"

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from e2e.controlplane import ControlPlane, StartFailed, find_binaries, free_port, issue, make_ca, wait_for
+from maitred.local.controlplane import ControlPlane, StartFailed, find_binaries, free_port, issue, make_ca, wait_for
 
 pytestmark = pytest.mark.local_control_plane
 

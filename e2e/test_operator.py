@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.controlplane import wait_for
-from e2e.kubelet import Kubelet
-from e2e.local_operator import OperatorProcess, install
+from maitred.local.controlplane import wait_for
+from maitred.local.kubelet import Kubelet
+from maitred.local.operator import OperatorProcess, install
 from pooler_operator.render import render_documents
 from tests.support import require_binary
 
@@ -353,7 +353,7 @@ def test_a_second_replica_stands_by_while_the_first_leads(control_plane, operato
 
 @pytest.fixture
 def postgres():
-    from maitred.local_postgres import LocalPostgres
+    from maitred.local.postgres import LocalPostgres
 
     require_binary("psql")
     with LocalPostgres() as pg:

@@ -1,6 +1,6 @@
-"""The quick start as a user runs it, `python3 -m maitred.quickstart`, in a temporary state dir and on free
-ports: it brings the whole product up, a query goes through the pooler, and when it stops nothing it
-started is left running.
+"""The quick start as a user runs it, the README's `scripts/quickstart.sh` with Debian's python3 first on PATH,
+in a temporary state dir and on free ports: the setup makes and uses the checkout's .venv, the whole product
+comes up, a query goes through the pooler, and when it stops nothing it started is left running.
 
 Every process the quick start starts inherits MAITRED_QUICKSTART_DIR, a fresh folder per test, which is how
 the leftovers are found without mistaking anyone else's processes for them.
@@ -12,20 +12,22 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e.controlplane import cached_binaries_dir, free_port
+from maitred.local.controlplane import cached_binaries_dir, free_port
 from tests.support import missing
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 180  # seconds: the quick start takes about 15 on a warm machine
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+# A fresh Debian's PATH: its python3 is the only one; Go's default place stays reachable for the build.
+DEBIAN_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/go/bin"
 
 
 @pytest.fixture
@@ -34,15 +36,17 @@ def quickstart():
 
     The state dir is not under pytest's tmp_path: PostgreSQL runs as `postgres` when the tests run as root,
     and must reach its folder."""
-    if not shutil.which("psql") or cached_binaries_dir() is None:
-        missing("PostgreSQL or the Kubernetes binaries are missing (scripts/install-deps.sh provides them)")
+    if not shutil.which("psql") or cached_binaries_dir() is None or not DEBIAN_PYTHON.exists():
+        missing("PostgreSQL, the Kubernetes binaries or Debian's python3 are missing "
+                "(scripts/install-deps.sh provides them)")
     state = Path(tempfile.mkdtemp(prefix="maitred-quickstart-"))
     state.chmod(0o755)
     ports = {"postgres": free_port(), "pooler": free_port()}
-    env = {**os.environ, "MAITRED_QUICKSTART_DIR": str(state)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PYENV"))}
+    env.update(MAITRED_QUICKSTART_DIR=str(state), PATH=DEBIAN_PATH)
 
     def start(*args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "maitred.quickstart", "--postgres-port", str(ports["postgres"]),
+        return subprocess.Popen(["scripts/quickstart.sh", "--postgres-port", str(ports["postgres"]),
                                  "--port", str(ports["pooler"]), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     start.state, start.ports = state, ports
@@ -64,6 +68,17 @@ def leftovers(state: Path) -> list[int]:
             except OSError:
                 pass  # gone, or not ours to read
     return found
+
+
+def test_the_setup_puts_maitred_in_the_checkouts_venv_of_debians_python_and_not_in_the_system():
+    if not DEBIAN_PYTHON.exists() or not (ROOT / ".venv").exists():
+        missing("Debian's python3 or the checkout's .venv (scripts/install-deps.sh makes it)")
+    base = subprocess.run([ROOT / ".venv/bin/python", "-c", "import sys, maitred; print(sys.base_prefix, maitred.__file__)"],
+                          capture_output=True, text=True, cwd="/", env={"PATH": DEBIAN_PATH})
+    assert base.stdout.split() == ["/usr", str(ROOT / "maitred" / "__init__.py")], base.stderr
+    system = subprocess.run([DEBIAN_PYTHON, "-c", "import maitred"], capture_output=True, text=True, cwd="/",
+                            env={"PATH": DEBIAN_PATH})
+    assert "ModuleNotFoundError" in system.stderr
 
 
 def test_check_brings_up_everything_serves_a_query_and_stops_it_all(quickstart):

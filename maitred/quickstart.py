@@ -1,15 +1,17 @@
 """The quick start: the whole product on this machine, in the foreground until Ctrl-C or SIGTERM.
 
-A local Kubernetes control plane (e2e/controlplane.py: etcd, kube-apiserver, kube-controller-manager; their
+A local Kubernetes control plane (maitred/local/controlplane.py: etcd, kube-apiserver, kube-controller-manager; their
 binaries built once), a PostgreSQL kept in STATE/pg between runs, `maitred operator`, and
 examples/postgrespooler.yaml applied with its database pointed at that PostgreSQL. The control plane has no
 kubelet, so the quick start plays its part for the Deployment the operator makes: it runs the pooler here from
 the ConfigMap and Secret the operator rendered, reports the pod ready, projects changed files so the pooler
 reloads them, and restarts the pooler when the pod template changes. Then a short burst of load (pgbench)
 shows the autotuner at work: each of its decisions is printed as it happens. Stopping stops all of it.
-`--check` stops after the burst instead: the quick start's own test.
+`--check` stops after the burst instead: the quick start's own test. `--node` runs the Deployment on a real
+node instead (maitred/local/node.py: kubelet and containerd, the image built here with buildah): two pods.
 
-Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and e2e/.
+Run from the checkout (scripts/quickstart.sh does): it reads crds/, operator/, examples/ and builds the binaries
+with e2e/build-binaries.sh.
 """
 from __future__ import annotations
 
@@ -31,10 +33,13 @@ from typing import Any
 
 import yaml
 
-from e2e.controlplane import ControlPlane, cached_binaries_dir, find_binaries, wait_for
-from e2e.kubelet import Kubelet
-from e2e.local_operator import OperatorProcess, install
-from maitred.local_postgres import LocalPostgres
+from maitred.local import image
+from maitred.local.controlplane import (CONTROL_PLANE_BINARIES, NODE_BINARIES, ControlPlane, cached_binaries_dir,
+                                        find_binaries, wait_for)
+from maitred.local.kubelet import Kubelet
+from maitred.local.node import Node, missing_parts
+from maitred.local.operator import OperatorProcess, install
+from maitred.local.postgres import LocalPostgres
 
 EXAMPLE = "examples/postgrespooler.yaml"
 POSTGRES_PORT, POOLER_PORT = 15432, 6432
@@ -63,13 +68,14 @@ def _port_free(port: int) -> bool:
 # -- the example ----------------------------------------------------------------------------------------------
 
 
-def load_example(postgres_port: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
+def load_example(postgres_port: int, host: str = "127.0.0.1", replicas: int = 1
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str]]:
     """The example's documents, its PostgresPooler pointed at the local PostgreSQL with one replica (one local
-    pooler process stands for one pod), and the users of its users Secret."""
+    pooler process stands for one pod; on the node, real pods), and the users of its users Secret."""
     docs = [d for d in yaml.safe_load_all(Path(EXAMPLE).read_text()) if d]
     pooler = next(d for d in docs if d["kind"] == "PostgresPooler")
-    pooler["spec"]["database"].update(host="127.0.0.1", port=postgres_port)
-    pooler["spec"]["replicas"] = 1
+    pooler["spec"]["database"].update(host=host, port=postgres_port)
+    pooler["spec"]["replicas"] = replicas
     pooler["spec"].setdefault("autotune", {})["intervalSeconds"] = AUTOTUNE_INTERVAL
     secret_name = pooler["spec"]["auth"]["usersSecret"]["name"]
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == secret_name)
@@ -81,10 +87,14 @@ def load_example(postgres_port: int) -> tuple[list[dict[str, Any]], dict[str, An
 # -- the steps ------------------------------------------------------------------------------------------------
 
 
-def start_postgres(state: Path, port: int, users: dict[str, str], dbname: str) -> LocalPostgres:
+def start_postgres(state: Path, port: int, users: dict[str, str], dbname: str, node: Node | None = None
+                   ) -> LocalPostgres:
     """The cluster in STATE/pg, made the first time, with the example's users and database on every start (a
-    changed password in the example is picked up)."""
+    changed password in the example is picked up). With a node, it listens on the pods' bridge too."""
     pg = LocalPostgres(base_dir=str(state / "pg"), port=port, keep=True)
+    if node:
+        pg.settings["listen_addresses"] = f"'127.0.0.1,{node.gateway}'"
+        pg.hba.append(f"host all all {node.subnet} scram-sha-256")
     pg.stop()  # a run that was killed may have left it running
     if not _port_free(port):
         raise RuntimeError(f"port {port} is in use: pick another with --postgres-port")
@@ -153,10 +163,10 @@ def start_burst(state: Path, port: int, user: str, password: str, dbname: str,
     return burst
 
 
-def kubernetes_binaries() -> dict[str, Path]:
+def kubernetes_binaries(names: tuple[str, ...] = CONTROL_PLANE_BINARIES) -> dict[str, Path]:
     """The control plane's binaries, built with Go the first time, with a line a minute while that lasts."""
     if cached_binaries_dir():
-        return find_binaries()
+        return find_binaries(names=names)
     say("==> building the Kubernetes binaries with Go: once, about 15 minutes on 2 cores, then cached")
     started, done = time.monotonic(), threading.Event()
 
@@ -165,7 +175,7 @@ def kubernetes_binaries() -> dict[str, Path]:
             say(f"    still building ({(time.monotonic() - started) / 60:.0f} min so far)")
     threading.Thread(target=heartbeat, daemon=True).start()
     try:
-        return find_binaries(build=True)
+        return find_binaries(build=True, names=names)
     finally:
         done.set()
 
@@ -194,14 +204,14 @@ def run_pod(cp, namespace: str, name: str, pod_dir: Path, port: int,
     return kubelet, kubelet.report_ready()
 
 
-def connect_command(port: int, user: str, password: str, dbname: str) -> str:
-    return f"PGPASSWORD={shlex.quote(password)} psql -h 127.0.0.1 -p {port} -U {user} {dbname}"
+def connect_command(port: int, user: str, password: str, dbname: str, host: str = "127.0.0.1") -> str:
+    return f"PGPASSWORD={shlex.quote(password)} psql -h {host} -p {port} -U {user} {dbname}"
 
 
-def check_query(port: int, user: str, password: str, dbname: str) -> str:
+def check_query(port: int, user: str, password: str, dbname: str, host: str = "127.0.0.1") -> str:
     """What `connect_command` gets back for one query: the pooler serves, end to end."""
     sql = "SELECT current_user || '@' || current_database() || ', PostgreSQL ' || current_setting('server_version')"
-    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(port), "-U", user, dbname, "-c", sql],
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-h", host, "-p", str(port), "-U", user, dbname, "-c", sql],
                          env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise RuntimeError(f"a query through the pooler failed: {out.stderr.strip()}")
@@ -216,6 +226,8 @@ def indent(text: str) -> str:
 
 
 def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    if args.node:
+        return run_on_node(args, stack)
     started = time.monotonic()
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -322,6 +334,73 @@ Metrics: curl -s http://127.0.0.1:{kubelet.port("http")}/metrics
             problem = str(exc)
 
 
+def node_images() -> tuple[image.Image, image.Image]:
+    """The pause and maitred images, built with buildah the first time (a few minutes), then cached."""
+    if missing := missing_parts() + [c for c in ("buildah", "debootstrap") if not shutil.which(c)]:
+        raise RuntimeError(f"the node needs {', '.join(missing)}: run scripts/install-deps.sh")
+    say(f"==> images: a Debian bookworm base (debootstrap), the pause image and the Dockerfile built with "
+        f"buildah (once, a few minutes; then cached in {image.IMAGES})")
+    base = image.base_image()
+    return image.pause_image(base), image.maitred_image(base)
+
+
+def run_on_node(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    """The quick start on a real node: the operator's Deployment runs as two pods of the image built here."""
+    started = time.monotonic()
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    binaries = kubernetes_binaries(CONTROL_PLANE_BINARIES + NODE_BINARIES)
+    pause, pooler_image = node_images()
+    say(f"==> Kubernetes control plane with kube-scheduler ({binaries['kube-apiserver'].parent})")
+    cp = ControlPlane.start(binaries, scheduler=True)
+    stack.callback(cp.stop)
+    say("==> a node: containerd and kubelet, pods on a bridge of their own; images imported")
+    node = Node.start(cp, binaries["kubelet"], pause, [pooler_image])
+    stack.callback(node.stop)
+    say(f"    node {node.name}, pods on {node.subnet} (bridge {node.bridge}), work dir {node.workdir}")
+    docs, pooler, users = load_example(args.postgres_port, host=node.gateway, replicas=2)
+    namespace, name = pooler["metadata"]["namespace"], pooler["metadata"]["name"]
+    dbname = pooler["spec"]["database"]["dbname"]
+    user, password = next(iter(users.items()))
+    say(f"==> PostgreSQL in {args.state_dir}/pg on 127.0.0.1 and {node.gateway}, port {args.postgres_port}")
+    pg = start_postgres(state, args.postgres_port, users, dbname, node)
+    stack.callback(pg.stop)
+    monitoring_role(pg, docs, pooler)
+    install(cp)
+    say(f"==> maitred operator, pooler image {pooler_image.ref} (log: {args.state_dir}/operator.log)")
+    operator = OperatorProcess(cp, state, "--all-namespaces", "--standalone",
+                               env={"MAITRED_POOLER_IMAGE": pooler_image.ref})
+    stack.callback(operator.stop)
+    operator.wait_live()
+    say(f"==> kubectl apply -f {EXAMPLE} (database.host {node.gateway}, replicas 2)")
+    for ns in sorted({d["metadata"]["namespace"] for d in docs}):
+        cp.kubectl("create", "namespace", ns)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    wait_condition(cp, namespace, name, "Ready", operator, timeout=180)
+    pods = json.loads(cp.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
+    pod = next(p for p in pods if p["status"].get("podIP"))
+    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "postgres")
+    answer = check_query(port, user, password, dbname, host=pod["status"]["podIP"])
+    say(f"""
+maitred is running on a node ({time.monotonic() - started:.0f} s): PostgresPooler {namespace}/{name} as pods
+{indent(cp.kubectl("get", "pods", "-n", namespace, "-o", "wide"))}
+
+Connect through pod {pod["metadata"]["name"]} (it answered {answer}):
+    {connect_command(port, user, password, dbname, host=pod["status"]["podIP"])}
+
+kubectl, in another shell:
+    export KUBECONFIG={cp.kubeconfig} PATH={cp.tools_dir}:$PATH
+    kubectl get pgp -A
+{indent(cp.kubectl("get", "pgp", "-A"))}
+""")
+    if args.check:
+        return
+    say("Press Ctrl-C to stop everything.")
+    while operator.alive() and all(p.popen.poll() is None for p in node.processes):
+        time.sleep(SYNC_INTERVAL)
+    raise RuntimeError(f"the operator or the node stopped:\n{operator.logs(40)}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m maitred.quickstart", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true",
@@ -331,6 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "else .maitred/quickstart)")
     parser.add_argument("--postgres-port", type=int, default=POSTGRES_PORT, help="PostgreSQL's port")
     parser.add_argument("--port", type=int, default=POOLER_PORT, help="the pooler's port")
+    parser.add_argument("--node", action="store_true",
+                        help="run the pods on a real node (kubelet, containerd) with the image built here (root)")
     return parser.parse_args(argv)
 
 

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus and
-# node-exporter packages, the Python distribution with its test extras, and the Kubernetes binaries the e2e
-# tests run. Safe to run again.
+# node-exporter packages, what the real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap,
+# iptables), the Python distribution with its test extras in the checkout's own virtual environment .venv, and
+# the Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian's python3, the only one a fresh Debian has; it refuses `pip install` outside a virtual environment
+# (PEP 668), so the distribution goes into .venv and nothing into the system's site-packages.
+python="${MAITRED_PYTHON:-/usr/bin/python3}"
+[ -x "$python" ] || python="$(command -v python3)"
+
 need_apt=()
-command -v pgbench >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
-command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
-command -v pgbouncer >/dev/null 2>&1 || need_apt+=(pgbouncer)
-command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
-command -v prometheus-node-exporter >/dev/null 2>&1 || need_apt+=(prometheus-node-exporter)
+has() { command -v "$1" >/dev/null 2>&1; }
+has pgbench && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql postgresql-contrib)
+has psql || need_apt+=(postgresql-client)
+has pgbouncer || need_apt+=(pgbouncer)
+has openssl || need_apt+=(openssl)
+"$python" -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
+has containerd && has ctr || need_apt+=(containerd)
+has runc || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+has buildah || need_apt+=(buildah)
+has debootstrap || need_apt+=(debootstrap)
+has iptables || need_apt+=(iptables)
+has prometheus || need_apt+=(prometheus)
+has prometheus-node-exporter || need_apt+=(prometheus-node-exporter)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,19 +33,22 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# Debian starts a packaged cluster, a pgbouncer, a prometheus and a node-exporter service on install;
-# maitred's tests start their own.
-for svc in postgresql pgbouncer prometheus prometheus-node-exporter; do
-  (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
+# Debian starts a packaged cluster, a pgbouncer, a prometheus, a node-exporter and a containerd service on
+# install; maitred's tests start their own.
+for svc in postgresql pgbouncer prometheus prometheus-node-exporter containerd; do
+  (has service && service "$svc" stop >/dev/null 2>&1) || true
 done
 
-if ! python3 -c "import maitred, pooler, uvloop, scramp, hypothesis, psycopg, pytest_timeout" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .maitred/.installed ]; then
-  echo "installing the maitred Python distribution with its test extras"
-  python3 -m pip install -q --disable-pip-version-check -e ".[test]"
-  mkdir -p .maitred && touch .maitred/.installed
+if [ ! -x .venv/bin/python ]; then
+  echo "making the virtual environment .venv with $python"
+  "$python" -m venv .venv
+fi
+if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "installing the maitred Python distribution with its test extras into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test]"
+  touch .venv/.installed
 fi
 
-# etcd, kube-apiserver, kube-controller-manager, kubectl and helm for the e2e tests and the quick start:
-# built once from e2e/k8s with Go (about 15 minutes on 2 cores), then reused from ~/.cache/maitred.
+# etcd, the Kubernetes binaries and helm for the e2e tests and the quick start: built once from e2e/k8s with
+# Go (about 15 minutes on 2 cores), then reused from ~/.cache/maitred.
 e2e/build-binaries.sh >/dev/null

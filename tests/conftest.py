@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from maitred.local_postgres import LocalPostgres
+from maitred.local.postgres import LocalPostgres
 from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maitred.local_postgres import LocalPostgres, free_port
+from maitred.local.postgres import LocalPostgres, free_port
 
 PASSWORDS = {"app": "app-secret", "md5_role": "md5-secret", "plain_role": "plain-secret", "trust_role": ""}
 

@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.support import require_binary
 from tests.test_admin import USERS, console
 

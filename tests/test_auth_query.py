@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD, free_port
+from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD, free_port
 from tests.support import PASSWORDS, startup_packet, wait_for
 from tests.wire import ServerError, Wire
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD
+from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD
 from tests.support import PASSWORDS, require_binary
 from tests.test_admin import USERS, console
 from tests.test_admin_pgbouncer import PgBouncer

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from maitred.cli import main
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.support import PASSWORDS
 from tests.test_admin import USERS
 from tests.test_autotune_console import config_of, pgbouncer  # noqa: F401  (a fixture)

@@ -15,8 +15,8 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from maitred.local_postgres import LocalPostgres
-from maitred.local_prometheus import CPU_QUERY, LocalPrometheus
+from maitred.local.postgres import LocalPostgres
+from maitred.local.prometheus import CPU_QUERY, LocalPrometheus
 from pooler_operator.autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
                                            TierTarget)
 from pooler_operator.autotune.model import PolicyParams

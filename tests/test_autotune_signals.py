@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from maitred.local_prometheus import CPU_QUERY, LocalPrometheus
+from maitred.local.prometheus import CPU_QUERY, LocalPrometheus
 from pooler_operator.autotune.budget import server_budget
 from pooler_operator.autotune.console import sample
 from pooler_operator.autotune.model import PoolSample, ProcessSample

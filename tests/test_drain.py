@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.support import PASSWORDS
 from tests.test_metrics import http_get
 

@@ -9,7 +9,7 @@ import time
 
 import psycopg
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.support import PASSWORDS, server_connections, wait_for
 from tests.test_admin import USERS, console
 from tests.test_metrics import http_get, metric

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from pooler.metrics import METRICS
 
 

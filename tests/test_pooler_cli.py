@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.support import PASSWORDS, PoolerProcess, require_binary
 
 BASE = """\

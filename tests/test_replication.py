@@ -8,7 +8,7 @@ import subprocess
 import psycopg
 import pytest
 
-from maitred.local_postgres import LocalPostgres
+from maitred.local.postgres import LocalPostgres
 from tests.support import PASSWORDS, PoolerSet, require_binary, wait_for
 from tests.wire import ServerError, Wire
 

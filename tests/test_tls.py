@@ -21,8 +21,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from e2e.controlplane import KeyPair, issue, make_ca
-from maitred.local_postgres import LocalPostgres
+from maitred.local.controlplane import KeyPair, issue, make_ca
+from maitred.local.postgres import LocalPostgres
 from pooler.tls import parse_protocols
 from tests.support import (PASSWORDS, PoolerProcess, error_fields, raw_connect, read_messages, startup_packet,
                            wait_for)

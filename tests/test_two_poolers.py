@@ -6,7 +6,7 @@ import re
 
 import psycopg
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 from tests.test_metrics import http_get
 
 

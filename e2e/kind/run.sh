@@ -43,5 +43,8 @@ KUBECONFIG="$kubeconfig" "$helm" upgrade --install maitred charts/maitred \
   --wait --timeout 5m
 
 echo "--- running the e2e tests against $cluster"
+# The pods reach this host's PostgreSQL at the kind network's gateway; the tests reach pods by their IPs.
+network="$(docker network inspect kind -f '{{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}}')"
 MAITRED_E2E_KUBECONFIG="$kubeconfig" MAITRED_E2E_IMAGE="$image" MAITRED_E2E_NAMESPACE="$release_namespace" \
-  python3 -m pytest -q -p no:cacheprovider e2e "$@"
+  MAITRED_E2E_POD_NETWORK="${network% *}" MAITRED_E2E_HOST_ADDRESS="${network#* }" \
+  .venv/bin/python -m pytest -q -p no:cacheprovider e2e "$@"

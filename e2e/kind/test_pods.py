@@ -1,5 +1,5 @@
-"""Real pods in the kind cluster set up by e2e/kind/run.sh: the image runs and the chart's operator
-becomes ready. Skipped elsewhere (marker `kind`)."""
+"""The chart's operator in the kind cluster set up by e2e/kind/run.sh becomes ready. Skipped elsewhere (marker
+`kind`). The pooler's pods are tested by e2e/test_pods.py, on kind as on the local node."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 from kubernetes import client
 
-from e2e.controlplane import wait_for
+from maitred.local.controlplane import wait_for
 
 pytestmark = pytest.mark.kind
 
@@ -17,22 +17,6 @@ def _ready(pod: client.V1Pod) -> bool:
     return pod.status.phase == "Running" and any(
         c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
     )
-
-
-def test_a_pod_from_the_loaded_image_runs(api_client, namespace):
-    core = client.CoreV1Api(api_client)
-    image = os.environ.get("MAITRED_E2E_IMAGE", "maitred:e2e")
-    pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="sleeper"),
-        spec=client.V1PodSpec(containers=[client.V1Container(
-            name="sleeper", image=image, image_pull_policy="Never",
-            command=["python3", "-c", "import time; time.sleep(3600)"],
-        )]),
-    )
-    core.create_namespaced_pod(namespace, pod)
-
-    wait_for(lambda: _ready(core.read_namespaced_pod("sleeper", namespace)), timeout=120,
-             what=f"a pod running {image}")
 
 
 def test_the_charts_operator_pods_become_ready(api_client):

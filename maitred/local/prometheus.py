@@ -11,7 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from maitred.local_postgres import free_port
+from maitred.local.postgres import free_port
 
 CPU_QUERY = '1 - avg(rate(node_cpu_seconds_total{mode="idle"}[5s]))'
 

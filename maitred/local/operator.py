@@ -15,9 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from e2e.controlplane import SETPRIV, free_port, wait_for
+from maitred.local.controlplane import CHECKOUT as ROOT, SETPRIV, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "maitred-system"
 SERVICE_ACCOUNT = "maitred-operator"
 
@@ -30,7 +29,9 @@ def install(cp, peering: str | None = None) -> None:
         crds += ["-f", str(ROOT / "crds" / "kopf-peering.yaml")]
         names += ["crd/clusterkopfpeerings.kopf.dev"]
     cp.kubectl("apply", "--server-side", *crds)
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    # kubectl wait refuses a CRD whose status has no conditions yet, rather than waiting: ask again.
+    wait_for(lambda: cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names), timeout=60,
+             what=f"{', '.join(names)} established")
     if peering:
         cp.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}))

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e.controlplane import SETPRIV, free_port, wait_for
+from maitred.local.controlplane import SETPRIV, free_port, wait_for
 from pooler_operator.objects import CONSOLE_ADDRESS_ANNOTATION
 
 

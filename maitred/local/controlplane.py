@@ -1,8 +1,8 @@
-"""A real, local Kubernetes control plane for end-to-end tests, the way envtest runs one.
+"""A real, local Kubernetes control plane for the quick start and the e2e tests, the way envtest runs one.
 
 etcd, kube-apiserver and kube-controller-manager run as plain processes on 127.0.0.1: real schema
-validation, watches, admission webhooks and garbage collection, with no Docker. There is no scheduler
-and no kubelet, so Pods stay Pending.
+validation, watches, admission webhooks and garbage collection, with no Docker. There is no kubelet, so
+Pods stay Pending, unless a node (node.py) registers; with `scheduler=True` kube-scheduler places Pods on it.
 
     with ControlPlane.start(find_binaries()) as cp:
         core = kubernetes.client.CoreV1Api(cp.api_client())
@@ -38,11 +38,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-E2E_DIR = Path(__file__).resolve().parent
-BUILD_SCRIPT = E2E_DIR / "build-binaries.sh"
+# The checkout this runs from: the binaries are built from its e2e/k8s Go module.
+CHECKOUT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = CHECKOUT / "e2e" / "build-binaries.sh"
 CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+NODE_BINARIES = ("kube-scheduler", "kubelet")
 
-# The controllers the tests rely on: ownership and deletion (garbage collector, namespace), workloads
+# The controllers the tests rely on: ownership and deletion (garbage collector, namespace), nodes, workloads
 # (deployment, replicaset, disruption for PodDisruptionBudget status), and the per-namespace
 # `default` ServiceAccount plus `kube-root-ca.crt` ConfigMap that the ServiceAccount admission plugin
 # and real clusters provide.
@@ -54,6 +56,9 @@ CONTROLLERS = (
     "disruption-controller",
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
+    "endpointslice-controller",
+    "node-lifecycle-controller",  # a registered node's not-ready taint goes once it is Ready
+    "pod-garbage-collector-controller",
 )
 
 # util-linux's setpriv (Debian: essential) sets a parent-death signal before exec'ing the binary.
@@ -292,6 +297,18 @@ class _Process:
             pass
 
 
+def spawn(workdir: Path, name: str, argv: list[str]) -> _Process:
+    """Start argv in its own process group, logging to WORKDIR/NAME.log, dying with the thread that started it
+    (even when that is SIGKILLed and cannot clean up)."""
+    log = workdir / f"{name}.log"
+    if SETPRIV:
+        argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, cwd=workdir)
+    return _Process(name, popen, log)
+
+
 @dataclass
 class Cluster:
     """A Kubernetes API server reachable through a kubeconfig: what the e2e tests talk to.
@@ -348,19 +365,19 @@ class ControlPlane(Cluster):
     """A running etcd + kube-apiserver + kube-controller-manager on 127.0.0.1.
 
     Attributes (besides Cluster's):
-        ca_cert: PEM of the CA that signed the API server's serving certificate and the client
-            certificates.
+        ca: the CA that signed the API server's serving certificate and the client certificates.
         workdir: the temporary directory holding certificates, kubeconfigs, etcd data and logs.
     """
 
-    ca_cert: bytes = b""
+    ca: KeyPair | None = None
     workdir: Path = field(kw_only=True)
     processes: list[_Process] = field(default_factory=list)
 
     @classmethod
-    def start(cls, binaries: dict[str, Path] | None = None, *, timeout: float = 90) -> "ControlPlane":
-        """Start the three processes and wait until the API server is ready and the controller
-        manager is healthy. On any failure everything started so far is stopped and removed."""
+    def start(cls, binaries: dict[str, Path] | None = None, *, scheduler: bool = False,
+              timeout: float = 90) -> "ControlPlane":
+        """Start the three processes (four with `scheduler`) and wait until the API server is ready and
+        the others are healthy. On any failure everything started so far is stopped and removed."""
         binaries = binaries or find_binaries()
         _remove_orphaned_workdirs()
         # kubectl of the same version as the API server, first on PATH for every subprocess we start.
@@ -372,6 +389,8 @@ class ControlPlane(Cluster):
                  tools_dir=tools)
         try:
             cp._boot(binaries, port, timeout)
+            if scheduler:
+                cp._start_scheduler(binaries["kube-scheduler"], timeout)
         except BaseException:
             cp.stop()
             raise
@@ -393,16 +412,7 @@ class ControlPlane(Cluster):
     # -- internals ------------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> _Process:
-        log = self.workdir / f"{name}.log"
-        if SETPRIV:
-            # Die with the thread that started us, even when it is SIGKILLed and cannot clean up.
-            argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.workdir,
-            )
-        proc = _Process(name, popen, log)
+        proc = spawn(self.workdir, name, argv)
         self.processes.append(proc)
         return proc
 
@@ -428,7 +438,7 @@ class ControlPlane(Cluster):
         pki = self.workdir / "pki"
         pki.mkdir()
         ca = make_ca("maitred-e2e-ca")
-        self.ca_cert = ca.cert
+        self.ca = ca
         ca_crt, _ = ca.write(pki, "ca")
         serving_crt, serving_key = issue(
             ca, "kube-apiserver", server=True,
@@ -437,7 +447,6 @@ class ControlPlane(Cluster):
         ).write(pki, "apiserver")
         admin = issue(ca, "maitred-e2e-admin", organizations=("system:masters",), client=True)
         admin_crt, admin_key = admin.write(pki, "admin")
-        kcm = issue(ca, "system:kube-controller-manager", organizations=("system:masters",), client=True)
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (pki / "sa.key").write_bytes(_pem_key(sa_key))
         (pki / "sa.pub").write_bytes(
@@ -446,8 +455,7 @@ class ControlPlane(Cluster):
             )
         )
         write_kubeconfig(self.kubeconfig, self.server, ca.cert, admin)
-        kcm_kubeconfig = self.workdir / "kube-controller-manager.kubeconfig"
-        write_kubeconfig(kcm_kubeconfig, self.server, ca.cert, kcm, user="kube-controller-manager")
+        kcm_kubeconfig = self.component_kubeconfig("system:kube-controller-manager")
 
         # etcd
         etcd_port, peer_port = free_port(), free_port()
@@ -479,6 +487,7 @@ class ControlPlane(Cluster):
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--endpoint-reconciler-type=none",
+            "--kubelet-preferred-address-types=InternalIP",  # a node's name resolves nowhere
             "--profiling=false",
         ])
         context = ssl.create_default_context(cadata=ca.cert.decode())
@@ -504,6 +513,26 @@ class ControlPlane(Cluster):
             controller_manager, f"https://127.0.0.1:{kcm_port}/healthz",
             ssl._create_unverified_context(), timeout,  # self-signed serving cert, local only
         )
+
+
+    def component_kubeconfig(self, user: str, directory: Path | None = None) -> Path:
+        """A kubeconfig for a component of the cluster (`system:kube-scheduler`, `system:node:NAME`), by a
+        client certificate in group system:masters: this cluster's components are trusted alike."""
+        groups = ("system:masters", "system:nodes") if user.startswith("system:node:") else ("system:masters",)
+        path = (directory or self.workdir) / f"{user.split(':')[-1]}.kubeconfig"
+        write_kubeconfig(path, self.server, self.ca.cert, issue(self.ca, user, organizations=groups, client=True),
+                         user=user.split(":")[-1])
+        return path
+
+    def _start_scheduler(self, binary: Path, timeout: float) -> None:
+        kubeconfig = self.component_kubeconfig("system:kube-scheduler")
+        port = free_port()
+        scheduler = self._spawn("kube-scheduler", [
+            str(binary), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={port}",
+            "--leader-elect=false", "--profiling=false",
+        ])
+        self._healthy(scheduler, f"https://127.0.0.1:{port}/healthz", ssl._create_unverified_context(), timeout)
 
 
 def _remove_orphaned_workdirs() -> None:
