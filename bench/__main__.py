@@ -1,4 +1,5 @@
 """`python3 -m bench`: direct connections, PgBouncer and maitred under the same loads, side by side.
+(`python3 -m bench autotune` is the autotuner's benchmark: see bench/autotune/.)
 
 Starts its own PostgreSQL (scale-1 pgbench database), then for each scenario and round starts each pooler
 fresh from equivalent configs and measures it. All load goes to 127.0.0.1 and every run is bounded in time
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["autotune"]:
+        from .autotune.main import main as autotune
+
+        return autotune(argv[1:])
     args = build_parser().parse_args(argv)
     scale = scenarios.QUICK if args.quick else scenarios.FULL
     overrides = {"rounds": args.rounds, "duration": args.duration, "idle_clients": args.idle_clients}
