@@ -32,6 +32,10 @@ class Limits:
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
 
+    def over(self) -> bool:
+        """More connections than the limit allows: it was lowered live, and the surplus must close."""
+        return 0 < self.max_connections < self.connections
+
 
 # Upper bounds, in seconds, of the client wait-time histogram's buckets.
 WAIT_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
@@ -138,7 +142,7 @@ class Pool:
         """A clean server comes back: hand it to the first waiting client, park it, or retire it."""
         if server.closed:
             return
-        if server.close_needed or len(self.servers) > self.max_servers or self.app.paused \
+        if server.close_needed or self.over_size() or self.app.paused \
                 or self.db_limits.paused or (self.server_lifetime and (now or self.app.now())
                                              - server.connected_at >= self.server_lifetime):
             reason = self.retire_reason(server)
@@ -179,7 +183,7 @@ class Pool:
         return size + (self.reserve_size if use_reserve else 0)
 
     def over_size(self) -> bool:
-        return len(self.servers) > self.max_servers
+        return len(self.servers) > self.max_servers or self.db_limits.over() or self.user_limits.over()
 
     def may_open(self, use_reserve: bool = False) -> bool:
         return (len(self.servers) < self.capacity(use_reserve) and not self.db_limits.full()
@@ -257,7 +261,7 @@ class Pool:
             client.server_unavailable(reason)
 
     def trim(self) -> None:
-        """Close idle servers beyond the pool size now, so a smaller pool takes effect at once."""
+        """Close idle servers beyond the pool size or a lowered cap now, so a smaller pool takes effect at once."""
         while self.idle and self.over_size():
             self.idle.pop(0).close("too many servers in the pool")
 

@@ -59,6 +59,8 @@ class DatabaseSample:
     reserved_connections: int = 0            # PostgreSQL 16+, else 0
     backend_pids: frozenset[int] = frozenset()   # client backends (pg_stat_activity backend_type = client backend)
     by_state: dict[str, int] = field(default_factory=dict)
+    by_user: dict[str, int] = field(default_factory=dict)       # client backends per role
+    by_database: dict[str, int] = field(default_factory=dict)   # client backends per database
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class TierSignals:
     avg_wait_time_ms: float | None   # client wait per transaction
     cpu: float | None                # database host CPU use, 0..1; None when Prometheus is not configured
     missing: tuple[str, ...] = ()
+    contended: bool = False          # other tiers of the same server were budget-limited last tick
 
 
 @dataclass(frozen=True)
