@@ -1,11 +1,16 @@
-"""The connection budget: pure arithmetic that shares one PostgreSQL server among every pooler process.
+"""The connection budget: pure integer arithmetic that shares one PostgreSQL server among every pooler process.
 
 budget = max_connections - superuser_reserved_connections - reserved_connections
          - client backends that are not the poolers' - headroom
 
-First cut of the allocation: pinned connections first, then the floors (scaled down when they do not fit), then
-the rest by demand. Refined in place; the signatures are the contract, and the one guarantee is
-sum(Allocation.connections) <= budget, always.
+A tier's share is counted in *units*: one unit of pool size costs `processes x pools` server connections (every
+process may open `pool_size` servers in each of its pools). `allocate` reserves the pinned connections first,
+then gives each tier its floor (min(floor, wanted)), scaled down in proportion when the floors do not fit, then
+shares the rest by max-min fair water-filling on the wanted sizes: one common level, each tier at
+min(wanted, max(floor, level)), and the connections left under the next level go one size step each to the
+cheapest tiers at that level. It is exact integer arithmetic in O(n log n); the guarantee, whatever the input:
+
+    sum(Allocation.connections) + sum(Demand.pinned) <= budget     (all connections 0 when the pinned alone exceed it)
 """
 from __future__ import annotations
 
@@ -17,34 +22,71 @@ def server_budget(db: DatabaseSample, pooler_pids: frozenset[int], headroom: int
     if db.error is not None or db.max_connections <= 0:
         return 0
     others = len(db.backend_pids - pooler_pids)
-    return max(0, db.max_connections - db.superuser_reserved_connections - db.reserved_connections
-               - others - headroom)
+    return max(0, db.max_connections - max(0, db.superuser_reserved_connections)
+               - max(0, db.reserved_connections) - others - max(0, headroom))
+
+
+def units(d: Demand) -> int:
+    """Server connections one step of pool size costs this tier."""
+    return max(1, d.processes) * max(1, d.pools)
 
 
 def allocate(demands: list[Demand], budget: int) -> dict[str, Allocation]:
-    """Each tier's pool size and per-process cap; the caps times processes never sum past `budget`."""
-    out: dict[str, Allocation] = {}
-    remaining = budget
-    units = {d.tier: max(1, d.processes) * max(1, d.pools) for d in demands}
-    sizes: dict[str, int] = {}
-    for d in demands:                       # floors, scaled down when they do not fit
-        sizes[d.tier] = 0
-    floor_total = sum(d.floor * units[d.tier] for d in demands)
-    for d in demands:
-        size = d.floor if floor_total <= budget else (budget * d.floor * units[d.tier] // max(1, floor_total)) // units[d.tier]
-        size = min(size, d.wanted) if d.wanted >= 0 else size
-        sizes[d.tier] = size
-        remaining -= size * units[d.tier]
-    progress = True
-    while remaining > 0 and progress:        # one step of pool size at a time, to whoever wants more
-        progress = False
-        for d in sorted(demands, key=lambda d: sizes[d.tier] / max(1, d.wanted)):
-            if sizes[d.tier] < d.wanted and units[d.tier] <= remaining:
-                sizes[d.tier] += 1
-                remaining -= units[d.tier]
-                progress = True
-    for d in demands:
-        size = sizes[d.tier]
-        cap = size * max(1, d.pools)
-        out[d.tier] = Allocation(d.tier, size, cap, cap * max(1, d.processes), size < d.wanted)
-    return out
+    """Each tier's pool size and per-process cap; what they may open never sums past `budget` (minus pinned)."""
+    free = max(0, budget - sum(max(0, d.pinned) for d in demands))
+    wanted = {d.tier: max(0, d.wanted) for d in demands}
+    floors = {d.tier: min(max(0, d.floor), wanted[d.tier]) for d in demands}
+    floor_cost = sum(floors[d.tier] * units(d) for d in demands)
+    if floor_cost > free:                  # floors scaled down in proportion; integer, so never past `free`
+        sizes = {d.tier: floors[d.tier] * free // floor_cost for d in demands}
+    else:
+        sizes = _water_fill(demands, floors, wanted, free)
+    return {d.tier: Allocation(d.tier, sizes[d.tier], sizes[d.tier] * max(1, d.pools),
+                               sizes[d.tier] * units(d), sizes[d.tier] < wanted[d.tier])
+            for d in demands}
+
+
+def _water_fill(demands: list[Demand], floors: dict[str, int], wanted: dict[str, int], free: int) -> dict[str, int]:
+    """Max-min fair sizes above the floors: the highest level L with sum(min(wanted, max(floor, L)) x units) <=
+    free, then one more step at L for the tiers still below their wish, cheapest first (ties by name)."""
+    rows = [(floors[d.tier], wanted[d.tier], units(d)) for d in demands]
+
+    def cost(level: int) -> int:
+        return sum(min(w, max(f, level)) * u for f, w, u in rows)
+
+    lo, hi = 0, max(wanted.values(), default=0)
+    if cost(hi) <= free:
+        return dict(wanted)
+    while lo < hi:                         # cost(lo) <= free < cost(hi)
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= free:
+            lo = mid
+        else:
+            hi = mid - 1
+    sizes = {d.tier: min(wanted[d.tier], max(floors[d.tier], lo)) for d in demands}
+    left = free - cost(lo)
+    at_level = sorted((units(d), d.tier) for d in demands if floors[d.tier] <= lo < wanted[d.tier])
+    for cost_of_step, tier in at_level:    # ascending cost: the tiers served form a prefix, so more budget
+        if cost_of_step > left:            # never takes a step back from anyone
+            break
+        sizes[tier] += 1
+        left -= cost_of_step
+    return sizes
+
+
+def within_budget(allocations: dict[str, Allocation], demands: list[Demand], budget: int) -> bool:
+    """The guarantee: shares plus pinned connections fit the budget (shares are all 0 when pinned alone do not)."""
+    pinned = sum(max(0, d.pinned) for d in demands)
+    shares = sum(a.connections for a in allocations.values())
+    return shares + pinned <= budget or shares == 0
+
+
+def transition_order(old: dict[str, Allocation], new: dict[str, Allocation]) -> list[str]:
+    """The tiers whose share changes, in the order to apply them: every shrink (and every tier that is gone)
+    before any grow, so what the poolers may open never passes the larger of the old and new totals."""
+    def share(allocations: dict[str, Allocation], tier: str) -> tuple[int, int, int]:
+        a = allocations.get(tier)
+        return (0, 0, 0) if a is None else (a.connections, a.pool_size, a.per_process_cap)
+
+    changed = sorted(t for t in old.keys() | new.keys() if share(old, t) != share(new, t))
+    return sorted(changed, key=lambda t: share(new, t)[0] > share(old, t)[0])

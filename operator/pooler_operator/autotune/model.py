@@ -100,6 +100,10 @@ class PolicyParams:
     cooldown_ticks: int = 1          # ticks after a change before the next change in the other direction
     max_step_factor: float = 2.0     # growth is at most x2 per tick (and at least +1)
     idle_shrink_ticks: int = 3       # ticks with idle servers and no waiting before a shrink
+    shrink_factor: float = 0.75      # an uncontended shrink keeps at least this share of the size per tick
+    idle_margin: float = 0.25        # spare servers kept above the recent peak of sv_active
+    latency_tolerance: float = 2.0   # server time per transaction at this multiple of the baseline is queueing
+    throughput_gain: float = 0.10    # ... unless throughput rose by more than this share since the baseline
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Decision:
     size: int
     reason: str          # e.g. "grow: 12 clients waiting, cpu 0.41", "hold: cpu signal missing"
     direction: str       # "grow", "shrink" or "hold"
+    rule: str = ""       # the rule that decided, for the history and for tests: one of policy.RULES
 
 
 @dataclass(frozen=True)

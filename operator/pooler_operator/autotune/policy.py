@@ -1,29 +1,187 @@
 """The pool-size policy: a pure function from one tier's signals and history to the size it wants, and why.
 
-First cut: grow x2 while clients wait and CPU has headroom, shrink on CPU saturation, shrink by one when
-servers sit idle; hold on any missing signal. Refined in place; the signature is the contract.
+Rules, first match wins (docs/autotuner.md has the full table):
+
+1. signal   a missing or nonsensical signal: hold (never grow), naming it; only a size above max shrinks.
+2. bounds   a size outside min..max goes back inside.
+3. cpu / latency   congestion: CPU at or past `cpu_high`, or server time per transaction at `latency_tolerance` x
+            its no-queue baseline while throughput did not rise (Vegas' and Gradient2's queue detection, with
+            the pool's own `xact_per_s` as the throughput check). The first tick holds, as CPU from Prometheus is
+            seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`.
+4. grow     clients wait (a pooler queues a client only when its pool has no free server, so waiting means
+            saturated) and CPU is below `cpu_low`: multiplicative growth, at most x`max_step_factor`, towards
+            the size the waiting clients need, never up to a size where congestion was seen recently.
+5. idle / contended   no client waited for `idle_shrink_ticks` ticks and the pool's peak sv_active, plus
+            `idle_margin`, fits a smaller size: shrink slowly (by `shrink_factor`); when other tiers of the
+            server are budget-limited, after one tick and by up to half, to give back what is not used.
+6. steady   otherwise hold.
+
+A change never reverses within `cooldown_ticks`. The band between `cpu_low` and `cpu_high`, the idle margin and
+the congestion ceiling are the hysteresis: on a steady load the size settles and stays.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from .model import Decision, History, PolicyParams, TierSignals
+
+HISTORY_TICKS = 30   # ticks remembered: the baseline's window and how long a congestion ceiling lasts
+RULES = ("signal", "bounds", "cpu", "latency", "cpu-band", "grow", "max", "ceiling", "cooldown",
+         "idle", "contended", "steady")
+CONGESTION = ("cpu", "latency")
+CPU_SLACK = 1.05     # Prometheus rates may overshoot 1 a little; past this a CPU share is nonsense
 
 
 def decide(signals: TierSignals, history: History, params: PolicyParams) -> Decision:
     """The pool size this tier wants next (within the spec's bounds), before the budget has its say."""
     size = signals.pool_size
-    bounded = max(params.min_pool_size, min(params.max_pool_size, size))
-    if bounded != size:
-        return Decision(bounded, f"{'grow' if bounded > size else 'shrink'}: back within "
-                                 f"{params.min_pool_size}..{params.max_pool_size}",
-                        "grow" if bounded > size else "shrink")
-    if signals.missing:
-        return Decision(size, f"hold: {', '.join(signals.missing)} missing", "hold")
-    if signals.cpu is not None and signals.cpu >= params.cpu_high:
-        new = max(params.min_pool_size, size - max(1, size // 4))
-        return Decision(new, f"shrink: cpu {signals.cpu:.2f} >= {params.cpu_high}", "shrink" if new < size else "hold")
-    if signals.cl_waiting > 0 and (signals.cpu is None or signals.cpu < params.cpu_low):
-        new = min(params.max_pool_size, max(size + 1, int(size * params.max_step_factor)))
-        return Decision(new, f"grow: {signals.cl_waiting} clients waiting", "grow" if new > size else "hold")
-    if signals.cl_waiting == 0 and signals.sv_idle > 0 and size > params.min_pool_size:
-        return Decision(size - 1, f"shrink: {signals.sv_idle} servers idle, no client waiting", "shrink")
-    return Decision(size, "hold: steady", "hold")
+    lo, hi = params.min_pool_size, params.max_pool_size
+    problems = signal_problems(signals)
+    if problems:
+        if size > hi:
+            return Decision(hi, f"shrink: back to max_pool_size {hi} ({'; '.join(problems)})", "shrink", "bounds")
+        return Decision(size, f"hold: {'; '.join(problems)}", "hold", "signal")
+    if size > hi:
+        return Decision(hi, f"shrink: back to max_pool_size {hi}", "shrink", "bounds")
+    if size < lo:
+        return Decision(lo, f"grow: back to min_pool_size {lo}", "grow", "bounds")
+
+    congestion = _cpu_congestion(signals, params) or _latency_congestion(signals, history, params)
+    if congestion is not None:
+        return _congested(signals, history, params, *congestion)
+    if signals.cl_waiting > 0:
+        return _waiting(signals, history, params)
+    return _idle(signals, history, params)
+
+
+def remember(history: History, signals: TierSignals, decision: Decision) -> History:
+    """History after this tick: the last HISTORY_TICKS signals and decisions, and the no-queue baseline (the
+    lowest sane server time per transaction among them, so a stale baseline leaves with its window)."""
+    kept = (history.signals + (signals,))[-HISTORY_TICKS:]
+    decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
+    latencies = [s.avg_xact_time_ms for s in kept if _sane_latency(s)]
+    return replace(history, signals=kept, decisions=decisions,
+                   baseline_xact_ms=min(latencies) if latencies else None)
+
+
+def signal_problems(s: TierSignals) -> list[str]:
+    """Every signal that is missing or makes no sense, one short phrase each; empty when all are usable."""
+    problems = [f"{name} missing" for name in s.missing]
+    if s.cpu is not None and not (math.isfinite(s.cpu) and 0.0 <= s.cpu <= CPU_SLACK):
+        problems.append(f"cpu {s.cpu} nonsensical")
+    counts = {"processes": s.processes, "reachable": s.reachable, "pool_size": s.pool_size, "pools": s.pools,
+              "cl_waiting": s.cl_waiting, "cl_active": s.cl_active, "sv_active": s.sv_active, "sv_idle": s.sv_idle}
+    problems += [f"{name} {value} nonsensical" for name, value in counts.items() if value < 0]
+    rates = {"maxwait": s.maxwait_s, "xact_per_s": s.xact_per_s, "avg_xact_time_ms": s.avg_xact_time_ms,
+             "avg_wait_time_ms": s.avg_wait_time_ms}
+    problems += [f"{name} {value} nonsensical" for name, value in rates.items()
+                 if value is not None and not (math.isfinite(value) and value >= 0)]
+    if s.reachable < s.processes:
+        problems.append(f"console of {s.processes - s.reachable} of {s.processes} processes missing")
+    elif s.reachable == 0:
+        problems.append("consoles missing (no process)")
+    return problems
+
+
+def _units(s: TierSignals) -> int:
+    """Pools the reporting processes run: sv_active counts servers over all of them."""
+    return max(1, s.reachable) * max(1, s.pools)
+
+
+def _sane_latency(s: TierSignals) -> bool:
+    return (s.avg_xact_time_ms is not None and s.xact_per_s is not None and s.avg_xact_time_ms > 0
+            and not signal_problems(s))
+
+
+def _cpu_text(s: TierSignals) -> str:
+    return "" if s.cpu is None else f", cpu {s.cpu:.2f}"
+
+
+def _cpu_congestion(s: TierSignals, p: PolicyParams) -> tuple[str, str] | None:
+    if s.cpu is not None and s.cpu >= p.cpu_high:
+        return "cpu", f"cpu {s.cpu:.2f} >= {p.cpu_high:.2f}"
+    return None
+
+
+def _latency_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[str, str] | None:
+    """Queueing in the database: more latency than the baseline at a larger size, without more throughput."""
+    if h.baseline_xact_ms is None or not _sane_latency(s):
+        return None
+    if s.avg_xact_time_ms < p.latency_tolerance * h.baseline_xact_ms:
+        return None
+    base = next((b for b in reversed(h.signals) if _sane_latency(b) and b.avg_xact_time_ms == h.baseline_xact_ms),
+                None)
+    if base is None or s.pool_size <= base.pool_size or s.xact_per_s > base.xact_per_s * (1 + p.throughput_gain):
+        return None
+    return "latency", (f"latency {s.avg_xact_time_ms:.1f} ms = {s.avg_xact_time_ms / h.baseline_xact_ms:.1f}x "
+                       f"baseline {h.baseline_xact_ms:.1f} ms, throughput {s.xact_per_s:.0f}/s "
+                       f"not above {base.xact_per_s:.0f}/s at size {base.pool_size}")
+
+
+def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str) -> Decision:
+    size, lo = s.pool_size, p.min_pool_size
+    if size <= lo:
+        return Decision(size, f"hold: {why}, at min_pool_size {lo}", "hold", rule)
+    if not (h.decisions and h.decisions[-1].rule in CONGESTION):
+        return Decision(size, f"hold: {why}, shrink if it stays", "hold", rule)
+    if _in_cooldown(h, p, "grow"):
+        return Decision(size, f"hold: {why}, cool-down after grow", "hold", rule)
+    new = max(lo, min(size - 1, math.floor(size * p.shrink_factor)))
+    return Decision(new, f"shrink: {why} for 2 ticks or more", "shrink", rule)
+
+
+def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
+    size, hi = s.pool_size, p.max_pool_size
+    waiting = f"{s.cl_waiting} clients waiting (maxwait {s.maxwait_s:.1f} s)"
+    if s.cpu is not None and s.cpu >= p.cpu_low:
+        return Decision(size, f"hold: {waiting}, cpu {s.cpu:.2f} >= {p.cpu_low:.2f}", "hold", "cpu-band")
+    if size >= hi:
+        return Decision(size, f"hold: {waiting}, at max_pool_size {hi}", "hold", "max")
+    ceiling = congestion_ceiling(h)
+    if ceiling is not None and size >= ceiling - 1:
+        return Decision(size, f"hold: {waiting}, congestion seen at size {ceiling}{_cpu_text(s)}", "hold",
+                        "ceiling")
+    if _in_cooldown(h, p, "shrink"):
+        return Decision(size, f"hold: {waiting}, cool-down after shrink", "hold", "cooldown")
+    need = size + -(-s.cl_waiting // max(1, s.reachable))      # every waiting client of a process in one pool
+    new = min(hi, max(size + 1, math.ceil(size * p.max_step_factor)), max(size + 1, need))
+    if ceiling is not None:
+        new = min(new, ceiling - 1)
+    return Decision(new, f"grow: {waiting}{_cpu_text(s)}", "grow", "grow")
+
+
+def _idle(s: TierSignals, h: History, p: PolicyParams) -> Decision:
+    size, units = s.pool_size, _units(s)
+    capacity = size * units
+    steady = Decision(size, f"hold: steady, {s.sv_active} of {capacity} servers active, no client waiting"
+                            f"{_cpu_text(s)}", "hold", "steady")
+    ticks = 1 if s.contended else max(1, p.idle_shrink_ticks)
+    window = (h.signals + (s,))[-ticks:]
+    if len(window) < ticks or any(w.cl_waiting > 0 or signal_problems(w) for w in window):
+        return steady
+    peak = max(w.sv_active for w in window)
+    target = max(p.min_pool_size, math.ceil(peak * (1 + p.idle_margin) / units))
+    if target >= size:
+        return steady
+    unused = f"{capacity - peak} of {capacity} servers unused for {ticks} tick{'s' if ticks > 1 else ''}"
+    if _in_cooldown(h, p, "grow"):
+        return Decision(size, f"hold: {unused}, cool-down after grow", "hold", "cooldown")
+    if s.contended:
+        new = max(target, size - size // 2)
+        return Decision(new, f"shrink: {unused}, other tiers need them", "shrink", "contended")
+    new = max(target, min(size - 1, math.floor(size * p.shrink_factor)))
+    return Decision(new, f"shrink: {unused}, no client waiting", "shrink", "idle")
+
+
+def congestion_ceiling(h: History) -> int | None:
+    """The smallest size that congestion shrank from within the history: growth stays below it."""
+    sizes = [s.pool_size for s, d in zip(h.signals, h.decisions) if d.rule in CONGESTION and d.direction == "shrink"]
+    return min(sizes) if sizes else None
+
+
+def _in_cooldown(h: History, p: PolicyParams, direction: str) -> bool:
+    """True when the last change, within `cooldown_ticks`, went in `direction` (the one a new change reverses)."""
+    recent = h.decisions[-p.cooldown_ticks:] if p.cooldown_ticks > 0 else ()
+    last = next((d for d in reversed(recent) if d.direction != "hold"), None)
+    return last is not None and last.direction == direction
