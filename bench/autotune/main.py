@@ -16,10 +16,10 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
-from maitred.local_prometheus import CPU_QUERY, LocalPrometheus
+from maitred.local_prometheus import CPU_QUERY
 
 from .. import targets
-from . import plot, runs, summary, workload
+from . import pgcpu, plot, runs, summary, workload
 
 DEFAULT_OUT = os.path.join(targets.REPO, "bench", "results")
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=_sizes, help="fixed pool sizes of the sweep (default 2,4,8,16,30)")
     p.add_argument("--seconds", type=int, help="seconds of every phase (default 25 with load, 15 idle)")
     p.add_argument("--interval", type=float, help="seconds between autotuner ticks and scrapes (default 1)")
+    p.add_argument("--cpu-signal", choices=("postgres", "node"),
+                   help="the autotuner's CPU: PostgreSQL's processes (default; clients and pooler share this "
+                        "host) or node-exporter's whole-node non-idle share")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for autotune-<date>.md/.json/.png "
                                                       "(default bench/results)")
     return p
@@ -54,7 +57,8 @@ def plan_from(args: argparse.Namespace) -> workload.Plan:
     if args.seconds is not None:
         plan = dataclasses.replace(plan, phases=tuple(dataclasses.replace(p, seconds=args.seconds)
                                                       for p in plan.phases))
-    overrides = {"rounds": args.rounds, "sizes": args.sizes, "interval": args.interval}
+    overrides = {"rounds": args.rounds, "sizes": args.sizes, "interval": args.interval,
+                 "cpu_signal": args.cpu_signal}
     return dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -62,6 +66,10 @@ def missing_tools() -> list[str]:
     wanted = {"pgbench": "pgbench (postgresql-client)", "prometheus": "prometheus",
               "prometheus-node-exporter": "prometheus-node-exporter"}
     return [what for exe, what in wanted.items() if shutil.which(exe) is None]
+
+
+def cpu_query(plan: workload.Plan) -> str:
+    return pgcpu.cpu_query(os.cpu_count() or 1) if plan.cpu_signal == "postgres" else CPU_QUERY
 
 
 def schedule(plan: workload.Plan) -> list[int | None]:
@@ -84,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     records = []
     with targets.bench_postgres(workload.server_settings(plan)) as pg, \
-            LocalPrometheus(scrape_interval=plan.interval) as prometheus, \
-            tempfile.TemporaryDirectory(prefix="maitred-bench-autotune-") as folder:
+            tempfile.TemporaryDirectory(prefix="maitred-bench-autotune-") as folder, \
+            pgcpu.TextfileExporter(pgcpu.postmaster_pid(pg.datadir), folder, plan.interval / 2), \
+            pgcpu.TextfilePrometheus(folder, scrape_interval=plan.interval) as prometheus:
+        query = cpu_query(plan)
+        prometheus.wait_for(query)
         versions = {"PostgreSQL": targets.Direct(pg).version().split()[2],
                     "maitred": targets.Maitred(pg).version()}
-        tune = lambda port: runs.autotune_argv(plan, port, pg, prometheus.url, CPU_QUERY)  # noqa: E731
+        tune = lambda port: runs.autotune_argv(plan, port, pg, prometheus.url, query)  # noqa: E731
         for i, size in enumerate(schedule(plan), 1):
             record = runs.measure(pg, plan, folder, size=size, autotune=None if size else tune)
             records.append(record)

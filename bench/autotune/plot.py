@@ -43,11 +43,13 @@ def draw(summary: dict, path: str) -> bool:
         if run is None:
             continue
         waiting.plot(*_series(run, "cl_waiting"), color=color, label=name)
+        t, v = _series(run, "pg_cpu")
+        cpu.plot(t, [x * 100 for x in v], color=color, label=f"{name}: PostgreSQL")
         t, v = _series(run, "cpu")
-        cpu.plot(t, [x * 100 for x in v], color=color, label=name)
+        cpu.plot(t, [x * 100 for x in v], color=color, lw=0.8, ls=":", label=f"{name}: whole host")
         tps.plot([i + 0.5 for i in range(len(run["per_second"]))], run["per_second"], color=color, label=name)
     waiting.set_ylabel("cl_waiting")
-    cpu.set_ylabel("host CPU %")
+    cpu.set_ylabel("CPU % of all cores")
     cpu.set_ylim(0, 105)
     tps.set_ylabel("transactions / s")
     tps.set_xlabel("seconds since the first phase started")

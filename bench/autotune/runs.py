@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 from maitred.local_postgres import LocalPostgres
 
 from .. import pgbench, targets
-from . import sampler
+from . import pgcpu, sampler
 from .workload import Phase, Plan
 
 
@@ -120,6 +120,7 @@ def measure(pg: LocalPostgres, plan: Plan, folder: str, *, size: int | None = No
     try:
         with pooler.serve(settings) as ep, \
                 sampler.Sampler(console=(ep.host, ep.port, ep.user, ep.password), postgres=(targets.HOST, pg.port),
+                                postmaster=pgcpu.postmaster_pid(pg.datadir),
                                 database=targets.DATABASE, pooler_user=targets.USER,
                                 every=plan.sample_every) as series, \
                 _autotuner(autotune and autotune(ep.port), pooler.env()) as tuner:

@@ -4,19 +4,23 @@
   (SHOW POOLS), what the autotuner sees and changes;
 - from pg_stat_activity: every client backend, the budget's subject: a sample with more client backends than
   max_connections - superuser_reserved_connections - reserved_connections - headroom is a budget violation;
-- the host's CPU use from /proc/stat (the node-exporter metric the autotuner reads through Prometheus).
+- the host's CPU use from /proc/stat (node-exporter's metric), and PostgreSQL's own share of the machine
+  (the postmaster's process tree, as `pgcpu` exports it).
 
 A reading that fails leaves its fields None and is retried on a fresh connection next time.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 
 from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD
 from pooler_operator.autotune.console import Console, ConsoleError
+
+from . import pgcpu
 
 ACTIVITY_SQL = ("SELECT count(*) AS client_backends, count(*) FILTER (WHERE usename = '{user}') AS pooler_backends "
                 "FROM pg_stat_activity WHERE backend_type = 'client backend'")
@@ -36,6 +40,7 @@ class Sample:
     client_backends: int | None = None   # every client backend of the server, the sampler's own included
     pooler_backends: int | None = None   # those of the pooler's login user
     cpu: float | None = None             # host CPU use since the previous sample, 0..1
+    pg_cpu: float | None = None          # PostgreSQL's CPU use since the previous sample, share of all cores
 
 
 def connection_limit(settings: dict[str, str], headroom: int) -> int:
@@ -61,10 +66,11 @@ def cpu_times() -> tuple[int, int]:
 class Sampler:
     """Samples a pooler console and a PostgreSQL server until stopped; `samples` is the series read so far."""
 
-    def __init__(self, *, console: tuple[str, int, str, str], postgres: tuple[str, int], database: str,
-                 pooler_user: str, every: float) -> None:
+    def __init__(self, *, console: tuple[str, int, str, str], postgres: tuple[str, int], postmaster: int,
+                 database: str, pooler_user: str, every: float) -> None:
         self.console = console             # host, port, admin user, password
         self.postgres = postgres           # host, port (the superuser logs in)
+        self.postmaster = postmaster
         self.database = database
         self.pooler_user = pooler_user
         self.every = every
@@ -85,13 +91,20 @@ class Sampler:
     async def _run(self) -> None:
         conns: dict[str, Console | None] = {"console": None, "postgres": None}
         cpu_before = cpu_times()
+        pg_before = (time.monotonic(), pgcpu.cpu_seconds(self.postmaster))
+        cores = os.cpu_count() or 1
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
                 busy, total = cpu_times()
-                cpu = (busy - cpu_before[0]) / (total - cpu_before[1]) if total > cpu_before[1] else None
+                values = {"cpu": (busy - cpu_before[0]) / (total - cpu_before[1]) if total > cpu_before[1] else None}
                 cpu_before = (busy, total)
-                values = {"cpu": cpu}
+                try:
+                    pg_now = (started, pgcpu.cpu_seconds(self.postmaster))
+                    values["pg_cpu"] = (pg_now[1] - pg_before[1]) / ((pg_now[0] - pg_before[0]) * cores)
+                    pg_before = pg_now
+                except OSError as exc:
+                    self.errors.append(f"postgres cpu: {exc}")
                 values.update(await self._read("console", conns, self._read_console))
                 values.update(await self._read("postgres", conns, self._read_activity))
                 self.samples.append(Sample(t=time.time(), **values))

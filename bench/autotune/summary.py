@@ -60,7 +60,7 @@ def summarize(runs: list[dict], *, plan: Plan, versions: dict[str, str], cores: 
                             for p in plan.phases],
                  "sizes": list(plan.sizes), "rounds": plan.rounds, "max_connections": plan.max_connections,
                  "headroom": plan.headroom, "min_pool_size": plan.min_pool_size,
-                 "max_pool_size": plan.max_pool_size, "interval_s": plan.interval},
+                 "max_pool_size": plan.max_pool_size, "interval_s": plan.interval, "cpu_signal": plan.cpu_signal},
         "best_static": best["label"] if best else None,
         "rows": rows,
         "verdict": verdict(next((r for r in rows if r["label"] == AUTOTUNED), None), best),
@@ -99,7 +99,7 @@ def markdown(summary: dict) -> str:
                               for p in plan["phases"]) + ".",
         f"PostgreSQL max_connections {plan['max_connections']}, headroom {plan['headroom']}; autotuned from "
         f"{plan['min_pool_size']} (bounds {plan['min_pool_size']}..{plan['max_pool_size']}), a tick every "
-        f"{plan['interval_s']:g} s. Medians over {plan['rounds']} round(s); violations: sampler readings with "
+        f"{plan['interval_s']:g} s, CPU signal: {plan['cpu_signal']}. Medians over {plan['rounds']} round(s); violations: sampler readings with "
         "more client backends than the budget allows, summed over rounds.",
         "",
         "| pool | total xacts ↑ | vs best static | p99 ms ↓ | violations | max backends / limit | "

@@ -43,6 +43,7 @@ class Plan:
     max_pool_size: int = 40        # above the budget on purpose: the budget, not this bound, must cap growth
     interval: float = 1.0          # seconds between autotuner ticks (and Prometheus scrapes)
     sample_every: float = 0.5      # seconds between sampler readings
+    cpu_signal: str = "postgres"   # what the autotuner reads as CPU: PostgreSQL's share, or the whole node's
 
     @property
     def max_clients(self) -> int:

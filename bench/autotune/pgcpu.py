@@ -1,0 +1,79 @@
+"""PostgreSQL's own CPU use, as a Prometheus counter: the database server's share of the machine.
+
+The benchmark runs clients, pooler, PostgreSQL (and, on a shared machine, other people's work) on one host, so
+node-exporter's non-idle share is not the database host's CPU that the autotuner is meant to read: it is
+saturated by the clients alone. `--cpu-signal postgres` gives the autotuner what a dedicated database host
+would show instead: the CPU seconds of the postmaster and every backend, through node-exporter's textfile
+collector, read with `rate(...)` like node_cpu_seconds_total.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from maitred.local_prometheus import LocalPrometheus
+
+from .. import processes
+
+METRIC = "maitred_bench_postgres_cpu_seconds_total"
+
+
+def cpu_query(cores: int, window: str = "5s") -> str:
+    """PromQL for PostgreSQL's CPU use as a share of the machine, 0..1."""
+    return f"sum(rate({METRIC}[{window}])) / {cores}"
+
+
+def postmaster_pid(datadir: str) -> int:
+    with open(os.path.join(datadir, "postmaster.pid")) as f:
+        return int(f.readline())
+
+
+def cpu_seconds(postmaster: int) -> float:
+    """User + system CPU seconds of the postmaster, its live backends and every backend it has reaped
+    (cutime + cstime), so the total never goes down when a connection closes."""
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / processes.CLOCK_TICKS  # cutime, cstime
+    return processes.cpu_seconds(processes.process_tree(postmaster)) + reaped
+
+
+class TextfileExporter:
+    """Writes METRIC for node-exporter's textfile collector every `every` seconds until stopped."""
+
+    def __init__(self, postmaster: int, folder: str, every: float) -> None:
+        self.postmaster, self.path, self.every = postmaster, os.path.join(folder, "postgres_cpu.prom"), every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="postgres-cpu", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                text = f"# TYPE {METRIC} counter\n{METRIC} {cpu_seconds(self.postmaster):.3f}\n"
+            except OSError:
+                text = ""  # PostgreSQL gone: no sample rather than a wrong one
+            with open(self.path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(self.path + ".tmp", self.path)  # the collector never reads half a file
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> "TextfileExporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class TextfilePrometheus(LocalPrometheus):
+    """maitred's local Prometheus whose node-exporter also serves the .prom files of `textfile_dir`."""
+
+    def __init__(self, textfile_dir: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.textfile_dir = textfile_dir
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        if name == "node-exporter":
+            command = [*command, "--collector.textfile", f"--collector.textfile.directory={self.textfile_dir}"]
+        super()._spawn(name, command)
