@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus and
-# node-exporter packages, the Python distribution with its test extras, and the Kubernetes binaries the e2e
-# tests run. Safe to run again.
+# node-exporter packages, the Python distribution with its test and benchmark extras, and the Kubernetes
+# binaries the e2e tests run. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +25,10 @@ for svc in postgresql pgbouncer prometheus prometheus-node-exporter; do
   (command -v service >/dev/null && service "$svc" stop >/dev/null 2>&1) || true
 done
 
-if ! python3 -c "import maitred, pooler, uvloop, scramp, hypothesis, psycopg, pytest_timeout" >/dev/null 2>&1 \
+if ! python3 -c "import maitred, pooler, uvloop, scramp, hypothesis, psycopg, pytest_timeout, matplotlib" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .maitred/.installed ]; then
-  echo "installing the maitred Python distribution with its test extras"
-  python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+  echo "installing the maitred Python distribution with its test and benchmark extras"
+  python3 -m pip install -q --disable-pip-version-check -e ".[test,bench]"
   mkdir -p .maitred && touch .maitred/.installed
 fi
 

@@ -58,13 +58,13 @@ def draw(summary: dict, path: str) -> bool:
         start = phase["start"] - tuned["t0"]
         for ax in axes:
             ax.axvline(start, color="grey", lw=0.8, ls="--")
-        pool.annotate(phase["name"], (start, 1.0), xycoords=("data", "axes fraction"), xytext=(4, -12),
-                      textcoords="offset points", color="grey")
+        pool.annotate(phase["name"], (start, 1.0), xycoords=("data", "axes fraction"), xytext=(4, 3),
+                      textcoords="offset points", color="dimgrey", va="bottom")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="lower center" if ax is pool else "upper right", fontsize=8)
     ratio = next((r["vs_best"] for r in summary["rows"] if r["label"] == "autotuned"), None)
-    fig.suptitle(f"maitred autotune vs {summary['best_static'] or 'no static run'}"
+    fig.suptitle(f"\nmaitred autotune vs {summary['best_static'] or 'no static run'}"
                  + (f": {ratio:.2f}× the best static total" if ratio is not None else ""))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -57,7 +57,7 @@ FULL = Plan(
     phases=(Phase("io-wait", IO_WAIT_SQL, clients=48, seconds=25),
             Phase("cpu", CPU_SQL, clients=48, seconds=25),
             Phase("idle", None, clients=0, seconds=15)),
-    sizes=(2, 4, 8, 16, 30),
+    sizes=(2, 4, 8, 16, 32),
 )
 QUICK = Plan(
     phases=(Phase("io-wait", IO_WAIT_SQL, clients=6, seconds=3),
