@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pooler_operator.autotune.cli import add_arguments as add_autotune_arguments
+
 
 def _pooler(args: argparse.Namespace) -> int:
     from pooler.main import run
@@ -16,6 +18,12 @@ def _operator(args: argparse.Namespace) -> int:
 
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone,
                peering=args.peering, priority=args.priority, liveness=args.liveness, verbose=args.verbose)
+
+
+def _autotune(args: argparse.Namespace) -> int:
+    from pooler_operator.autotune.cli import run
+
+    return run(args)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -44,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     o.set_defaults(func=_operator)
+
+    a = sub.add_parser("autotune", help="tune default_pool_size of PgBouncer-compatible poolers outside Kubernetes")
+    add_autotune_arguments(a)
+    a.set_defaults(func=_autotune)
 
     r = sub.add_parser("render", help="print every manifest the operator would apply for a PostgresPooler")
     r.add_argument("files", nargs="*", help="YAML files with PostgresPoolers (and their Secrets); - is stdin")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from pooler_operator.autotune.console import Console, ConsoleError, sample, set_settings
-from tests.support import require_binary
+from tests.support import require_binary, server_connections, wait_for
 from tests.test_admin import USERS
 from tests.test_admin_pgbouncer import PgBouncer
 
@@ -27,6 +27,12 @@ def admin_pooler(pooler_factory, **settings):
 def backend_pids(pg) -> set[int]:
     out = pg.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = 'app'")
     return {int(p) for p in out.split()}
+
+
+def config_of(port: int) -> tuple[int, int]:
+    """(default_pool_size, max_db_connections) of a running pooler, read through its console."""
+    got = run(sample("127.0.0.1", port, "admin", USERS["admin"]))
+    return got.default_pool_size, got.max_db_connections
 
 
 @pytest.fixture
@@ -128,3 +134,27 @@ def test_a_console_without_a_password_for_a_password_method_says_so(pooler_facto
     with pytest.raises(ConsoleError, match="asks for a password"):
         run(Console.connect("127.0.0.1", pooler.port, "admin", None))
 
+
+
+def test_a_lowered_max_db_connections_closes_servers_beyond_it_as_their_clients_release_them(pooler_factory, pg):
+    pooler = admin_pooler(pooler_factory, default_pool_size=6)
+    clients = [psycopg.connect(pooler.dsn(), autocommit=True) for _ in range(6)]
+    try:
+        for c in clients:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+        assert server_connections(pg) == 6
+        run(set_settings("127.0.0.1", pooler.port, "admin", USERS["admin"], {"max_db_connections": 2}))
+        assert server_connections(pg) == 6         # a server inside a transaction is never cut
+        for c in clients[:3]:
+            c.execute("COMMIT")
+        wait_for(lambda: server_connections(pg) == 3, timeout=5, message="3 servers left")
+        for c in clients[3:]:
+            c.execute("COMMIT")
+        wait_for(lambda: server_connections(pg) == 2, timeout=5, message="2 servers left, the new cap")
+        for c in clients:
+            c.execute("SELECT 1")
+        assert server_connections(pg) == 2
+    finally:
+        for c in clients:
+            c.close()

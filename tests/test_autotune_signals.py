@@ -139,6 +139,6 @@ def test_the_first_tick_and_a_restarted_process_leave_rates_unknown_not_missing(
 def test_a_silent_console_a_lost_process_and_a_missing_cpu_are_named():
     signals = tier_signals([process("a"), process("b", error="b: no answer within 5s")], {}, 1.0, 3,
                            CpuReading(None, "cpu: the query returned NaN"))
-    assert signals.missing == ("console b", "console (not found)", "cpu: the query returned NaN")
+    assert signals.missing == ("console b", "cpu")
     assert (signals.processes, signals.reachable) == (3, 1)
     assert tier_signals([process("b", error="down")], {}, 1.0, 1, None) is None

@@ -242,8 +242,9 @@ async def sample(host: str, port: int, user: str, password: str | None, *, timeo
             stats = parse_stats(await console.query("SHOW STATS"))
             pids = parse_server_pids(await console.query("SHOW SERVERS"))
             config = parse_config(await console.query("SHOW CONFIG"))
-    except ConsoleError as exc:
-        return ProcessSample(endpoint=endpoint, error=str(exc))
+    except (ConsoleError, ValueError) as exc:     # ValueError: a number column that is not a number
+        return ProcessSample(endpoint=endpoint, error=str(exc) if isinstance(exc, ConsoleError)
+                             else f"{endpoint}: unexpected console answer ({exc})")
     size = config.get("default_pool_size")
     if size is None:
         return ProcessSample(endpoint=endpoint, error=f"{endpoint}: SHOW CONFIG has no default_pool_size")

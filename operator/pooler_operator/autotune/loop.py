@@ -162,12 +162,9 @@ class Autotuner:
         work = await self._read(tiers, at)
         servers: dict[str, list[_Tier]] = {}
         for t in work:
-            self._decide(t, at)
-            key = t.database.system_identifier if t.database.error is None else None
-            if key is None:
-                t.errors.append(t.database.error or "postgres: no system_identifier")
-            else:
-                servers.setdefault(key, []).append(t)
+            self._decide(t)
+            if t.database.error is None:
+                servers.setdefault(t.database.system_identifier, []).append(t)
         for server, group in servers.items():
             self._allocate(server, group)
         await self._actuate(work)
@@ -178,10 +175,10 @@ class Autotuner:
 
     async def _read(self, tiers: Sequence[TierTarget], at: float) -> list[_Tier]:
         consoles = {c.label: c for t in tiers for c in t.consoles}
-        dsns = {t.postgres.dsn for t in tiers}
+        dsns = list(dict.fromkeys(t.postgres.dsn for t in tiers))
         proms = {t.prometheus.key(): t.prometheus for t in tiers if t.prometheus is not None}
         console_reads = [self._sample(c) for c in consoles.values()]
-        db_reads = [read_database(dsn, timeout=self.timeout) for dsn in dsns]
+        db_reads = [self._database(dsn) for dsn in dsns]
         cpu_reads = [read_cpu(p.url, p.query, p.headers, timeout=self.timeout, clock=self.clock)
                      for p in proms.values()]
         results = await asyncio.gather(*console_reads, *db_reads, *cpu_reads)
@@ -194,8 +191,11 @@ class Autotuner:
             cpu = cpus[t.prometheus.key()] if t.prometheus is not None else None
             tier = _Tier(t, own, dbs[t.postgres.dsn])
             tier.signals = tier_signals(own, self.totals, at, t.expected_processes, cpu, tier.database)
-            tier.errors += list(tier.signals.missing) if tier.signals else \
-                [s.error for s in own if s.error] or ["no pooler process found"]
+            tier.errors += [s.error for s in own if s.error]
+            tier.errors += [f"{t.expected_processes - len(own)} of {t.expected_processes} processes not found"] \
+                if len(own) < t.expected_processes else []
+            tier.errors += [cpu.missing] if cpu is not None and cpu.missing else []
+            tier.errors += [tier.database.error] if tier.database.error else []
             work.append(tier)
         for s in samples.values():
             if s.reachable:
@@ -211,9 +211,15 @@ class Autotuner:
         except asyncio.TimeoutError:
             return ProcessSample(endpoint=c.label, error=f"{c.label}: no answer within {self.timeout:g}s")
 
+    async def _database(self, dsn: str) -> DatabaseSample:
+        try:
+            return await asyncio.wait_for(read_database(dsn, timeout=self.timeout), self.timeout * 2)
+        except asyncio.TimeoutError:
+            return DatabaseSample(error=f"postgres: no answer within {self.timeout * 2:g}s")
+
     # -- deciding --------------------------------------------------------------------------------------
 
-    def _decide(self, t: _Tier, at: float) -> None:
+    def _decide(self, t: _Tier) -> None:
         name = t.target.tier
         if t.signals is None:
             size = self.sizes.get(name)
@@ -224,8 +230,7 @@ class Autotuner:
         t.signals = replace(t.signals, contended=contended)
         history = self.history.get(name, History())
         t.decision = policy.decide(t.signals, history, t.target.params)
-        remember = getattr(policy, "remember", None)      # the policy keeps its own history when it has one
-        self.history[name] = remember(history, t.signals, t.decision) if remember else history
+        self.history[name] = policy.remember(history, t.signals, t.decision)
         self.sizes[name] = t.signals.pool_size
         t.from_size = t.signals.pool_size
 
@@ -271,12 +276,12 @@ class Autotuner:
         shrinking = {label: v for t in live for label, v in t.settings.items() if v and _shrinks(t, label)}
         growing = {label: v for t in live for label, v in t.settings.items() if v and label not in shrinking}
         failures = await self._send(consoles, shrinking)
-        if growing and shrinking:
+        if growing and shrinking:     # a shrink that failed or has not closed its surplus yet holds every grow
             caps = {label: t.caps[label] for t in live for label in t.settings
                     if label in shrinking and label not in failures}
-            late = await self._settle(consoles, caps)
+            late = [label for label in shrinking if label in failures] + await self._settle(consoles, caps)
             if late:
-                failures.update({label: f"grow deferred: {', '.join(late)} still above its new cap"
+                failures.update({label: f"grow deferred: {', '.join(late)} not yet within its new cap"
                                  for label in growing})
                 growing = {}
         failures.update(await self._send(consoles, growing))

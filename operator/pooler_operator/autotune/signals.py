@@ -20,8 +20,6 @@ from urllib3.util.retry import Retry
 
 from .model import DatabaseSample, ProcessSample, TierSignals
 
-DEFAULT_CPU_QUERY = '1 - avg(rate(node_cpu_seconds_total{mode="idle"}[1m]))'
-
 
 @dataclass(frozen=True)
 class CpuReading:
@@ -148,17 +146,17 @@ def tier_signals(samples: list[ProcessSample], previous: dict[str, Totals], at: 
     """Sum the reachable processes' pools; rates from this tick's totals minus `previous` (by endpoint).
 
     None when no process answered. Rates are None on the first tick, when a process restarted (a counter went
-    backwards) or when no transaction ran; a missing console, CPU or database is named in `missing`.
+    backwards) or when no transaction ran. A silent console, CPU or database is named in `missing` (the
+    readers' reasons are the caller's to report); processes not found show as `reachable` < `processes`.
     """
     reachable = [s for s in samples if s.reachable]
     if not reachable:
         return None
     missing = [f"console {s.endpoint}" for s in samples if not s.reachable]
-    missing += ["console (not found)"] * max(0, expected - len(samples))
     if cpu is not None and cpu.missing:
-        missing.append(cpu.missing)
+        missing.append("cpu")
     if database is not None and database.error:
-        missing.append(database.error)
+        missing.append("postgres")
     pools = [p for s in reachable for p in s.pools]
     xacts = xact_us = wait_us = 0
     seconds = 0.0

@@ -1,0 +1,207 @@
+"""The autotuner's loop against real parts: a PostgreSQL with max_connections = 40, two maitred poolers of that
+server with small pools, pgbench bursts through one of them, and a pg_stat_activity sampler that proves the
+server's budget was never exceeded."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from maitred.local_postgres import LocalPostgres
+from pooler_operator.autotune.loop import Autotuner, ConsoleTarget, PostgresTarget, TierReport, TierTarget
+from pooler_operator.autotune.model import PolicyParams
+from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
+from tests.test_admin import USERS
+from tests.test_autotune_console import config_of
+
+TICK = 0.5
+HEADROOM = 2
+# What the poolers may hold: max_connections 40, 3 reserved for superusers, the headroom, and two backends
+# that are not theirs (the sampler's and the autotuner's monitoring connection).
+BUDGET = 40 - 3 - HEADROOM - 2
+
+
+@pytest.fixture(scope="module")
+def small_pg():
+    """A server whose 40 connections two poolers must share."""
+    require_binary("pgbench")
+    cluster = LocalPostgres(settings={"max_connections": "40"})
+    cluster.start()
+    try:
+        cluster.create_role("app", PASSWORDS["app"])
+        cluster.create_database("app", owner="app")
+        PoolerProcess.pgbench_init(cluster)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def poolers(small_pg, tmp_path):
+    started = PoolerSet(small_pg, tmp_path)
+
+    def start(**settings):
+        settings.setdefault("default_pool_size", 2)
+        return started.start(pool_mode="transaction", max_client_conn=200, userlist=USERS, admin_users="admin",
+                             **settings)
+    yield start
+    started.close()
+
+
+class Sampler:
+    """Counts the poolers' server connections (role app) in pg_stat_activity every 20 ms, in a thread."""
+
+    def __init__(self, pg: LocalPostgres):
+        self.conn = psycopg.connect(f"host={pg.socket_dir} port={pg.port} user=postgres dbname=postgres",
+                                    autocommit=True)
+        self.peak = 0
+        self.samples = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            n = self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                  "AND usename = 'app'").fetchone()[0]
+            self.peak = max(self.peak, n)
+            self.samples += 1
+            time.sleep(0.02)
+
+    def __enter__(self) -> "Sampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.conn.close()
+
+
+def tier(pooler, pg: LocalPostgres, dry_run: bool = False, **params) -> TierTarget:
+    console = ConsoleTarget("127.0.0.1", pooler.port, "admin", USERS["admin"], f"127.0.0.1:{pooler.port}")
+    params.setdefault("min_pool_size", 2)
+    params.setdefault("max_pool_size", 40)
+    return TierTarget(console.label, (console,), 1, PostgresTarget(pg.dsn()), None, PolicyParams(**params),
+                      HEADROOM, dry_run)
+
+
+def burst(pooler, seconds: int, clients: int = 30) -> subprocess.Popen:
+    return subprocess.Popen(["pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-h", "127.0.0.1",
+                             "-p", str(pooler.port), "-U", "app", "app"],
+                            env=dict(os.environ, PGPASSWORD=PASSWORDS["app"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+async def run_ticks(tuner: Autotuner, tiers: list[TierTarget], until, limit: int) -> list[list[TierReport]]:
+    """Tick every TICK seconds until `until(history)` is true or `limit` ticks ran."""
+    history: list[list[TierReport]] = []
+    while len(history) < limit:
+        history.append(await tuner.tick(tiers))
+        if until(history):
+            break
+        await asyncio.sleep(TICK)
+    return history
+
+
+def of(history: list[list[TierReport]], name: str) -> list[TierReport]:
+    return [r for reports in history for r in reports if r.tier == name]
+
+
+def clean(bench: subprocess.Popen) -> None:
+    out, err = bench.communicate(timeout=60)
+    assert bench.returncode == 0, err
+    assert "number of failed transactions: 0 " in out, out
+
+
+def within_budget(reports: list[TierReport]) -> bool:
+    return sum(r.allocation.connections for r in reports) <= reports[0].budget
+
+
+def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_the_budget(poolers, small_pg):
+    busy, quiet = poolers(), poolers()
+    tiers = [tier(busy, small_pg), tier(quiet, small_pg)]
+    tuner = Autotuner(timeout=3)
+    with Sampler(small_pg) as sampler:
+        bench = burst(busy, seconds=8)
+        during = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=40))
+        clean(bench)
+        peak = max(r.to_size for r in of(during, tiers[0].tier))
+        after = asyncio.run(run_ticks(tuner, tiers, lambda h: of(h, tiers[0].tier)[-1].to_size < peak, limit=20))
+    busy_reports = of(during, tiers[0].tier)
+    grew = [r for r in busy_reports if r.decision.direction == "grow"]
+    assert grew and grew[0].signals.cl_waiting > 0 and grew[0].to_size > grew[0].from_size and grew[0].applied
+    assert peak > 2
+    assert of(after, tiers[0].tier)[-1].to_size < peak, [r.line() for r in of(after, tiers[0].tier)]
+    budgets = [reports[0].budget for reports in during + after]
+    assert all(within_budget(reports) for reports in during + after)
+    assert max(budgets) == BUDGET and sampler.samples > 50 and 0 < sampler.peak <= BUDGET, sampler.peak
+    size, cap = config_of(busy.port)
+    assert size == of(after, tiers[0].tier)[-1].to_size and 0 < cap <= BUDGET
+
+
+def test_a_console_that_dies_holds_and_stays_counted_at_its_cap(small_pg, poolers):
+    busy, doomed = poolers(), poolers(default_pool_size=10, expect_alive=False)
+    tiers = [tier(busy, small_pg), tier(doomed, small_pg, min_pool_size=10, max_pool_size=10)]
+    tuner = Autotuner(timeout=2)
+    first = asyncio.run(tuner.tick(tiers))
+    last_cap = first[1].allocation.per_process_cap
+    assert last_cap == 10 and config_of(doomed.port) == (10, 10)
+    doomed.signal(signal.SIGKILL)
+    doomed.proc.wait()
+    bench = burst(busy, seconds=5)
+    history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=30))
+    clean(bench)
+    for reports in history:
+        busy_report, dead = reports
+        assert dead.decision.direction == "hold" and not dead.applied and dead.signals is None
+        assert any(dead.tier in e for e in dead.errors)
+        assert busy_report.allocation.connections + dead.allocation.connections + last_cap <= busy_report.budget
+    assert max(r.to_size for r in of(history, tiers[0].tier)) > 2
+
+
+def test_a_dry_run_reports_a_decision_and_changes_nothing(small_pg, poolers):
+    busy = poolers()
+    tiers = [tier(busy, small_pg, dry_run=True)]
+    tuner = Autotuner(timeout=2)
+    bench = burst(busy, seconds=3, clients=10)
+    history = asyncio.run(run_ticks(tuner, tiers, lambda h: h[-1][0].to_size > 2, limit=20))
+    clean(bench)
+    report = history[-1][0]
+    assert report.to_size > report.from_size == 2 and not report.applied
+    assert "[dry run]" in report.line()
+    assert config_of(busy.port) == (2, 0)
+
+
+def test_postgres_unreachable_holds_every_tier_and_sets_nothing(small_pg, poolers):
+    pooler = poolers()
+    target = tier(pooler, small_pg)
+    broken = TierTarget(target.tier, target.consoles, 1, PostgresTarget(small_pg.dsn(password="wrong")), None,
+                        target.params, HEADROOM)
+    (report,) = asyncio.run(Autotuner(timeout=2).tick([broken]))
+    assert report.decision.direction == "hold" and report.allocation is None and not report.applied
+    assert any("password authentication failed" in e for e in report.errors)
+    assert config_of(pooler.port) == (2, 0)
+
+
+def test_an_idle_pooler_gives_back_what_a_waiting_one_needs_shrinking_first(small_pg, poolers):
+    idle, busy = poolers(default_pool_size=25), poolers()
+    warm = burst(idle, seconds=2, clients=25)        # the idle pooler holds 25 servers it no longer uses
+    clean(warm)
+    tiers = [tier(idle, small_pg), tier(busy, small_pg)]
+    tuner = Autotuner(timeout=3)
+    with Sampler(small_pg) as sampler:
+        bench = burst(busy, seconds=10)
+        history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=40))
+        clean(bench)
+    gave, took = of(history, tiers[0].tier), of(history, tiers[1].tier)
+    budgets = [reports[0].budget for reports in history]
+    assert gave[-1].to_size < 25
+    assert max(r.to_size for r in took) > BUDGET - 25      # more than fitted beside the idle 25
+    assert all(within_budget(reports) for reports in history)
+    assert max(budgets) == BUDGET and 0 < sampler.peak <= BUDGET, sampler.peak
