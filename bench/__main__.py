@@ -1,5 +1,6 @@
 """`python3 -m bench`: direct connections, PgBouncer and maitred under the same loads, side by side.
-(`python3 -m bench autotune` is the autotuner's benchmark: see bench/autotune/.)
+(`python3 -m bench autotune` is the autotuner against fixed pool sizes: see bench/autotune/; `autotune-scale` times its
+pure policy and budget.)
 
 Starts its own PostgreSQL (scale-1 pgbench database), then for each scenario and round starts each pooler
 fresh from equivalent configs and measures it. All load goes to 127.0.0.1 and every run is bounded in time
@@ -15,7 +16,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import processes, report, scenarios, targets
+from . import autotune_scale, processes, report, scenarios, targets
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         from .autotune.main import main as autotune
 
         return autotune(argv[1:])
+    if argv[:1] == ["autotune-scale"]:
+        return autotune_scale.main(argv[1:])
     args = build_parser().parse_args(argv)
     scale = scenarios.QUICK if args.quick else scenarios.FULL
     overrides = {"rounds": args.rounds, "duration": args.duration, "idle_clients": args.idle_clients}

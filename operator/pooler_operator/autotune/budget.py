@@ -36,23 +36,25 @@ def allocate(demands: list[Demand], budget: int) -> dict[str, Allocation]:
     free = max(0, budget - sum(max(0, d.pinned) for d in demands))
     wanted = {d.tier: max(0, d.wanted) for d in demands}
     floors = {d.tier: min(max(0, d.floor), wanted[d.tier]) for d in demands}
-    floor_cost = sum(floors[d.tier] * units(d) for d in demands)
+    cost = {d.tier: units(d) for d in demands}
+    floor_cost = sum(floors[t] * cost[t] for t in cost)
     if floor_cost > free:                  # floors scaled down in proportion; integer, so never past `free`
-        sizes = {d.tier: floors[d.tier] * free // floor_cost for d in demands}
+        sizes = {t: floors[t] * free // floor_cost for t in cost}
     else:
-        sizes = _water_fill(demands, floors, wanted, free)
+        sizes = _water_fill(cost, floors, wanted, free)
     return {d.tier: Allocation(d.tier, sizes[d.tier], sizes[d.tier] * max(1, d.pools),
-                               sizes[d.tier] * units(d), sizes[d.tier] < wanted[d.tier])
+                               sizes[d.tier] * cost[d.tier], sizes[d.tier] < wanted[d.tier])
             for d in demands}
 
 
-def _water_fill(demands: list[Demand], floors: dict[str, int], wanted: dict[str, int], free: int) -> dict[str, int]:
+def _water_fill(step_cost: dict[str, int], floors: dict[str, int], wanted: dict[str, int],
+                free: int) -> dict[str, int]:
     """Max-min fair sizes above the floors: the highest level L with sum(min(wanted, max(floor, L)) x units) <=
     free, then one more step at L for the tiers still below their wish, cheapest first (ties by name)."""
-    rows = [(floors[d.tier], wanted[d.tier], units(d)) for d in demands]
+    rows = [(floors[t], wanted[t], u) for t, u in step_cost.items()]
 
     def cost(level: int) -> int:
-        return sum(min(w, max(f, level)) * u for f, w, u in rows)
+        return sum((w if w < level else f if f > level else level) * u for f, w, u in rows)
 
     lo, hi = 0, max(wanted.values(), default=0)
     if cost(hi) <= free:
@@ -63,9 +65,9 @@ def _water_fill(demands: list[Demand], floors: dict[str, int], wanted: dict[str,
             lo = mid
         else:
             hi = mid - 1
-    sizes = {d.tier: min(wanted[d.tier], max(floors[d.tier], lo)) for d in demands}
+    sizes = {t: min(wanted[t], max(floors[t], lo)) for t in step_cost}
     left = free - cost(lo)
-    at_level = sorted((units(d), d.tier) for d in demands if floors[d.tier] <= lo < wanted[d.tier])
+    at_level = sorted((u, t) for t, u in step_cost.items() if floors[t] <= lo < wanted[t])
     for cost_of_step, tier in at_level:    # ascending cost: the tiers served form a prefix, so more budget
         if cost_of_step > left:            # never takes a step back from anyone
             break
@@ -84,9 +86,12 @@ def within_budget(allocations: dict[str, Allocation], demands: list[Demand], bud
 def transition_order(old: dict[str, Allocation], new: dict[str, Allocation]) -> list[str]:
     """The tiers whose share changes, in the order to apply them: every shrink (and every tier that is gone)
     before any grow, so what the poolers may open never passes the larger of the old and new totals."""
-    def share(allocations: dict[str, Allocation], tier: str) -> tuple[int, int, int]:
+    def share(allocations: dict[str, Allocation], tier: str) -> tuple[int, int, int] | None:
         a = allocations.get(tier)
-        return (0, 0, 0) if a is None else (a.connections, a.pool_size, a.per_process_cap)
+        return None if a is None else (a.connections, a.pool_size, a.per_process_cap)
+
+    def grows(tier: str) -> bool:
+        return (share(new, tier) or (0,))[0] > (share(old, tier) or (0,))[0]
 
     changed = sorted(t for t in old.keys() | new.keys() if share(old, t) != share(new, t))
-    return sorted(changed, key=lambda t: share(new, t)[0] > share(old, t)[0])
+    return sorted(changed, key=grows)

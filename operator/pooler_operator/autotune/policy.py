@@ -22,7 +22,6 @@ the congestion ceiling are the hysteresis: on a steady load the size settles and
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from .model import Decision, History, PolicyParams, TierSignals
 
@@ -31,6 +30,8 @@ RULES = ("signal", "bounds", "cpu", "latency", "cpu-band", "grow", "max", "ceili
          "idle", "contended", "steady")
 CONGESTION = ("cpu", "latency")
 CPU_SLACK = 1.05     # Prometheus rates may overshoot 1 a little; past this a CPU share is nonsense
+COUNTS = ("processes", "reachable", "pool_size", "pools", "cl_waiting", "cl_active", "sv_active", "sv_idle")
+RATES = ("maxwait_s", "xact_per_s", "avg_xact_time_ms", "avg_wait_time_ms")
 
 
 def decide(signals: TierSignals, history: History, params: PolicyParams) -> Decision:
@@ -40,7 +41,7 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
     problems = signal_problems(signals)
     if problems:
         if size > hi:
-            return Decision(hi, f"shrink: back to max_pool_size {hi} ({'; '.join(problems)})", "shrink", "bounds")
+            return Decision(hi, f"shrink: back to max_pool_size {hi} ({'; '.join(problems)})", "shrink", "signal")
         return Decision(size, f"hold: {'; '.join(problems)}", "hold", "signal")
     if size > hi:
         return Decision(hi, f"shrink: back to max_pool_size {hi}", "shrink", "bounds")
@@ -60,9 +61,14 @@ def remember(history: History, signals: TierSignals, decision: Decision) -> Hist
     lowest sane server time per transaction among them, so a stale baseline leaves with its window)."""
     kept = (history.signals + (signals,))[-HISTORY_TICKS:]
     decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
-    latencies = [s.avg_xact_time_ms for s in kept if _sane_latency(s)]
-    return replace(history, signals=kept, decisions=decisions,
-                   baseline_xact_ms=min(latencies) if latencies else None)
+    baseline = history.baseline_xact_ms
+    leaving = history.signals[0].avg_xact_time_ms if len(history.signals) == HISTORY_TICKS else None
+    if baseline is None or leaving == baseline:         # the lowest may be leaving the window: look again
+        latencies = [s.avg_xact_time_ms for s, d in zip(kept, decisions) if _measured(s, d)]
+        baseline = min(latencies) if latencies else None
+    elif _measured(signals, decision):
+        baseline = min(baseline, signals.avg_xact_time_ms)
+    return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline)
 
 
 def signal_problems(s: TierSignals) -> list[str]:
@@ -70,13 +76,9 @@ def signal_problems(s: TierSignals) -> list[str]:
     problems = [f"{name} missing" for name in s.missing]
     if s.cpu is not None and not (math.isfinite(s.cpu) and 0.0 <= s.cpu <= CPU_SLACK):
         problems.append(f"cpu {s.cpu} nonsensical")
-    counts = {"processes": s.processes, "reachable": s.reachable, "pool_size": s.pool_size, "pools": s.pools,
-              "cl_waiting": s.cl_waiting, "cl_active": s.cl_active, "sv_active": s.sv_active, "sv_idle": s.sv_idle}
-    problems += [f"{name} {value} nonsensical" for name, value in counts.items() if value < 0]
-    rates = {"maxwait": s.maxwait_s, "xact_per_s": s.xact_per_s, "avg_xact_time_ms": s.avg_xact_time_ms,
-             "avg_wait_time_ms": s.avg_wait_time_ms}
-    problems += [f"{name} {value} nonsensical" for name, value in rates.items()
-                 if value is not None and not (math.isfinite(value) and value >= 0)]
+    problems += [f"{name} {getattr(s, name)} nonsensical" for name in COUNTS if getattr(s, name) < 0]
+    problems += [f"{name} {value} nonsensical" for name in RATES
+                 if (value := getattr(s, name)) is not None and not (math.isfinite(value) and value >= 0)]
     if s.reachable < s.processes:
         problems.append(f"console of {s.processes - s.reachable} of {s.processes} processes missing")
     elif s.reachable == 0:
@@ -89,9 +91,10 @@ def _units(s: TierSignals) -> int:
     return max(1, s.reachable) * max(1, s.pools)
 
 
-def _sane_latency(s: TierSignals) -> bool:
-    return (s.avg_xact_time_ms is not None and s.xact_per_s is not None and s.avg_xact_time_ms > 0
-            and not signal_problems(s))
+def _measured(s: TierSignals, d: Decision) -> bool:
+    """A tick whose latency and throughput count: both known and its signals sane (else the rule was "signal")."""
+    return d.rule != "signal" and s.avg_xact_time_ms is not None and s.xact_per_s is not None \
+        and s.avg_xact_time_ms > 0
 
 
 def _cpu_text(s: TierSignals) -> str:
@@ -106,12 +109,12 @@ def _cpu_congestion(s: TierSignals, p: PolicyParams) -> tuple[str, str] | None:
 
 def _latency_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[str, str] | None:
     """Queueing in the database: more latency than the baseline at a larger size, without more throughput."""
-    if h.baseline_xact_ms is None or not _sane_latency(s):
+    if h.baseline_xact_ms is None or s.avg_xact_time_ms is None or s.xact_per_s is None:
         return None
     if s.avg_xact_time_ms < p.latency_tolerance * h.baseline_xact_ms:
         return None
-    base = next((b for b in reversed(h.signals) if _sane_latency(b) and b.avg_xact_time_ms == h.baseline_xact_ms),
-                None)
+    base = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
+                 if _measured(b, d) and b.avg_xact_time_ms == h.baseline_xact_ms), None)
     if base is None or s.pool_size <= base.pool_size or s.xact_per_s > base.xact_per_s * (1 + p.throughput_gain):
         return None
     return "latency", (f"latency {s.avg_xact_time_ms:.1f} ms = {s.avg_xact_time_ms / h.baseline_xact_ms:.1f}x "
@@ -158,7 +161,8 @@ def _idle(s: TierSignals, h: History, p: PolicyParams) -> Decision:
                             f"{_cpu_text(s)}", "hold", "steady")
     ticks = 1 if s.contended else max(1, p.idle_shrink_ticks)
     window = (h.signals + (s,))[-ticks:]
-    if len(window) < ticks or any(w.cl_waiting > 0 or signal_problems(w) for w in window):
+    if len(window) < ticks or any(w.cl_waiting > 0 for w in window) or \
+            any(d.rule == "signal" for d in h.decisions[len(h.decisions) - ticks + 1:]):
         return steady
     peak = max(w.sv_active for w in window)
     target = max(p.min_pool_size, math.ceil(peak * (1 + p.idle_margin) / units))
