@@ -6,4 +6,5 @@ size changes from phase to phase.
 - `runs`: one measured run: a fresh pooler, the sampler, pgbench phase after phase, `maitred autotune` or not.
 - `summary`: medians over rounds, the Markdown table, the verdict against the issue's target, the JSON file.
 - `plot`: the PNG of pool size, cl_waiting, CPU and throughput over time, phase by phase.
+- `pgcpu`: PostgreSQL's own CPU, exported through node-exporter for the autotuner; `background`: their threads.
 """

@@ -9,11 +9,11 @@ collector, read with `rate(...)` like node_cpu_seconds_total.
 from __future__ import annotations
 
 import os
-import threading
 
 from maitred.local_prometheus import LocalPrometheus
 
 from .. import processes
+from .background import Background
 
 METRIC = "maitred_bench_postgres_cpu_seconds_total"
 
@@ -37,15 +37,14 @@ def cpu_seconds(postmaster: int) -> float:
     return processes.cpu_seconds(processes.process_tree(postmaster)) + reaped
 
 
-class TextfileExporter:
+class TextfileExporter(Background):
     """Writes METRIC for node-exporter's textfile collector every `every` seconds until stopped."""
 
     def __init__(self, postmaster: int, folder: str, every: float) -> None:
+        super().__init__("postgres-cpu")
         self.postmaster, self.path, self.every = postmaster, os.path.join(folder, "postgres_cpu.prom"), every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="postgres-cpu", daemon=True)
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         while True:
             try:
                 text = f"# TYPE {METRIC} counter\n{METRIC} {cpu_seconds(self.postmaster):.3f}\n"
@@ -54,16 +53,8 @@ class TextfileExporter:
             with open(self.path + ".tmp", "w") as f:
                 f.write(text)
             os.replace(self.path + ".tmp", self.path)  # the collector never reads half a file
-            if self._stop.wait(self.every):
+            if self.stopping.wait(self.every):
                 return
-
-    def __enter__(self) -> "TextfileExporter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 class TextfilePrometheus(LocalPrometheus):

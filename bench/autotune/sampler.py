@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,6 +20,7 @@ from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD
 from pooler_operator.autotune.console import Console, ConsoleError
 
 from . import pgcpu
+from .background import Background
 
 ACTIVITY_SQL = ("SELECT count(*) AS client_backends, count(*) FILTER (WHERE usename = '{user}') AS pooler_backends "
                 "FROM pg_stat_activity WHERE backend_type = 'client backend'")
@@ -63,7 +63,7 @@ def cpu_times() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-class Sampler:
+class Sampler(Background):
     """Samples a pooler console and a PostgreSQL server until stopped; `samples` is the series read so far."""
 
     def __init__(self, *, console: tuple[str, int, str, str], postgres: tuple[str, int], postmaster: int,
@@ -77,16 +77,10 @@ class Sampler:
         self.samples: list[Sample] = []
         self.errors: list[str] = []
         self.settings: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="sampler", daemon=True)
+        super().__init__("sampler")
 
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
+    def loop(self) -> None:
+        asyncio.run(self._run())
 
     async def _run(self) -> None:
         conns: dict[str, Console | None] = {"console": None, "postgres": None}
@@ -94,7 +88,7 @@ class Sampler:
         pg_before = (time.monotonic(), pgcpu.cpu_seconds(self.postmaster))
         cores = os.cpu_count() or 1
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 started = time.monotonic()
                 busy, total = cpu_times()
                 values = {"cpu": (busy - cpu_before[0]) / (total - cpu_before[1]) if total > cpu_before[1] else None}

@@ -3,12 +3,10 @@ transactions, the autotuned run's ratio to it, the verdict against the issue's t
 the JSON file (every run's record, series included)."""
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from datetime import datetime
 
-from ..report import fmt
+from ..report import fmt, write_pair
 from .workload import Plan
 
 AUTOTUNED = "autotuned"
@@ -129,11 +127,4 @@ def markdown(summary: dict) -> str:
 
 def write(summary: dict, out_dir: str, started: datetime) -> str:
     """DIR/autotune-<date>.md and .json; returns the common stem (the plot is written beside them)."""
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, "autotune-" + started.strftime("%Y%m%d-%H%M%S"))
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(summary))
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
-    return stem
+    return write_pair(out_dir, "autotune", started, markdown(summary), summary)
