@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bench.autotune import runs, sampler, summary, workload
+from bench.autotune import pgcpu, runs, sampler, summary, workload
 from tests.support import missing, require_binary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,15 @@ def test_budget_limit_leaves_the_reserved_slots_and_the_headroom_and_counts_samp
     assert limit == 31
     samples = [sampler.Sample(t=0, client_backends=n) for n in (30, 31, 32, None, 40)]
     assert sampler.violations(samples, limit) == 2
+
+
+def test_postgres_cpu_counter_counts_a_process_tree_and_never_goes_down():
+    counter = pgcpu.CpuCounter(os.getpid())
+    first = counter.read()
+    assert first > 0
+    counter.value = first + 1000  # as after a reading that saw more than the next one will
+    assert counter.read() == first + 1000
+    assert pgcpu.cpu_query(2) == f"sum(rate({pgcpu.METRIC}[5s])) / 2"
 
 
 def test_even_rounds_run_the_sweep_in_reverse_so_the_autotuner_is_not_always_last():

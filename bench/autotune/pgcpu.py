@@ -30,11 +30,24 @@ def postmaster_pid(datadir: str) -> int:
 
 def cpu_seconds(postmaster: int) -> float:
     """User + system CPU seconds of the postmaster, its live backends and every backend it has reaped
-    (cutime + cstime), so the total never goes down when a connection closes."""
+    (cutime + cstime). Not atomic: a backend reaped between the two reads is missed once."""
     with open(f"/proc/{postmaster}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     reaped = (int(fields[13]) + int(fields[14])) / processes.CLOCK_TICKS  # cutime, cstime
     return processes.cpu_seconds(processes.process_tree(postmaster)) + reaped
+
+
+class CpuCounter:
+    """PostgreSQL's CPU seconds as a counter that never goes down: a reading that missed a backend reaped
+    mid-read holds the previous value, instead of looking like a counter reset to Prometheus' rate()."""
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = postmaster
+        self.value = 0.0
+
+    def read(self) -> float:
+        self.value = max(self.value, cpu_seconds(self.postmaster))
+        return self.value
 
 
 class TextfileExporter(Background):
@@ -42,12 +55,13 @@ class TextfileExporter(Background):
 
     def __init__(self, postmaster: int, folder: str, every: float) -> None:
         super().__init__("postgres-cpu")
-        self.postmaster, self.path, self.every = postmaster, os.path.join(folder, "postgres_cpu.prom"), every
+        self.counter, self.every = CpuCounter(postmaster), every
+        self.path = os.path.join(folder, "postgres_cpu.prom")
 
     def loop(self) -> None:
         while True:
             try:
-                text = f"# TYPE {METRIC} counter\n{METRIC} {cpu_seconds(self.postmaster):.3f}\n"
+                text = f"# TYPE {METRIC} counter\n{METRIC} {self.counter.read():.3f}\n"
             except OSError:
                 text = ""  # PostgreSQL gone: no sample rather than a wrong one
             with open(self.path + ".tmp", "w") as f:

@@ -85,7 +85,8 @@ class Sampler(Background):
     async def _run(self) -> None:
         conns: dict[str, Console | None] = {"console": None, "postgres": None}
         cpu_before = cpu_times()
-        pg_before = (time.monotonic(), pgcpu.cpu_seconds(self.postmaster))
+        pg_counter = pgcpu.CpuCounter(self.postmaster)
+        pg_before = (time.monotonic(), pg_counter.read())
         cores = os.cpu_count() or 1
         try:
             while not self.stopping.is_set():
@@ -94,7 +95,7 @@ class Sampler(Background):
                 values = {"cpu": (busy - cpu_before[0]) / (total - cpu_before[1]) if total > cpu_before[1] else None}
                 cpu_before = (busy, total)
                 try:
-                    pg_now = (started, pgcpu.cpu_seconds(self.postmaster))
+                    pg_now = (started, pg_counter.read())
                     values["pg_cpu"] = (pg_now[1] - pg_before[1]) / ((pg_now[0] - pg_before[0]) * cores)
                     pg_before = pg_now
                 except OSError as exc:
