@@ -9,12 +9,15 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import psycopg
 import pytest
 
 from maitred.local_postgres import LocalPostgres
-from pooler_operator.autotune.loop import Autotuner, ConsoleTarget, PostgresTarget, TierReport, TierTarget
+from maitred.local_prometheus import CPU_QUERY, LocalPrometheus
+from pooler_operator.autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
+                                           TierTarget)
 from pooler_operator.autotune.model import PolicyParams
 from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
 from tests.test_admin import USERS
@@ -119,8 +122,19 @@ def clean(bench: subprocess.Popen) -> None:
     assert "number of failed transactions: 0 " in out, out
 
 
-def within_budget(reports: list[TierReport]) -> bool:
-    return sum(r.allocation.connections for r in reports) <= reports[0].budget
+def through_burst(tuner: Autotuner, tiers: list[TierTarget], pooler, seconds: int) -> list[list[TierReport]]:
+    """Tick while pgbench runs `seconds` through `pooler`; no transaction may fail."""
+    bench = burst(pooler, seconds)
+    history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=8 * seconds))
+    clean(bench)
+    return history
+
+
+def assert_within_budget(history: list[list[TierReport]], sampler: Sampler) -> None:
+    """Every tick's shares fit its budget, and what PostgreSQL saw fits the poolers' budget."""
+    assert all(sum(r.allocation.connections for r in reports) <= reports[0].budget for reports in history)
+    assert max(reports[0].budget for reports in history) == BUDGET
+    assert sampler.samples > 50 and 0 < sampler.peak <= BUDGET, sampler.peak
 
 
 def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_the_budget(poolers, small_pg):
@@ -128,9 +142,7 @@ def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_th
     tiers = [tier(busy, small_pg), tier(quiet, small_pg)]
     tuner = Autotuner(timeout=3)
     with Sampler(small_pg) as sampler:
-        bench = burst(busy, seconds=8)
-        during = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=40))
-        clean(bench)
+        during = through_burst(tuner, tiers, busy, seconds=8)
         peak = max(r.to_size for r in of(during, tiers[0].tier))
         after = asyncio.run(run_ticks(tuner, tiers, lambda h: of(h, tiers[0].tier)[-1].to_size < peak, limit=20))
     busy_reports = of(during, tiers[0].tier)
@@ -138,9 +150,7 @@ def test_the_pool_grows_while_clients_wait_and_shrinks_after_the_burst_within_th
     assert grew and grew[0].signals.cl_waiting > 0 and grew[0].to_size > grew[0].from_size and grew[0].applied
     assert peak > 2
     assert of(after, tiers[0].tier)[-1].to_size < peak, [r.line() for r in of(after, tiers[0].tier)]
-    budgets = [reports[0].budget for reports in during + after]
-    assert all(within_budget(reports) for reports in during + after)
-    assert max(budgets) == BUDGET and sampler.samples > 50 and 0 < sampler.peak <= BUDGET, sampler.peak
+    assert_within_budget(during + after, sampler)
     size, cap = config_of(busy.port)
     assert size == of(after, tiers[0].tier)[-1].to_size and 0 < cap <= BUDGET
 
@@ -154,9 +164,7 @@ def test_a_console_that_dies_holds_and_stays_counted_at_its_cap(small_pg, pooler
     assert last_cap == 10 and config_of(doomed.port) == (10, 10)
     doomed.signal(signal.SIGKILL)
     doomed.proc.wait()
-    bench = burst(busy, seconds=5)
-    history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=30))
-    clean(bench)
+    history = through_burst(tuner, tiers, busy, seconds=5)
     for reports in history:
         busy_report, dead = reports
         assert dead.decision.direction == "hold" and not dead.applied and dead.signals is None
@@ -196,12 +204,23 @@ def test_an_idle_pooler_gives_back_what_a_waiting_one_needs_shrinking_first(smal
     tiers = [tier(idle, small_pg), tier(busy, small_pg)]
     tuner = Autotuner(timeout=3)
     with Sampler(small_pg) as sampler:
-        bench = burst(busy, seconds=10)
-        history = asyncio.run(run_ticks(tuner, tiers, lambda h: bench.poll() is not None, limit=40))
-        clean(bench)
+        history = through_burst(tuner, tiers, busy, seconds=10)
     gave, took = of(history, tiers[0].tier), of(history, tiers[1].tier)
-    budgets = [reports[0].budget for reports in history]
     assert gave[-1].to_size < 25
     assert max(r.to_size for r in took) > BUDGET - 25      # more than fitted beside the idle 25
-    assert all(within_budget(reports) for reports in history)
-    assert max(budgets) == BUDGET and 0 < sampler.peak <= BUDGET, sampler.peak
+    assert_within_budget(history, sampler)
+
+
+def test_cpu_from_prometheus_at_the_high_water_mark_holds_then_shrinks(small_pg, poolers):
+    require_binary("prometheus")
+    require_binary("prometheus-node-exporter")
+    pooler = poolers(default_pool_size=10)
+    with LocalPrometheus() as prom:
+        target = replace(tier(pooler, small_pg, cpu_high=0.0, cpu_low=0.0),
+                         prometheus=PrometheusTarget(prom.url, CPU_QUERY))
+        tuner = Autotuner(timeout=3)
+        first, second = [asyncio.run(tuner.tick([target]))[0] for _ in range(2)]
+    assert 0.0 <= first.signals.cpu <= 1.0
+    assert first.decision.direction == "hold" and "cpu" in first.decision.reason and first.to_size == 10
+    assert second.decision.direction == "shrink" and second.to_size < 10 and second.applied
+    assert config_of(pooler.port)[0] == second.to_size

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 
 from . import budget as budgeting
 from . import policy
-from .console import Console, ConsoleError, sample, set_settings
+from .console import Console, ConsoleError, parse_server_pids, sample, set_settings
 from .model import Allocation, DatabaseSample, Decision, Demand, History, PolicyParams, ProcessSample, TierSignals
-from .signals import CpuReading, Totals, read_cpu, read_database, tier_signals
+from .signals import CpuReading, Totals, backends_left, read_cpu, read_database, tier_signals
 
 
 @dataclass(frozen=True)
@@ -277,9 +277,9 @@ class Autotuner:
         growing = {label: v for t in live for label, v in t.settings.items() if v and label not in shrinking}
         failures = await self._send(consoles, shrinking)
         if growing and shrinking:     # a shrink that failed or has not closed its surplus yet holds every grow
-            caps = {label: t.caps[label] for t in live for label in t.settings
-                    if label in shrinking and label not in failures}
-            late = [label for label in shrinking if label in failures] + await self._settle(consoles, caps)
+            shrunk = {s.endpoint: (t.caps[s.endpoint], self.pids.get(s.endpoint, frozenset()), t.target.postgres.dsn)
+                      for t in live for s in t.samples if s.endpoint in shrinking and s.endpoint not in failures}
+            late = [label for label in shrinking if label in failures] + await self._settle(consoles, shrunk)
             if late:
                 failures.update({label: f"grow deferred: {', '.join(late)} not yet within its new cap"
                                  for label in growing})
@@ -308,24 +308,31 @@ class Autotuner:
         results = await asyncio.gather(*(one(label, settings[label]) for label in labels))
         return {label: error for label, error in zip(labels, results) if error is not None}
 
-    async def _settle(self, consoles: dict[str, ConsoleTarget], caps: dict[str, int]) -> list[str]:
-        """Wait (up to the timeout) until each shrunk process holds no more servers than its cap; the late."""
-        async def servers(label: str) -> int | None:
+    async def _settle(self, consoles: dict[str, ConsoleTarget], shrunk: dict[str, tuple[int, frozenset[int], str]]
+                      ) -> list[str]:
+        """Wait (up to the timeout) until each shrunk process holds no more servers than its cap and the
+        backends it let go have left PostgreSQL; the processes that did not get there."""
+        async def settled(label: str, cap: int, before: frozenset[int], dsn: str) -> bool:
             c = consoles[label]
             try:
                 async with await Console.connect(c.host, c.port, c.user, c.password,
                                                  timeout=self.timeout) as con:
-                    return len(await con.query("SHOW SERVERS"))
+                    rows = await con.query("SHOW SERVERS")
             except ConsoleError:
-                return None
+                return False
+            if len(rows) > cap:
+                return False
+            gone = before - parse_server_pids(rows)
+            left = await backends_left(dsn, gone, timeout=self.timeout) if gone else frozenset()
+            return left is not None and not left
 
         deadline = time.monotonic() + self.timeout
-        pending = dict(caps)
+        pending = dict(shrunk)
         while pending and time.monotonic() < deadline:
-            counts = await asyncio.gather(*(servers(label) for label in pending))
-            pending = {label: cap for (label, cap), n in zip(pending.items(), counts) if n is None or n > cap}
+            done = await asyncio.gather(*(settled(label, *v) for label, v in pending.items()))
+            pending = {label: v for (label, v), ok in zip(pending.items(), done) if not ok}
             if pending:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.05)
         return list(pending)
 
 

@@ -118,6 +118,23 @@ async def read_database(dsn: str, *, timeout: float = 5.0) -> DatabaseSample:
         by_database=_count(r["datname"] for r in backends))
 
 
+async def backends_left(dsn: str, pids: frozenset[int], *, timeout: float = 5.0) -> frozenset[int] | None:
+    """Which of `pids` PostgreSQL still runs (a pooler's closed socket frees its slot only once the backend
+    has exited); None when PostgreSQL cannot tell."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except Exception:      # unreachable: the caller waits or gives up, as for any unknown
+        return None
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids),
+                                timeout=timeout)
+        return frozenset(r["pid"] for r in rows)
+    except Exception:
+        return None
+    finally:
+        await conn.close(timeout=timeout)
+
+
 def _count(keys) -> dict[str, int]:
     out: dict[str, int] = {}
     for key in keys:
