@@ -75,6 +75,11 @@ def test_pinned_connections_are_reserved_before_anything_is_shared():
     assert sum(a.connections for a in starved.values()) == 0 and within_budget(starved, demands, 25)
 
 
+def test_a_tier_named_twice_is_refused_rather_than_counted_once():
+    with pytest.raises(ValueError, match="one demand per tier"):
+        allocate([Demand("a", 1, 1, 10, 1), Demand("a", 5, 1, 10, 1)], 100)
+
+
 def test_within_budget_catches_an_allocation_that_would_exceed_it():
     demands = [Demand("a", 2, 1, 20, 5, pinned=4)]
     assert within_budget({"a": Allocation("a", 8, 8, 16, False)}, demands, 20)

@@ -119,9 +119,27 @@ def test_cpu_past_the_high_water_mark_holds_one_tick_then_shrinks_and_growth_sto
     assert [d.direction for d in decisions[:3]] == ["hold", "shrink", "shrink"]
     assert sizes(decisions)[:3] == [40, 30, 22]
     assert "shrink: cpu 0.95 >= 0.85" in decisions[1].reason
-    assert congestion_ceiling(history) == 30
+    assert congestion_ceiling(history, PARAMS) == 30
     assert max(sizes(decisions)[3:]) == 29                      # grows back, but not to where the CPU saturated
     assert decisions[-1].rule == "ceiling"
+
+
+def test_the_congestion_ceiling_lasts_while_clients_wait_and_ends_when_they_stop_or_it_expires():
+    congested = [dict(cl_waiting=50, cpu=0.95)] * 2 + [dict(cl_waiting=50, cpu=0.60)] * 3
+    _, history = run(congested, size=40)
+    assert congestion_ceiling(history, PARAMS) == 40
+    waiting, _ = run([dict(cl_waiting=50, cpu=0.60)] * 200, history=history, size=39)
+    assert waiting[PARAMS.ceiling_ticks - 6].rule == "ceiling" and waiting[-1].size > 39     # then it probes
+    _, calm = run([dict(sv_active=20, sv_idle=19)], history=history, size=39)
+    assert congestion_ceiling(calm, PARAMS) is None
+
+
+def test_the_baseline_is_kept_while_congestion_holds_the_pool_below_its_ceiling():
+    quiet = [dict(avg_xact_time_ms=20.0, xact_per_s=500.0)]
+    saturated = [dict(pool_size=40, cl_waiting=50, cpu=0.95, avg_xact_time_ms=80.0, xact_per_s=500.0)] * 2
+    below = [dict(cl_waiting=50, cpu=0.60, avg_xact_time_ms=38.0, xact_per_s=500.0)] * (2 * HISTORY_TICKS)
+    _, history = run(quiet + saturated + below)
+    assert history.ceiling == 40 and history.baseline_xact_ms == 20.0
 
 
 def test_prometheus_down_holds_whatever_waits_and_names_the_signal_then_growth_resumes():
@@ -160,7 +178,7 @@ def test_latency_that_climbs_while_throughput_does_not_holds_then_shrinks():
     decisions, history = run(base + queued)
     assert [d.direction for d in decisions[3:]] == ["hold", "shrink"]
     assert decisions[4].rule == "latency" and "latency 45.0 ms = 2.2x baseline 20.0 ms" in decisions[4].reason
-    assert congestion_ceiling(history) == 20
+    assert congestion_ceiling(history, PARAMS) == 20
 
 
 def test_latency_that_climbs_with_throughput_is_more_load_not_queueing():
@@ -237,6 +255,10 @@ def test_any_sequence_stays_in_bounds_steps_boundedly_and_never_grows_on_a_missi
         check_tick(signals, decision, params)
         history = remember(history, signals, decision)
         assert len(history.signals) <= HISTORY_TICKS
+        if history.ceiling is None:         # the running baseline is the window's lowest sane latency
+            sane = [s.avg_xact_time_ms for s, d in zip(history.signals, history.decisions)
+                    if d.rule != "signal" and s.xact_per_s is not None and (s.avg_xact_time_ms or 0) > 0]
+            assert history.baseline_xact_ms == (min(sane) if sane else None)
 
 
 @settings(max_examples=200, deadline=None)

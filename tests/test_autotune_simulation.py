@@ -80,11 +80,17 @@ class Trace:
     budget: int
 
 
-def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams) -> Trace:
+def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams, *, prometheus: bool = True,
+             outage: range = range(0), others: dict[int, int] | None = None) -> Trace:
+    """Run the loop; without `prometheus` there is no CPU signal, during `outage` it is missing; `others` sets
+    the client backends that are not the poolers' from a tick on."""
     budget = server.budget()
     trace = Trace({t.name: [] for t in tiers}, {t.name: [] for t in tiers}, [], [], budget)
     limited: dict[str, bool] = {}
     for tick in range(ticks):
+        if others and tick in others:
+            server.other_backends = others[tick]
+            budget = server.budget()
         demand = [t.offered_at(tick) + t.backlog / TICK_S for t in tiers]
         capacity = [t.size * t.processes * t.pools for t in tiers]
         flight, latency = serve(server, demand, capacity)
@@ -99,8 +105,9 @@ def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams
                 cl_waiting=waiting, cl_active=round(a), sv_active=round(a),
                 sv_idle=t.size * t.processes * t.pools - round(a),
                 maxwait_s=t.backlog / x if waiting and x else 0.0, xact_per_s=x if x else None,
-                avg_xact_time_ms=latency * 1000 if x else None, avg_wait_time_ms=None, cpu=round(cpu, 3),
-                contended=any(v for k, v in limited.items() if k != t.name))
+                avg_xact_time_ms=latency * 1000 if x else None, avg_wait_time_ms=None,
+                cpu=round(cpu, 3) if prometheus and tick not in outage else None,
+                missing=("cpu",) if tick in outage else (), contended=any(v for k, v in limited.items() if k != t.name))
             decision = decide(signals, t.history, params)
             t.history = remember(t.history, signals, decision)
             demands.append(Demand(t.name, t.processes, t.pools, decision.size, params.min_pool_size))
@@ -184,3 +191,31 @@ def test_the_budget_is_never_exceeded_with_many_tiers_processes_and_pools_under_
     trace = simulate(IO_BOUND, tiers, 60, PolicyParams(min_pool_size=1, max_pool_size=100))
     assert all(trace.within)
     assert max(trace.sizes["t6"]) > 1                          # the loop did act
+
+
+def test_without_a_cpu_signal_latency_alone_stops_the_pool_near_the_knee_and_it_stays():
+    cpu_bound = Server(cores=2, cpu_ms=4.0, io_ms=16.0, max_connections=100)   # knee at 10 in flight
+    tiers = [Tier("hot", {0: 0.0, 5: 800.0}), Tier("warm", {0: 100.0})]
+    trace = simulate(cpu_bound, tiers, 120, PolicyParams(min_pool_size=2, max_pool_size=100), prometheus=False)
+    hot = trace.sizes["hot"]
+    assert max(hot) >= 32 and len(set(hot[20:])) == 1, hot      # overshot, came back, then held for 100 ticks
+    assert hot[-1] < 20, hot
+
+
+def test_prometheus_down_in_the_middle_of_a_steady_load_changes_no_size_and_growth_waits_for_it():
+    tiers = [Tier("a", {0: 1200.0}), Tier("b", {0: 300.0, 42: 1500.0})]        # b's load rises while cpu is gone
+    trace = simulate(IO_BOUND, tiers, 70, PARAMS, outage=range(40, 50))
+    assert len(set(trace.sizes["a"][20:])) == 1
+    assert len(set(trace.sizes["b"][39:50])) == 1 and max(trace.waiting["b"][43:50]) > 0
+    assert trace.sizes["b"][55] > trace.sizes["b"][49]
+    assert all(trace.within)
+
+
+def test_a_budget_that_shrinks_under_the_allocation_takes_the_sizes_down_at_once_and_back_up_after():
+    server = Server(cores=8, cpu_ms=1.0, io_ms=19.0, max_connections=100)
+    tiers = [Tier("a", {0: 2000.0}), Tier("b", {0: 1500.0})]                   # need 40 and 30 of 90
+    trace = simulate(server, tiers, 50, PARAMS, others={20: 42, 35: 2})         # 42 other backends: budget 50
+    assert trace.sizes["a"][19] + trace.sizes["b"][19] >= 70
+    assert trace.sizes["a"][20] + trace.sizes["b"][20] <= 50 and trace.sizes["b"][20] >= 20   # max-min fair
+    assert trace.sizes["a"][35 + 5] >= 40 and trace.sizes["b"][35 + 5] >= 30
+    assert all(trace.within)

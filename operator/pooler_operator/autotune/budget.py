@@ -33,6 +33,8 @@ def units(d: Demand) -> int:
 
 def allocate(demands: list[Demand], budget: int) -> dict[str, Allocation]:
     """Each tier's pool size and per-process cap; what they may open never sums past `budget` (minus pinned)."""
+    if len({d.tier for d in demands}) != len(demands):
+        raise ValueError("one demand per tier: a tier named twice would be counted once")
     free = max(0, budget - sum(max(0, d.pinned) for d in demands))
     wanted = {d.tier: max(0, d.wanted) for d in demands}
     floors = {d.tier: min(max(0, d.floor), wanted[d.tier]) for d in demands}

@@ -103,7 +103,8 @@ class PolicyParams:
     shrink_factor: float = 0.75      # an uncontended shrink keeps at least this share of the size per tick
     idle_margin: float = 0.25        # spare servers kept above the recent peak of sv_active
     latency_tolerance: float = 2.0   # server time per transaction at this multiple of the baseline is queueing
-    throughput_gain: float = 0.10    # ... unless throughput rose by more than this share since the baseline
+    throughput_gain: float = 0.10    # ... unless throughput rose by more than this share with the last growth
+    ceiling_ticks: int = 120         # a congestion ceiling lasts this long while clients keep waiting
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class History:
     signals: tuple[TierSignals, ...] = ()
     decisions: tuple["Decision", ...] = ()
     baseline_xact_ms: float | None = None    # lowest recent server time per transaction (the no-queue latency)
+    ceiling: int | None = None               # the size congestion last shrank from: growth stays below it
+    ceiling_age: int = 0                     # ticks since then
 
 
 @dataclass(frozen=True)

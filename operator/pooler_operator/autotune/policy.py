@@ -25,7 +25,7 @@ import math
 
 from .model import Decision, History, PolicyParams, TierSignals
 
-HISTORY_TICKS = 30   # ticks remembered: the baseline's window and how long a congestion ceiling lasts
+HISTORY_TICKS = 30   # ticks remembered: the baseline's window
 RULES = ("signal", "bounds", "cpu", "latency", "cpu-band", "grow", "max", "ceiling", "cooldown",
          "idle", "contended", "steady")
 CONGESTION = ("cpu", "latency")
@@ -57,18 +57,25 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
 
 
 def remember(history: History, signals: TierSignals, decision: Decision) -> History:
-    """History after this tick: the last HISTORY_TICKS signals and decisions, and the no-queue baseline (the
-    lowest sane server time per transaction among them, so a stale baseline leaves with its window)."""
+    """History after this tick: the last HISTORY_TICKS signals and decisions; the no-queue baseline, the lowest
+    sane server time per transaction among them (so a stale one leaves with its window), kept while a congestion
+    ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits."""
     kept = (history.signals + (signals,))[-HISTORY_TICKS:]
     decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
+    ceiling, age = history.ceiling, history.ceiling_age + 1
+    if decision.rule in CONGESTION and decision.direction == "shrink":
+        ceiling, age = signals.pool_size, 0
+    elif decision.rule in ("steady", "idle", "contended"):   # no client waits: the load that hit it is gone
+        ceiling, age = None, 0
     baseline = history.baseline_xact_ms
     leaving = history.signals[0].avg_xact_time_ms if len(history.signals) == HISTORY_TICKS else None
-    if baseline is None or leaving == baseline:         # the lowest may be leaving the window: look again
+    held = ceiling is not None          # held down by congestion, the pool never sees the no-queue latency again
+    if baseline is None or (not held and (history.ceiling is not None or leaving == baseline)):
         latencies = [s.avg_xact_time_ms for s, d in zip(kept, decisions) if _measured(s, d)]
-        baseline = min(latencies) if latencies else None
+        baseline = min(latencies) if latencies else None    # the window's lowest, looked for again
     elif _measured(signals, decision):
         baseline = min(baseline, signals.avg_xact_time_ms)
-    return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline)
+    return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline, ceiling=ceiling, ceiling_age=age)
 
 
 def signal_problems(s: TierSignals) -> list[str]:
@@ -108,18 +115,19 @@ def _cpu_congestion(s: TierSignals, p: PolicyParams) -> tuple[str, str] | None:
 
 
 def _latency_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[str, str] | None:
-    """Queueing in the database: more latency than the baseline at a larger size, without more throughput."""
+    """Queueing in the database: latency well above the no-queue baseline, and the last growth of this pool
+    (the latest tick at a smaller size) brought no more throughput."""
     if h.baseline_xact_ms is None or s.avg_xact_time_ms is None or s.xact_per_s is None:
         return None
     if s.avg_xact_time_ms < p.latency_tolerance * h.baseline_xact_ms:
         return None
-    base = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
-                 if _measured(b, d) and b.avg_xact_time_ms == h.baseline_xact_ms), None)
-    if base is None or s.pool_size <= base.pool_size or s.xact_per_s > base.xact_per_s * (1 + p.throughput_gain):
+    smaller = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
+                    if _measured(b, d) and b.pool_size < s.pool_size), None)
+    if smaller is None or s.xact_per_s > smaller.xact_per_s * (1 + p.throughput_gain):
         return None
     return "latency", (f"latency {s.avg_xact_time_ms:.1f} ms = {s.avg_xact_time_ms / h.baseline_xact_ms:.1f}x "
                        f"baseline {h.baseline_xact_ms:.1f} ms, throughput {s.xact_per_s:.0f}/s "
-                       f"not above {base.xact_per_s:.0f}/s at size {base.pool_size}")
+                       f"not above {smaller.xact_per_s:.0f}/s at size {smaller.pool_size}")
 
 
 def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str) -> Decision:
@@ -141,7 +149,7 @@ def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
         return Decision(size, f"hold: {waiting}, cpu {s.cpu:.2f} >= {p.cpu_low:.2f}", "hold", "cpu-band")
     if size >= hi:
         return Decision(size, f"hold: {waiting}, at max_pool_size {hi}", "hold", "max")
-    ceiling = congestion_ceiling(h)
+    ceiling = congestion_ceiling(h, p)
     if ceiling is not None and size >= ceiling - 1:
         return Decision(size, f"hold: {waiting}, congestion seen at size {ceiling}{_cpu_text(s)}", "hold",
                         "ceiling")
@@ -178,10 +186,10 @@ def _idle(s: TierSignals, h: History, p: PolicyParams) -> Decision:
     return Decision(new, f"shrink: {unused}, no client waiting", "shrink", "idle")
 
 
-def congestion_ceiling(h: History) -> int | None:
-    """The smallest size that congestion shrank from within the history: growth stays below it."""
-    sizes = [s.pool_size for s, d in zip(h.signals, h.decisions) if d.rule in CONGESTION and d.direction == "shrink"]
-    return min(sizes) if sizes else None
+def congestion_ceiling(h: History, p: PolicyParams) -> int | None:
+    """The size congestion last shrank from, while clients kept waiting and for at most `ceiling_ticks`: growth
+    stays below it. When it expires, growth probes past it once, as Envoy re-measures its minimum latency."""
+    return h.ceiling if h.ceiling is not None and h.ceiling_age < p.ceiling_ticks else None
 
 
 def _in_cooldown(h: History, p: PolicyParams, direction: str) -> bool:
