@@ -25,7 +25,7 @@ def draw(summary: dict, path: str) -> bool:
     if tuned is None:
         return False
     best = _first(summary["runs"], summary["best_static"])
-    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 10), constrained_layout=True)
+    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(13, 10), constrained_layout=True)
     pool, waiting, cpu, tps = axes
 
     pool.step(*_series(tuned, "pool_size"), where="post", color=TUNED, lw=2, label="autotuned pool size")
@@ -62,7 +62,7 @@ def draw(summary: dict, path: str) -> bool:
                       textcoords="offset points", color="dimgrey", va="bottom")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower center" if ax is pool else "upper right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the plot, never on a line
     ratio = next((r["vs_best"] for r in summary["rows"] if r["label"] == "autotuned"), None)
     fig.suptitle(f"\nmaitred autotune vs {summary['best_static'] or 'no static run'}"
                  + (f": {ratio:.2f}× the best static total" if ratio is not None else ""))
