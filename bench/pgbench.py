@@ -78,7 +78,8 @@ def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connec
         slack: float = 60.0) -> PgbenchResult:
     """pgbench for `duration` seconds, select-only or the custom `script` file; killed after
     `duration + slack` seconds at the latest."""
-    argv = ["pgbench", "-n", *(["-f", script] if script else ["-S"]), "-c", str(clients), "-j", str(min(threads, clients)), "-T", str(duration),
+    argv = ["pgbench", "-n", *(["-f", script] if script else ["-S"]), "-c", str(clients),
+            "-j", str(min(threads, clients)), "-T", str(duration),
             "-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user]
     if connect_per_tx:
         argv.append("-C")

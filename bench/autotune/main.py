@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, size in enumerate(schedule(plan), 1):
             record = runs.measure(pg, plan, folder, size=size, autotune=None if size else tune)
             records.append(record)
-            print(f"run {i}/{len(schedule(plan))} {record['label']}: {_brief(record)}", file=sys.stderr, flush=True)
+            print(f"run {i}/{len(schedule(plan))} {record['label']}: {_brief(record)}", file=sys.stderr,
+                  flush=True)
     result = summary.summarize(records, plan=plan, versions=versions, cores=os.cpu_count(), started=started)
     stem = summary.write(result, args.out, started)
     drawn = plot.draw(result, stem + ".png")

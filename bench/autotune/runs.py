@@ -112,8 +112,8 @@ def measure(pg: LocalPostgres, plan: Plan, folder: str, *, size: int | None = No
     that `autotune(pooler_port)` gives the command line of. Its record: phases, totals, p99, budget
     violations, the sampled series, the autotuner's lines."""
     label = "autotuned" if autotune else f"static {size}"
-    settings = targets.PoolSettings(pool_size=plan.min_pool_size if autotune else size, max_client_conn=plan.max_clients + 100,
-                                    auth_type="scram-sha-256")
+    settings = targets.PoolSettings(pool_size=plan.min_pool_size if autotune else size,
+                                    max_client_conn=plan.max_clients + 100, auth_type="scram-sha-256")
     record: dict = {"label": label, "size": size, "status": "ok", "phases": [], "decisions": []}
     done: list[tuple[float, int]] = []
     pooler = ConsolePooler(pg)

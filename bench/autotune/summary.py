@@ -35,7 +35,8 @@ def row(label: str, runs: list[dict], phases: list[str]) -> dict:
     }
     for name in phases:
         recs = [p for r in runs for p in r["phases"] if p["name"] == name]
-        out["phases"][name] = {"tps": _median([p["tps"] for p in recs]), "p99_ms": _median([p["p99_ms"] for p in recs])}
+        out["phases"][name] = {"tps": _median([p["tps"] for p in recs]),
+                               "p99_ms": _median([p["p99_ms"] for p in recs])}
     return out
 
 
@@ -97,8 +98,8 @@ def markdown(summary: dict) -> str:
                               for p in plan["phases"]) + ".",
         f"PostgreSQL max_connections {plan['max_connections']}, headroom {plan['headroom']}; autotuned from "
         f"{plan['min_pool_size']} (bounds {plan['min_pool_size']}..{plan['max_pool_size']}), a tick every "
-        f"{plan['interval_s']:g} s, CPU signal: {plan['cpu_signal']}. Medians over {plan['rounds']} round(s); violations: sampler readings with "
-        "more client backends than the budget allows, summed over rounds.",
+        f"{plan['interval_s']:g} s, CPU signal: {plan['cpu_signal']}. Medians over {plan['rounds']} round(s); "
+        "violations: sampler readings with more client backends than the budget allows, summed over rounds.",
         "",
         "| pool | total xacts ↑ | vs best static | p99 ms ↓ | violations | max backends / limit | "
         + " | ".join(f"{n} tps | {n} p99 ms" for n in loaded) + " |",
