@@ -28,7 +28,7 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError("comma-separated pool sizes, e.g. 2,8,30") from None
+        raise argparse.ArgumentTypeError("comma-separated pool sizes, e.g. 2,8,32") from None
     if not sizes or sizes[0] < 1:
         raise argparse.ArgumentTypeError("pool sizes must be at least 1")
     return sizes
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a few seconds per phase, two sizes, a few clients (checks the harness, not the numbers)")
     p.add_argument("--rounds", type=int, help="rounds of the whole sweep; even rounds run in reverse order "
                                                "(default 1)")
-    p.add_argument("--sizes", type=_sizes, help="fixed pool sizes of the sweep (default 2,4,8,16,30)")
+    p.add_argument("--sizes", type=_sizes, help="fixed pool sizes of the sweep (default 2,4,8,16,32)")
     p.add_argument("--seconds", type=int, help="seconds of every phase (default 25 with load, 15 idle)")
     p.add_argument("--interval", type=float, help="seconds between autotuner ticks and scrapes (default 1)")
     p.add_argument("--cpu-signal", choices=("postgres", "node"),
