@@ -1,4 +1,6 @@
 """`python3 -m bench`: direct connections, PgBouncer and maitred under the same loads, side by side.
+(`python3 -m bench autotune` is the autotuner against fixed pool sizes, see bench/autotune/; `python3 -m bench
+autotune-scale` times its pure policy and budget.)
 
 Starts its own PostgreSQL (scale-1 pgbench database), then for each scenario and round starts each pooler
 fresh from equivalent configs and measures it. All load goes to 127.0.0.1 and every run is bounded in time
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["autotune"]:
+        from .autotune.main import main as autotune
+
+        return autotune(argv[1:])
     if argv[:1] == ["autotune-scale"]:
         return autotune_scale.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .targets import Endpoint, client_env
 
@@ -31,6 +31,7 @@ class PgbenchResult:
     latency_mean_ms: float
     latency_p99_ms: float | None
     transactions: int
+    completions: list[tuple[float, int]] = field(default_factory=list)  # (end time, latency µs), with --log
 
 
 def parse_summary(stdout: str) -> dict[str, float]:
@@ -38,15 +39,15 @@ def parse_summary(stdout: str) -> dict[str, float]:
     return {key: float(m.group(1)) for key, rx in _SUMMARY.items() if (m := rx.search(stdout))}
 
 
-def latencies_us(paths: list[str]) -> list[int]:
-    """Per-transaction latencies (third column, µs) from pgbench --log files; failed ones are not numbers."""
+def completions(paths: list[str]) -> list[tuple[float, int]]:
+    """(end time as Unix seconds, latency µs) of every successful transaction in pgbench --log files."""
     out = []
     for path in paths:
         with open(path) as f:
             for line in f:
                 cols = line.split()
-                if len(cols) > 2 and cols[2].isdigit():
-                    out.append(int(cols[2]))
+                if len(cols) > 5 and cols[2].isdigit():
+                    out.append((int(cols[4]) + int(cols[5]) / 1e6, int(cols[2])))
     return out
 
 
@@ -73,9 +74,12 @@ def failure_reason(returncode: int, stdout: str, stderr: str) -> str | None:
 
 
 def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connect_per_tx: bool = False,
-        prepared: bool = False, log_latencies: bool = False, slack: float = 60.0) -> PgbenchResult:
-    """Select-only pgbench for `duration` seconds; killed after `duration + slack` seconds at the latest."""
-    argv = ["pgbench", "-n", "-S", "-c", str(clients), "-j", str(min(threads, clients)), "-T", str(duration),
+        prepared: bool = False, log_latencies: bool = False, script: str | None = None,
+        slack: float = 60.0) -> PgbenchResult:
+    """pgbench for `duration` seconds, select-only or the custom `script` file; killed after
+    `duration + slack` seconds at the latest."""
+    argv = ["pgbench", "-n", *(["-f", script] if script else ["-S"]), "-c", str(clients),
+            "-j", str(min(threads, clients)), "-T", str(duration),
             "-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user]
     if connect_per_tx:
         argv.append("-C")
@@ -95,11 +99,11 @@ def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connec
         if reason:
             raise PgbenchFailed(reason)
         summary = parse_summary(proc.stdout)
-        p99 = None
+        p99, done = None, []
         if log_latencies:
-            samples = latencies_us(glob.glob(prefix + ".*"))
-            if not samples:
+            done = completions(glob.glob(prefix + ".*"))
+            if not done:
                 raise PgbenchFailed("pgbench wrote no per-transaction log")
-            p99 = percentile(samples, 99) / 1000
+            p99 = percentile([us for _, us in done], 99) / 1000
     return PgbenchResult(tps=summary["tps"], latency_mean_ms=summary["latency_mean_ms"], latency_p99_ms=p99,
-                         transactions=int(summary["transactions"]))
+                         transactions=int(summary["transactions"]), completions=done)

@@ -106,13 +106,19 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_pair(out_dir: str, name: str, started: datetime, text: str, data: dict) -> str:
+    """DIR/NAME-<date>.md holding `text` and DIR/NAME-<date>.json holding `data`; returns DIR/NAME-<date>."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{name}-" + started.strftime("%Y%m%d-%H%M%S"))
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    with open(stem + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return stem
+
+
 def write(summary: dict, out_dir: str, started: datetime) -> tuple[str, str]:
     """DIR/bench-<date>.md and DIR/bench-<date>.json; returns both paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, "bench-" + started.strftime("%Y%m%d-%H%M%S"))
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(summary))
-    with open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    stem = write_pair(out_dir, "bench", started, markdown(summary), summary)
     return stem + ".md", stem + ".json"

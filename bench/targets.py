@@ -62,7 +62,7 @@ def _unprivileged() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the pooler child: get SIGTERM when the harness dies, so a killed benchmark leaves no pooler behind.
     Runs after the switch to the unprivileged user, which would otherwise clear the setting."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -80,9 +80,10 @@ def version_line(argv: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def bench_postgres() -> Iterator[LocalPostgres]:
-    """A PostgreSQL cluster with the `bench` role (SCRAM password) owning a pgbench database of scale 1."""
-    with LocalPostgres(settings={"max_connections": "200"}) as pg:
+def bench_postgres(settings: dict[str, str] | None = None) -> Iterator[LocalPostgres]:
+    """A PostgreSQL cluster with the `bench` role (SCRAM password) owning a pgbench database of scale 1;
+    `settings` override postgresql.conf (max_connections is 200 unless they say otherwise)."""
+    with LocalPostgres(settings={"max_connections": "200", **(settings or {})}) as pg:
         pg.create_role(USER, PASSWORD, encryption="scram-sha-256")
         pg.create_database(DATABASE, owner=USER)
         init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", HOST, "-p", str(pg.port), "-U", USER,
@@ -161,7 +162,7 @@ class _Pooler:
                 proc = subprocess.Popen(self.argv(config_path), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=run_dir, env=self.env(),
                                         user=self.run_as, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
             self._wait_ready(proc, port, run_dir)
             yield Endpoint(port=port, pid=proc.pid)
         finally:

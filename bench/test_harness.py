@@ -47,7 +47,9 @@ def test_p99_comes_from_the_third_log_column_and_skips_failed_transactions(tmp_p
     log = tmp_path / "tx.123"
     log.write_text("".join(f"0 {i} {us} 0 1795264552 278147\n" for i, us in enumerate(range(1, 101)))
                    + "0 101 failed 0 1795264552 278147\n")
-    samples = pgbench.latencies_us([str(log)])
+    done = pgbench.completions([str(log)])
+    assert done[0] == (1795264552.278147, 1)
+    samples = [us for _, us in done]
     assert len(samples) == 100
     assert pgbench.percentile(samples, 99) == 99
     assert pgbench.percentile([5], 99) == 5

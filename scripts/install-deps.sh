@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus and
 # node-exporter packages, what the real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap,
-# iptables), the Python distribution with its test extras in the checkout's own virtual environment .venv, and
-# the Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
+# iptables), the Python distribution with its test and benchmark extras in the checkout's own virtual
+# environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,8 +44,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "installing the maitred Python distribution with its test extras into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test]"
+  echo "installing the maitred Python distribution with its test and benchmark extras into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test,bench]"
   touch .venv/.installed
 fi
 
