@@ -16,7 +16,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
-from maitred.local_prometheus import CPU_QUERY
+from maitred.local.prometheus import CPU_QUERY
 
 from .. import targets
 from . import pgcpu, plot, runs, summary, workload

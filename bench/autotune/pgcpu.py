@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from maitred.local_prometheus import LocalPrometheus
+from maitred.local.prometheus import LocalPrometheus
 
 from .. import processes
 from .background import Background

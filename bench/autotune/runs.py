@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from maitred.local_postgres import LocalPostgres
+from maitred.local.postgres import LocalPostgres
 
 from .. import pgbench, targets
 from . import pgcpu, sampler

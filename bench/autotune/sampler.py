@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD
+from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD
 from pooler_operator.autotune.console import Console, ConsoleError
 
 from . import pgcpu
