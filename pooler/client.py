@@ -427,6 +427,11 @@ class Client(asyncio.Protocol):
             self.fatal(protocol.FEATURE_NOT_SUPPORTED,
                        f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
             return
+        if pool.login_failing():      # PgBouncer's fast fail, with the error PostgreSQL gave last
+            sqlstate, message = pool.login_error
+            self.fatal(sqlstate, f"server login has been failing, cached error: {message} (server_login_retry)")
+            pool.probe()
+            return
         self.pool = pool
         if scram_keys is not None and pool.server_user == self.user:
             pool.scram_keys = scram_keys        # the server login may need them (auth.ServerLogin)
@@ -507,10 +512,10 @@ class Client(asyncio.Protocol):
         if self.write_blocked:
             server.pause_reading()
 
-    def server_unavailable(self, reason: str) -> None:
-        """No server can be had (login failing, PostgreSQL down): say so instead of hanging."""
+    def server_unavailable(self, reason: str, sqlstate: str = protocol.CONNECTION_FAILURE) -> None:
+        """No server can be had (PostgreSQL refused the login, the pooler shuts down): say so instead of hanging."""
         self.requested = False
-        self.fatal(protocol.CONNECTION_FAILURE, reason)
+        self.fatal(sqlstate, reason)
 
     def server_lost(self, server: "Server", reason: str) -> None:
         if self.server is server:
