@@ -37,7 +37,7 @@ _FALSE = ("f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0")
 # Above this many bytes queued while the client waits for a server, stop reading from it.
 PENDING_LIMIT = 256 * 1024
 
-_PAUSE = {"waiting": 1, "server": 2, "auth_query": 4}
+_PAUSE = {"waiting": 1, "server": 2, "auth_query": 4, "suspend": 8}
 _NONE: Mapping[str, str] = MappingProxyType({})
 
 
@@ -96,6 +96,8 @@ class Client(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.unix = not isinstance(peer, tuple)
         self.app.client_connected(self)
+        if self.app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
+            self.pause_reading("suspend")
 
     def connection_lost(self, exc) -> None:
         self._gone("client closed the connection" if exc is None else f"client connection lost: {exc}")
@@ -316,7 +318,7 @@ class Client(asyncio.Protocol):
         if app.client_count() > app.config.get("max_client_conn"):
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
-        if app.shutting_down:
+        if app.shutting_down and self.dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
             return
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
@@ -416,6 +418,10 @@ class Client(asyncio.Protocol):
     def _authenticated(self, scram_keys: tuple[bytes, bytes] | None = None) -> None:
         if self.dbname != RESERVED_DATABASE and self.app.config.database_for(self.dbname) is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
+            return
+        limits = self.app.db_limits.get(self.dbname)
+        if limits is not None and limits.disabled:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f'database "{self.dbname}" is disabled')
             return
         self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:

@@ -10,7 +10,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .protocol import CONNECTION_FAILURE
+from .protocol import ADMIN_SHUTDOWN, CONNECTION_FAILURE
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -23,13 +23,14 @@ log = logging.getLogger("maitred.pool")
 class Limits:
     """Connection counts shared by every pool of one database, or of one user (max_*_connections)."""
 
-    __slots__ = ("name", "max_connections", "connections", "paused")
+    __slots__ = ("name", "max_connections", "connections", "paused", "disabled")
 
     def __init__(self, name: str, max_connections: int = 0):
         self.name = name
         self.max_connections = max_connections
         self.connections = 0
         self.paused = False
+        self.disabled = False       # DISABLE: new clients of this database are refused
 
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
@@ -124,6 +125,9 @@ class Pool:
         if self.idle and not (self.app.paused or self.db_limits.paused):
             self.stats.wait_buckets[0] += 1
             self.idle.pop().assign(client)
+            return
+        if self.app.shutdown_mode == "wait_for_servers":      # SHUTDOWN WAIT_FOR_SERVERS: no new transaction
+            client.server_unavailable("server shutting down", ADMIN_SHUTDOWN)
             return
         client.wait_started = self.app.now()
         self.waiting.append(client)

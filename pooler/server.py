@@ -340,7 +340,8 @@ class Server(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self.app.suspended:      # else RESUME does it (control.end_suspend)
+                self.transport.resume_reading()
 
     # -- the pooler's own queries ----------------------------------------------------------------------
 
