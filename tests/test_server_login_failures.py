@@ -110,11 +110,19 @@ def test_server_connect_timeout_covers_a_server_that_never_answers_the_login(poo
     try:
         pooler = pooler_factory(databases={"silent": f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=x"},
                                 server_connect_timeout=1, server_login_retry=30, client_login_timeout=20)
-        first = threading.Thread(target=lambda: _login_error(pooler.port, "silent", limit=25), daemon=True)
-        first.start()
+        first = Wire(pooler.port, timeout=25)      # the first client waits for the server's login
+
+        def wait_for_login() -> None:
+            try:
+                first.login(user="app", password=PASSWORDS["app"], database="silent", limit=25)
+            except (ServerError, TimeoutError, OSError):
+                pass           # told client_login_timeout, or closed with the test
+
+        threading.Thread(target=wait_for_login, daemon=True).start()
         wait_for(lambda: "connect timeout" in pooler.log_text(), timeout=15,
                  message="the login to the silent server to time out")
         second = _login_error(pooler.port, "silent")
         assert second.message.startswith("server login has been failing, cached error: connect timeout")
+        first.close()
     finally:
         silent.close()
