@@ -247,7 +247,7 @@ def _not_admin_db(name: str, what: str) -> None:
 def pause_command(con: Console, arg: str, sql: str):
     con.need_admin()
     app = con.app
-    if app.paused:
+    if app.paused or app.suspended:
         raise ConsoleError("already suspended/paused")
     if arg:
         _known_database(app, arg)
@@ -273,10 +273,43 @@ def resume_command(con: Console, arg: str, sql: str) -> bytes:
         log.info("RESUME command issued")
         if app.shutting_down:
             raise ConsoleError("pooler is shutting down")
-        if not app.paused and not any(limits.paused for limits in app.db_limits.values()):
+        if not app.paused and not app.suspended and not any(limits.paused for limits in app.db_limits.values()):
             raise ConsoleError("pooler is not paused/suspended")
     control.resume(app, arg or None)
     return protocol.command_complete("RESUME")
+
+
+def suspend_command(con: Console, arg: str, sql: str):
+    _no_arg(arg, sql)
+    con.need_admin()
+    app = con.app
+    if app.paused or app.suspended:
+        raise ConsoleError("already suspended/paused")
+    if any(limits.paused for limits in app.db_limits.values()):
+        raise ConsoleError("cannot suspend with paused databases")     # its buffers could not flush
+    log.info("SUSPEND command issued")
+
+    async def suspended() -> bytes:
+        await control.suspend(app)
+        return protocol.command_complete("SUSPEND")
+    return suspended()
+
+
+def disable_command(con: Console, arg: str, sql: str, disable: bool = True) -> bytes:
+    con.need_admin()
+    word = "DISABLE" if disable else "ENABLE"
+    if not arg:
+        raise ConsoleError("a database is required")
+    log.info("%s '%s' command issued", word, arg)
+    _known_database(con.app, arg)
+    if arg == RESERVED_DATABASE:
+        raise ConsoleError(f"cannot {word.lower()} admin db: {arg}")
+    control.disable(con.app, arg, disable)
+    return protocol.command_complete(word)
+
+
+def enable_command(con: Console, arg: str, sql: str) -> bytes:
+    return disable_command(con, arg, sql, disable=False)
 
 
 def _databases_in_use(app: "Pooler") -> list[str]:
@@ -287,7 +320,7 @@ def _databases_in_use(app: "Pooler") -> list[str]:
 def kill_command(con: Console, arg: str, sql: str) -> bytes:
     con.need_admin()
     app = con.app
-    if app.paused:
+    if app.paused or app.suspended:
         raise ConsoleError("already suspended/paused")
     if arg:
         log.info("KILL '%s' command issued", arg)
@@ -365,12 +398,6 @@ def shutdown_command(con: Console, arg: str, sql: str) -> bytes | None:
     return None if mode == "immediate" else protocol.command_complete("SHUTDOWN")
 
 
-def unsupported_command(con: Console, arg: str, sql: str) -> bytes:
-    con.need_admin()
-    word = sql.split()[0].upper()
-    raise ConsoleError(f"{word} is not supported by maitred", protocol.FEATURE_NOT_SUPPORTED)
-
-
 def _call(prefix: str, func: Callable, *args) -> None:
     """Run a control function; the ValueError it raises for bad arguments becomes the client's error."""
     try:
@@ -428,9 +455,12 @@ HELP = """
 \tRELOAD
 \tPAUSE [<db>]
 \tRESUME [<db>]
+\tDISABLE <db>
+\tENABLE <db>
 \tRECONNECT [<db>]
 \tKILL [<db>]
 \tKILL_CLIENT <client_id>
+\tSUSPEND
 \tSHUTDOWN
 \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
 \tWAIT_CLOSE [<db>]"""
@@ -679,7 +709,8 @@ def show_databases(app: "Pooler"):
                      int(db.server_lifetime or cfg.get("server_lifetime")), db.pool_mode, _load_balance_hosts(db),
                      db.max_db_connections or cfg.get("max_db_connections"), limits.connections if limits else 0,
                      db.max_db_client_connections or cfg.get("max_db_client_connections"), clients.get(name, 0),
-                     int(bool(limits and limits.paused)), 0, reserve))
+                     int(bool(limits and limits.paused)),
+                     int(bool(limits and limits.disabled)), reserve))
     rows.append((RESERVED_DATABASE, None, cfg.get("listen_port"), RESERVED_DATABASE, RESERVED_DATABASE,
                  ADMIN_POOL_SIZE, 0, 0, int(cfg.get("server_lifetime")), "statement", None,
                  cfg.get("max_db_connections"), 0, cfg.get("max_db_client_connections"), len(_consoles(app)),
@@ -760,8 +791,9 @@ def show_version(app: "Pooler"):
 
 
 def show_state(app: "Pooler"):
-    return columns("ss", "key", "value"), [("active", "no" if app.paused else "yes"),
-                                          ("paused", "yes" if app.paused else "no"), ("suspended", "no")]
+    return columns("ss", "key", "value"), [("active", "no" if app.paused or app.suspended else "yes"),
+                                          ("paused", "yes" if app.paused else "no"),
+                                          ("suspended", "yes" if app.suspended else "no")]
 
 
 FDS = columns("issssiqisssssbb", "fd", "task", "user", "database", "addr", "port", "cancel", "link",
@@ -834,5 +866,5 @@ COMMANDS: dict[str, Callable] = {
     "show": show_command, "select": show_command, "pause": pause_command, "resume": resume_command,
     "kill": kill_command, "kill_client": kill_client_command, "reconnect": reconnect_command,
     "wait_close": wait_close_command, "reload": reload_command, "shutdown": shutdown_command,
-    "suspend": unsupported_command, "disable": unsupported_command, "enable": unsupported_command,
+    "suspend": suspend_command, "disable": disable_command, "enable": enable_command,
 }

@@ -38,11 +38,14 @@ class Pooler:
         self.cancel_keys: dict[int, Client] = {}
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
+        self.unix_listener: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task] = set()
         self.started_at = time.time()
         self.paused = False            # PAUSE without a database: every pool
-        self.draining = False          # SHUTDOWN WAIT_FOR_CLIENTS / SIGTERM: let clients go between transactions
-        self.shutting_down = False     # no new clients
+        self.suspended = False         # SUSPEND: nothing is read from any socket until RESUME
+        self.draining = False          # shutdown_timeout passed: let clients go between transactions
+        self.shutting_down = False     # no new clients (but the console, over the Unix socket)
+        self.shutdown_mode = ""        # control.SHUTDOWN_MODES, once shutting down
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
@@ -145,6 +148,7 @@ class Pooler:
             server = await self.loop.create_unix_server(lambda: Client(self), path, backlog=backlog)
             os.chmod(path, cfg.get("unix_socket_mode"))     # already a number: the loader read "0777" as octal
             self.listeners.append(server)
+            self.unix_listener = server
             log.info("listening on unix:%s", path)
         addrs = [a.strip() for a in (cfg.get("listen_addr") or "").split(",") if a.strip()]
         for addr in addrs:
@@ -162,10 +166,13 @@ class Pooler:
         """Accepting new clients: what /readyz reports."""
         return bool(self.listeners) and not self.shutting_down
 
-    def stop_listening(self) -> None:
+    def stop_listening(self, keep_unix: bool = False) -> None:
+        """Close the listeners; `keep_unix`: the Unix socket stays, for the console (PgBouncer's shutdown)."""
+        kept = [self.unix_listener] if keep_unix and self.unix_listener in self.listeners else []
         for server in self.listeners:
-            server.close()
-        self.listeners = []
+            if server not in kept:
+                server.close()
+        self.listeners = kept
 
     # -- helpers -----------------------------------------------------------------------------------------
 

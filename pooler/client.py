@@ -37,7 +37,7 @@ _FALSE = ("f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0")
 # Above this many bytes queued while the client waits for a server, stop reading from it.
 PENDING_LIMIT = 256 * 1024
 
-_PAUSE = {"waiting": 1, "server": 2, "auth_query": 4}
+_PAUSE = {"waiting": 1, "server": 2, "auth_query": 4, "suspend": 8}
 _NONE: Mapping[str, str] = MappingProxyType({})
 
 
@@ -96,6 +96,8 @@ class Client(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.unix = not isinstance(peer, tuple)
         self.app.client_connected(self)
+        if self.app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
+            self.pause_reading("suspend")
 
     def connection_lost(self, exc) -> None:
         self._gone("client closed the connection" if exc is None else f"client connection lost: {exc}")
@@ -316,7 +318,7 @@ class Client(asyncio.Protocol):
         if app.client_count() > app.config.get("max_client_conn"):
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
-        if app.shutting_down:
+        if app.shutting_down and self.dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
             return
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
@@ -417,6 +419,10 @@ class Client(asyncio.Protocol):
         if self.dbname != RESERVED_DATABASE and self.app.config.database_for(self.dbname) is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
             return
+        limits = self.app.db_limits.get(self.dbname)
+        if limits is not None and limits.disabled:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f'database "{self.dbname}" is disabled')
+            return
         self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:
             from .admin import start      # here, not above: the console imports this module
@@ -426,6 +432,11 @@ class Client(asyncio.Protocol):
         if self.replication and pool.transactional:
             self.fatal(protocol.FEATURE_NOT_SUPPORTED,
                        f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
+            return
+        if pool.login_failing():      # PgBouncer's fast fail, with the error PostgreSQL gave last
+            sqlstate, message = pool.login_error
+            self.fatal(sqlstate, f"server login has been failing, cached error: {message} (server_login_retry)")
+            pool.probe()
             return
         self.pool = pool
         if scram_keys is not None and pool.server_user == self.user:
@@ -507,10 +518,10 @@ class Client(asyncio.Protocol):
         if self.write_blocked:
             server.pause_reading()
 
-    def server_unavailable(self, reason: str) -> None:
-        """No server can be had (login failing, PostgreSQL down): say so instead of hanging."""
+    def server_unavailable(self, reason: str, sqlstate: str = protocol.CONNECTION_FAILURE) -> None:
+        """No server can be had (PostgreSQL refused the login, the pooler shuts down): say so instead of hanging."""
         self.requested = False
-        self.fatal(protocol.CONNECTION_FAILURE, reason)
+        self.fatal(sqlstate, reason)
 
     def server_lost(self, server: "Server", reason: str) -> None:
         if self.server is server:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import protocol, tls
 from .client import ACTIVE
-from .config import Config, load_config, parse_value
+from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .objects import Limits
 from .settings import MAITRED_SETTINGS, SETTINGS
 
@@ -157,10 +157,18 @@ def resume(app: "Pooler", db: str | None) -> None:
         app.paused = False
         for limits in app.db_limits.values():
             limits.paused = False
+        if app.suspended:
+            end_suspend(app)
     elif db in app.db_limits:
         app.db_limits[db].paused = False
     for pool in pools:
         pool.serve_waiting()
+
+
+def disable(app: "Pooler", db: str, disabled: bool) -> None:
+    """DISABLE / ENABLE: refuse, or again accept, new clients of `db`; its existing clients go on."""
+    _pools(app, db)
+    app.db_limits.setdefault(db, Limits(db)).disabled = disabled
 
 
 def kill(app: "Pooler", db: str) -> None:
@@ -184,14 +192,64 @@ async def wait_close(app: "Pooler", db: str | None) -> None:
     await _until(lambda: not any(s.close_needed for p in _pools(app, db) for s in p.servers))
 
 
+# -- suspend -----------------------------------------------------------------------------------------
+
+async def suspend(app: "Pooler") -> None:
+    """SUSPEND: stop reading from every socket but the consoles', new connections included, and return once
+    every buffered reply is written out; a connection that cannot flush within suspend_timeout is dropped."""
+    app.suspended = True
+    for client in list(app.clients):
+        if client.dbname != RESERVED_DATABASE or client.state != ACTIVE:
+            client.pause_reading("suspend")
+    for pool in app.pools.values():
+        for server in pool.servers:
+            if server.transport is not None and not server.reading_paused:
+                server.transport.pause_reading()
+    timeout = app.config.get("suspend_timeout") or None
+    try:
+        await asyncio.wait_for(_until(lambda: not _unflushed(app)), timeout)
+    except asyncio.TimeoutError:
+        for conn in _unflushed(app):
+            log.warning("%s could not flush its buffers within suspend_timeout: dropped", conn.describe())
+            if hasattr(conn, "fatal"):
+                conn.fatal(protocol.ADMIN_SHUTDOWN, "suspend_timeout")
+            else:
+                conn.close("suspend_timeout")
+
+
+def _unflushed(app: "Pooler") -> list:
+    conns = [c for c in app.clients if c.dbname != RESERVED_DATABASE]
+    conns += [s for p in app.pools.values() for s in p.servers]
+    return [c for c in conns if c.transport is not None and not c.transport.is_closing()
+            and c.transport.get_write_buffer_size()]
+
+
+def end_suspend(app: "Pooler") -> None:
+    """RESUME after SUSPEND: every socket is read again."""
+    app.suspended = False
+    for client in list(app.clients):
+        client.resume_reading("suspend")
+    for pool in app.pools.values():
+        for server in pool.servers:
+            if server.transport is not None and not server.reading_paused and not server.closed:
+                server.transport.resume_reading()
+
+
 # -- shutdown ------------------------------------------------------------------------------------------
 
-def shutdown(app: "Pooler", mode: str) -> None:
-    """Stop taking clients and exit: at once, once servers are released, or once clients have left.
+# After shutdown_timeout, how long clients have to end their transaction before everything is closed; it
+# stays under the grace period the operator adds to shutdown_timeout.
+LAST_TRANSACTIONS = 3.0
 
-    wait_for_clients is the graceful drain (SIGTERM): /readyz fails at once, the listeners close, a client in
-    a transaction finishes it and a client between transactions is closed with 57P01; after
-    [maitred] shutdown_timeout whatever is left is closed.
+
+def shutdown(app: "Pooler", mode: str) -> None:
+    """PgBouncer 1.23's shutdowns. immediate: close everything now. wait_for_clients (SIGTERM): no new client
+    but on the console's Unix socket, existing clients keep working, exit once they have all left.
+    wait_for_servers (SIGINT): the same, but no transaction starts any more (waiting clients and clients that
+    ask for a server get `server shutting down`), exit once every server is released and closed.
+
+    Beyond PgBouncer, [maitred] shutdown_timeout bounds the wait: then each client is let go (57P01) at its
+    next transaction boundary, and LAST_TRANSACTIONS later whatever is left is closed.
     """
     if mode not in SHUTDOWN_MODES:
         raise ValueError(f"unknown shutdown mode: {mode}")
@@ -199,36 +257,49 @@ def shutdown(app: "Pooler", mode: str) -> None:
         return
     log.info("shutdown requested (%s)", mode)
     app.shutting_down = True
-    app.stop_listening()
+    app.shutdown_mode = mode
     if mode == "immediate":
         _close_everything(app, "server shutting down")
         return
-    app.spawn(_drain(app, mode))
+    app.stop_listening(keep_unix=True)
+    if mode == "wait_for_servers":
+        app.paused = True          # released servers close; Pool.acquire refuses new work
+        for pool in app.pools.values():
+            for server in list(pool.idle):
+                server.close("server shutting down")
+            pool.fail_waiting("server shutting down", protocol.ADMIN_SHUTDOWN)
+    app.spawn(_wait_then_exit(app, mode))
 
 
-async def _drain(app: "Pooler", mode: str) -> None:
-    timeout = app.config.get("shutdown_timeout")
+def signal_shutdown(app: "Pooler", mode: str) -> None:
+    """SIGTERM and SIGINT: a second one, or either during a shutdown, makes it immediate (PgBouncer 1.23)."""
+    shutdown(app, "immediate" if app.shutting_down else mode)
+
+
+async def _wait_then_exit(app: "Pooler", mode: str) -> None:
     if mode == "wait_for_clients":
+        done, what = (lambda: not app.clients), "client"
+    else:
+        done, what = (lambda: not any(p.servers for p in app.pools.values())), "server"
+    timeout = app.config.get("shutdown_timeout")
+    try:
+        await asyncio.wait_for(_until(done), timeout or None)
+        log.info("%s connections dropped, exiting", what)      # PgBouncer's words
+    except asyncio.TimeoutError:
+        log.warning("shutdown_timeout (%ss) passed: %d clients left go at their next transaction boundary",
+                    timeout, len(app.clients))
         app.draining = True
         for client in list(app.clients):
-            if client.state < ACTIVE:      # still logging in: nothing of theirs has started
-                client.fatal(protocol.ADMIN_SHUTDOWN, "server shutting down")
-            else:
-                client.drain_if_idle()
-        done = lambda: not app.clients      # noqa: E731
-    else:
-        for pool in app.pools.values():
-            pool.fail_waiting("server shutting down")
-        done = lambda: not any(s.client is not None for p in app.pools.values() for s in p.servers)  # noqa: E731
-    try:
-        await asyncio.wait_for(_until(done, 0.05), timeout or None)
-        log.info("drained: no %s left", "clients" if mode == "wait_for_clients" else "busy servers")
-    except asyncio.TimeoutError:
-        log.warning("shutdown_timeout (%ss) passed: closing the %d clients left", timeout, len(app.clients))
+            client.drain_if_idle()
+        try:
+            await asyncio.wait_for(_until(lambda: not app.clients), LAST_TRANSACTIONS)
+        except asyncio.TimeoutError:
+            log.warning("closing the %d clients still in a transaction", len(app.clients))
     _close_everything(app, "server shutting down")
 
 
 def _close_everything(app: "Pooler", reason: str) -> None:
+    app.stop_listening()
     for client in list(app.clients):
         client.fatal(protocol.ADMIN_SHUTDOWN, reason)
     for pool in app.pools.values():

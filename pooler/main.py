@@ -44,9 +44,9 @@ async def serve(config) -> None:
     app.spawn(stats.run(app))
     app.spawn(watch.run(app))
     loop = asyncio.get_running_loop()
-    # PgBouncer's signals: TERM drains (WAIT_FOR_CLIENTS), INT waits for servers, QUIT stops at once.
-    loop.add_signal_handler(signal.SIGTERM, control.shutdown, app, "wait_for_clients")
-    loop.add_signal_handler(signal.SIGINT, control.shutdown, app, "wait_for_servers")
+    # PgBouncer's signals: TERM waits for clients, INT for servers, either during a shutdown and QUIT stop at once.
+    loop.add_signal_handler(signal.SIGTERM, control.signal_shutdown, app, "wait_for_clients")
+    loop.add_signal_handler(signal.SIGINT, control.signal_shutdown, app, "wait_for_servers")
     loop.add_signal_handler(signal.SIGQUIT, control.shutdown, app, "immediate")
     loop.add_signal_handler(signal.SIGHUP, watch.reload_and_log, app, "SIGHUP")
     loop.add_signal_handler(signal.SIGUSR1, lambda: app.spawn(control.pause(app, None)))

@@ -10,6 +10,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .protocol import ADMIN_SHUTDOWN, CONNECTION_FAILURE
+
 if TYPE_CHECKING:
     from .app import Pooler
     from .client import Client
@@ -21,13 +23,14 @@ log = logging.getLogger("maitred.pool")
 class Limits:
     """Connection counts shared by every pool of one database, or of one user (max_*_connections)."""
 
-    __slots__ = ("name", "max_connections", "connections", "paused")
+    __slots__ = ("name", "max_connections", "connections", "paused", "disabled")
 
     def __init__(self, name: str, max_connections: int = 0):
         self.name = name
         self.max_connections = max_connections
         self.connections = 0
         self.paused = False
+        self.disabled = False       # DISABLE: new clients of this database are refused
 
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
@@ -77,8 +80,8 @@ class Pool:
         self.welcome: dict[str, str] | None = None
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM proof, for SCRAM pass-through
         self.queried_secret: str | None = None   # server_user's secret from auth_query, kept over a RELOAD
-        self.last_connect_failure = 0.0
-        self.last_connect_error = ""
+        self.last_connect_failure = 0.0     # when the last login failed; 0 once one succeeds
+        self.login_error = (CONNECTION_FAILURE, "")   # its SQLSTATE and message, for clients that arrive meanwhile
         self.stats = Stats()
         self.configure()
 
@@ -126,6 +129,9 @@ class Pool:
         if self.idle and not (self.app.paused or self.db_limits.paused):
             self.stats.wait_buckets[0] += 1
             self.idle.pop().assign(client)
+            return
+        if self.app.shutdown_mode == "wait_for_servers":      # SHUTDOWN WAIT_FOR_SERVERS: no new transaction
+            client.server_unavailable("server shutting down", ADMIN_SHUTDOWN)
             return
         client.wait_started = self.app.now()
         self.waiting.append(client)
@@ -203,13 +209,24 @@ class Pool:
 
     def grow(self, use_reserve: bool = False) -> None:
         """Open connections for waiting clients that no connection in progress will serve."""
-        if self.last_connect_failure and \
-                self.app.now() - self.last_connect_failure < self.app.config.get("server_login_retry"):
-            if not any(s.ready for s in self.servers):
-                self.fail_waiting(self.retry_message())
+        if self.last_connect_failure:
+            # PostgreSQL refused or was out of reach: waiting clients stay queued (query_wait_timeout bounds their
+            # wait) while one connection at a time tries again every server_login_retry, as in PgBouncer.
+            if self.waiting:
+                self.probe(use_reserve)
             return
         while self.connecting < len(self.waiting) and (self.may_open(use_reserve) or self.evict(use_reserve)):
             self.open_server()
+
+    def probe(self, use_reserve: bool = False) -> None:
+        """After a failed login: one new attempt, once server_login_retry has passed since the failure."""
+        if not self.connecting and self.app.now() - self.last_connect_failure >= \
+                self.app.config.get("server_login_retry") and (self.may_open(use_reserve) or self.evict(use_reserve)):
+            self.open_server()
+
+    def login_failing(self) -> bool:
+        """PgBouncer's fast fail: the last login failed and no logged-in server is left to serve a new client."""
+        return bool(self.last_connect_failure) and len(self.servers) == self.connecting
 
     def evict(self, use_reserve: bool) -> bool:
         """PgBouncer's evict_connection: when only the database's or the user's limit stands in the way, close
@@ -243,8 +260,11 @@ class Pool:
             self.welcome = dict(server.params)
         self.release(server)
 
-    def server_closed(self, server: "Server", login_failed: bool, reason: str) -> None:
-        """Account for a server that went away; tell waiting clients when no server can come."""
+    def server_closed(self, server: "Server", login_failed: bool, reason: str, sqlstate: str = CONNECTION_FAILURE,
+                      transient: bool = True) -> None:
+        """Account for a server that went away. A login PostgreSQL refused for good (`transient` false: a role
+        that may not log in, a wrong password) fails the waiting clients with PostgreSQL's own error, unless
+        a logged-in server can still serve them; any other failure leaves them queued for the next attempt."""
         if server not in self.servers:
             return
         self.servers.discard(server)
@@ -258,19 +278,16 @@ class Pool:
             self.connecting -= 1
             self.stats.login_failures += 1
             self.last_connect_failure = self.app.now()
-            self.last_connect_error = reason
-            if not any(s.ready for s in self.servers):
-                self.fail_waiting(reason)
+            self.login_error = (sqlstate, reason)
+            if not transient and not any(s.ready for s in self.servers):
+                self.fail_waiting(reason, sqlstate)
                 return
         self.serve_waiting()
 
-    def retry_message(self) -> str:
-        return "server login has been failing, try again later (server_login_retry)"
-
-    def fail_waiting(self, reason: str) -> None:
+    def fail_waiting(self, reason: str, sqlstate: str = CONNECTION_FAILURE) -> None:
         waiting, self.waiting = self.waiting, deque()
         for client in waiting:
-            client.server_unavailable(reason)
+            client.server_unavailable(reason, sqlstate)
 
     def trim(self) -> None:
         """Close idle servers beyond the pool size or a lowered cap now, so a smaller pool takes effect at once."""

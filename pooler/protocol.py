@@ -31,6 +31,13 @@ CANNOT_CONNECT_NOW = "57P03"
 INVALID_DATABASE = "3D000"
 IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 
+
+def transient_login_error(sqlstate: str) -> bool:
+    """A refused login that a retry may get past: PostgreSQL starting up or shutting down (57P03, 57P01,
+    57P02), out of connections or resources (class 53), or a connection problem (class 08)."""
+    return sqlstate[:2] in ("08", "53") or sqlstate in ("57P01", "57P02", "57P03")
+
+
 _pack_header = struct.Struct("!cI").pack
 _unpack_int = struct.Struct("!I").unpack_from
 

@@ -83,7 +83,7 @@ class Server(asyncio.Protocol):
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
                  "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
                  "query_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
-                 "__weakref__")
+                 "login_timer", "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
@@ -124,11 +124,20 @@ class Server(asyncio.Protocol):
         self.tls_requested = False    # SSLRequest sent; PostgreSQL's one-byte answer not read yet
         self.cancels = 0              # cancel requests sent to PostgreSQL for this server, not yet answered
         self.being_canceled = False   # released while a cancel was in flight: held out of the pool until it ends
+        self.login_timer: asyncio.TimerHandle | None = None   # server_connect_timeout, connect and login together
 
     # -- connecting and logging in ----------------------------------------------------------------------
 
     def start(self) -> None:
+        timeout = self.app.config.get("server_connect_timeout")
+        if timeout:     # as PgBouncer: the connection and the login must both be done in time
+            self.login_timer = self.app.loop.call_later(timeout, self._login_timeout, timeout)
         self.app.spawn(self._connect())
+
+    def _login_timeout(self, timeout: float) -> None:
+        self.login_timer = None
+        self._login_failed(f"connect timeout: {self.address or 'the server'} did not complete the login within "
+                           f"server_connect_timeout ({timeout:g}s)", transient=True)
 
     async def _connect(self) -> None:
         db = self.pool.db
@@ -145,7 +154,7 @@ class Server(asyncio.Protocol):
             await asyncio.wait_for(coro, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
-            self._login_failed(f"cannot connect to server {self.address}: {reason}")
+            self._login_failed(f"cannot connect to server {self.address}: {reason}", transient=True)
 
     def connection_made(self, transport) -> None:
         if self.closed:
@@ -191,7 +200,7 @@ class Server(asyncio.Protocol):
             return
         if self.closed or self.transport.is_closing():
             self.transport.close()
-            self._login_failed("server closed the connection during the TLS handshake")
+            self._login_failed("server closed the connection during the TLS handshake", transient=True)
         else:
             self._send_startup()
 
@@ -219,11 +228,14 @@ class Server(asyncio.Protocol):
                 self.backend_pid, self.backend_key = struct.unpack("!II", body[:8])
             elif kind == _E:
                 fields = protocol.parse_error_fields(body)
-                self._login_failed(fields.get("M", "server login failed"), fields)
+                sqlstate = fields.get("C", protocol.CONNECTION_FAILURE)
+                self._login_failed(fields.get("M", "server login failed"), sqlstate,
+                                   protocol.transient_login_error(sqlstate))
                 return
             elif kind == _Z:
                 self.ready = True
                 self.login = None
+                self._stop_login_timer()
                 self.status = body[0]
                 self.buffer = b""
                 self.app.log_event(log, "new server connection", self)
@@ -233,7 +245,11 @@ class Server(asyncio.Protocol):
                     self.pool.server_ready(self)
                 return
 
-    def _login_failed(self, reason: str, fields: dict[str, str] | None = None) -> None:
+    def _login_failed(self, reason: str, sqlstate: str = protocol.CONNECTION_FAILURE, transient: bool = False) -> None:
+        """The login did not succeed. `sqlstate` and `reason` are PostgreSQL's when it refused us, which is what
+        waiting clients are told; `transient`: PostgreSQL is unreachable or not accepting yet (a restart),
+        so waiting clients stay queued and the pool tries again after server_login_retry."""
+        self._stop_login_timer()
         if self.closed:
             return
         log.warning("S-%s %s/%s@%s: %s", id(self) & 0xffff, self.pool.name, self.pool.server_user,
@@ -242,9 +258,14 @@ class Server(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         if self.dedicated is not None:        # PostgreSQL's refusal goes to its one client, as it is
-            self.dedicated.fatal((fields or {}).get("C", protocol.CONNECTION_FAILURE), reason)
+            self.dedicated.fatal(sqlstate, reason)
             return
-        self.pool.server_closed(self, login_failed=True, reason=reason)
+        self.pool.server_closed(self, login_failed=True, reason=reason, sqlstate=sqlstate, transient=transient)
+
+    def _stop_login_timer(self) -> None:
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
 
     # -- hand-off -------------------------------------------------------------------------------------
 
@@ -319,7 +340,8 @@ class Server(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self.app.suspended:      # else RESUME does it (control.end_suspend)
+                self.transport.resume_reading()
 
     # -- the pooler's own queries ----------------------------------------------------------------------
 
@@ -495,6 +517,7 @@ class Server(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._stop_login_timer()
         self.app.log_event(log, f"closing because: {reason}", self)
         if self.transport is not None:
             if self.ready and self.internal is None:
@@ -509,7 +532,7 @@ class Server(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if not self.closed:
             if not self.ready:
-                self._login_failed("server closed the connection during login")
+                self._login_failed("server closed the connection during login", transient=True)
             else:
                 self.close("server conn crashed?")
 

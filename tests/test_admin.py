@@ -283,8 +283,8 @@ def test_a_bad_command_is_an_error_and_the_session_goes_on(pooler_factory):
             assert excinfo.value.diag.message_primary == message
             assert excinfo.value.diag.severity == "ERROR"
             assert show(con, "VERSION")
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="SUSPEND is not supported"):
-            con.execute("SUSPEND")
+        with pytest.raises(psycopg.errors.ProtocolViolation, match="^a database is required$"):
+            con.execute("DISABLE")
         assert con.execute("").statusmessage is None
         assert con.execute('SHOW "pools"').statusmessage == "SHOW"
 
@@ -473,5 +473,6 @@ def test_shutdown_wait_for_clients_answers_and_exits_when_the_clients_have_gone(
     time.sleep(0.3)
     assert pooler.alive()
     client.commit()
-    assert pooler.proc.wait(10) == 0
+    assert client.execute("SELECT 2").fetchone() == (2,)       # it keeps working until it leaves
     client.close()
+    assert pooler.proc.wait(10) == 0

@@ -1,4 +1,5 @@
-"""Graceful drain: SIGTERM lets transactions finish, lets idle clients go with 57P01, then exits."""
+"""Graceful drain: after SIGTERM clients keep working until [maitred] shutdown_timeout; then each one is let go
+with 57P01 at its next transaction boundary, and the pooler exits (tests/test_shutdown.py: the rest of it)."""
 from __future__ import annotations
 
 import re
@@ -21,7 +22,7 @@ def history_rows(pg) -> int:
 def test_sigterm_during_pgbench_every_started_transaction_commits_or_is_never_sent(pooler_factory, pg):
     port = free_port()
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=4, expect_alive=False,
-                            maitred={"http_port": port, "shutdown_timeout": 20})
+                            maitred={"http_port": port, "shutdown_timeout": 2})
     before = history_rows(pg)
     bench = subprocess.Popen(
         ["pgbench", "-n", "-c", "10", "-j", "2", "-T", "30", "-h", "127.0.0.1", "-p", str(pooler.port),
@@ -43,9 +44,10 @@ def test_sigterm_during_pgbench_every_started_transaction_commits_or_is_never_se
     assert "unexpectedly" not in err
 
 
-def test_sigterm_lets_an_open_transaction_finish_and_closes_idle_clients(pooler_factory, pg):
+def test_sigterm_lets_an_open_transaction_finish_and_closes_idle_clients_after_shutdown_timeout(pooler_factory,
+                                                                                                  pg):
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, expect_alive=False,
-                            maitred={"shutdown_timeout": 20})
+                            maitred={"shutdown_timeout": 1})
     busy = psycopg.connect(pooler.dsn())
     idle = psycopg.connect(pooler.dsn(), autocommit=True)
     try:
@@ -53,7 +55,7 @@ def test_sigterm_lets_an_open_transaction_finish_and_closes_idle_clients(pooler_
         busy.execute("CREATE TEMP TABLE IF NOT EXISTS drained (x int)")
         busy.execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (0, 0, 0, 42, now())")
         pooler.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        time.sleep(1.5)
         with pytest.raises(psycopg.OperationalError) as excinfo:
             idle.execute("SELECT 1")
         assert excinfo.value.sqlstate in (None, "57P01")

@@ -310,6 +310,7 @@ def test_server_login_retry_fails_clients_fast_then_tries_again(pooler_factory, 
     assert first is not None and "not permitted to log in" in first.message
     second = attempt()
     assert second is not None
-    assert second.message == "server login has been failing, try again later (server_login_retry)"
+    assert second.message == "server login has been failing, cached error: role \"retry_role\" is not permitted " \
+                             "to log in (server_login_retry)"
     pg.psql("ALTER ROLE retry_role LOGIN")
     wait_for(lambda: attempt() is None, timeout=15, interval=0.5, message="a login after server_login_retry")

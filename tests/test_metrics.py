@@ -86,11 +86,14 @@ def test_health_and_readiness_endpoints(http_pooler):
 
 
 def test_readiness_stays_up_while_postgresql_is_unreachable(pooler_factory):
-    """A pooler whose database is down is still the right place for clients: they get a clear error."""
+    """A pooler whose database is down is still the right place for clients: the first waits for it (here
+    until client_login_timeout), the next get a clear error at once."""
     port = free_port()
     proc = pooler_factory(databases={"app": f"host=127.0.0.1 port={free_port()} dbname=app"},
-                          pool_mode="transaction", maitred={"http_port": port})
-    with pytest.raises(psycopg.OperationalError, match="cannot connect to server"):
+                          pool_mode="transaction", maitred={"http_port": port}, client_login_timeout=1)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proc.dsn(), connect_timeout=10)
+    with pytest.raises(psycopg.OperationalError, match="cached error: cannot connect to server"):
         psycopg.connect(proc.dsn(), connect_timeout=10)
     assert http_get(port, "/readyz")[0] == 200
     _, text = http_get(port, "/metrics")

@@ -99,8 +99,9 @@ def test_postgresql_restart_under_load_errors_clients_then_recovers(pooler_facto
 
 
 def test_clients_waiting_during_an_outage_get_an_error_instead_of_hanging(pooler_factory, pg):
+    """Queued through the outage (PgBouncer's retry), then told so once query_wait_timeout is up."""
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, server_login_retry=1,
-                            query_wait_timeout=30, server_connect_timeout=3)
+                            query_wait_timeout=4, server_connect_timeout=3)
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone()[0] == 1
     pg.stop()
@@ -109,7 +110,7 @@ def test_clients_waiting_during_an_outage_get_an_error_instead_of_hanging(pooler
             wire.login(user="app", password=PASSWORDS["app"])
             wire.send(query("SELECT 1"))
             error = wire.expect_error(limit=20)
-            assert error.fields["S"] == "FATAL"
+            assert (error.fields["S"], error.message) == ("FATAL", "query_wait_timeout")
             assert wire.closed_by_peer(5)
     finally:
         pg.start()
