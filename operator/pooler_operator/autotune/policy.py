@@ -48,6 +48,8 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
     if size < lo:
         return Decision(lo, f"grow: back to min_pool_size {lo}", "grow", "bounds")
 
+    if workload_changed(history, signals, params):     # what the history learnt was about another load
+        history = History()
     congestion = _cpu_congestion(signals, params) or _latency_congestion(signals, history, params)
     if congestion is not None:
         return _congested(signals, history, params, *congestion)
@@ -56,10 +58,13 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
     return _idle(signals, history, params)
 
 
-def remember(history: History, signals: TierSignals, decision: Decision) -> History:
+def remember(history: History, signals: TierSignals, decision: Decision, params: PolicyParams) -> History:
     """History after this tick: the last HISTORY_TICKS signals and decisions; the no-queue baseline, the lowest
     sane server time per transaction among them (so a stale one leaves with its window), kept while a congestion
-    ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits."""
+    ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits. A workload
+    change (see `workload_changed`) forgets all of it but this tick: what was learnt belongs to another load."""
+    if decision.rule != "signal" and workload_changed(history, signals, params):
+        history = History()
     kept = (history.signals + (signals,))[-HISTORY_TICKS:]
     decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
     ceiling, age = history.ceiling, history.ceiling_age + 1
@@ -76,6 +81,15 @@ def remember(history: History, signals: TierSignals, decision: Decision) -> Hist
     elif _measured(signals, decision):
         baseline = min(baseline, signals.avg_xact_time_ms)
     return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline, ceiling=ceiling, ceiling_age=age)
+
+
+def workload_changed(h: History, s: TierSignals, p: PolicyParams) -> bool:
+    """Server time per transaction jumped by `latency_tolerance` or more since the last measured tick, at the
+    same pool size: this pool did not add the queueing, so the transactions themselves changed (or another
+    load took the database). Latency and throughput per size learnt before then say nothing about them."""
+    last = next((b for b, e in zip(reversed(h.signals), reversed(h.decisions)) if _measured(b, e)), None)
+    return last is not None and _timed(s) and last.pool_size == s.pool_size and \
+        s.avg_xact_time_ms >= p.latency_tolerance * last.avg_xact_time_ms
 
 
 def signal_problems(s: TierSignals) -> list[str]:
@@ -100,8 +114,11 @@ def _units(s: TierSignals) -> int:
 
 def _measured(s: TierSignals, d: Decision) -> bool:
     """A tick whose latency and throughput count: both known and its signals sane (else the rule was "signal")."""
-    return d.rule != "signal" and s.avg_xact_time_ms is not None and s.xact_per_s is not None \
-        and s.avg_xact_time_ms > 0
+    return d.rule != "signal" and _timed(s)
+
+
+def _timed(s: TierSignals) -> bool:
+    return s.avg_xact_time_ms is not None and s.xact_per_s is not None and s.avg_xact_time_ms > 0
 
 
 def _cpu_text(s: TierSignals) -> str:
@@ -155,8 +172,10 @@ def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
                         "ceiling")
     if _in_cooldown(h, p, "shrink"):
         return Decision(size, f"hold: {waiting}, cool-down after shrink", "hold", "cooldown")
-    need = size + -(-s.cl_waiting // max(1, s.reachable))      # every waiting client of a process in one pool
-    new = min(hi, max(size + 1, math.ceil(size * p.max_step_factor)), max(size + 1, need))
+    need = max(size + 1, size + -(-s.cl_waiting // max(1, s.reachable)))   # every waiting client of a process
+    if s.cpu is None:                   # headroom unknown: multiplicative steps towards the need
+        need = min(need, max(size + 1, math.ceil(size * p.max_step_factor)))
+    new = min(hi, need)
     if ceiling is not None:
         new = min(new, ceiling - 1)
     return Decision(new, f"grow: {waiting}{_cpu_text(s)}", "grow", "grow")
