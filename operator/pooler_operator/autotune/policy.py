@@ -9,14 +9,15 @@ Rules, first match wins (docs/autotuner.md has the full table):
             the pool's own `xact_per_s` as the throughput check). The first tick holds, as CPU from Prometheus is
             seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`.
 4. grow     clients wait (a pooler queues a client only when its pool has no free server, so waiting means
-            saturated) and CPU is below `cpu_low`: multiplicative growth, at most x`max_step_factor`, towards
-            the size the waiting clients need, never up to a size where congestion was seen recently.
+            saturated) and CPU is below `cpu_low`: straight to the size the waiting clients need (with no CPU
+            signal, at most x`max_step_factor` a tick), never up to a size where congestion was seen recently.
 5. idle / contended   no client waited for `idle_shrink_ticks` ticks and the pool's peak sv_active, plus
             `idle_margin`, fits a smaller size: shrink slowly (by `shrink_factor`); when other tiers of the
             server are budget-limited, after one tick and by up to half, to give back what is not used.
 6. steady   otherwise hold.
 
-A change never reverses within `cooldown_ticks`. The band between `cpu_low` and `cpu_high`, the idle margin and
+A latency jump at an unchanged size is a workload change, not congestion: the history is forgotten (see
+`workload_changed`). A change never reverses within `cooldown_ticks`. The band between `cpu_low` and `cpu_high`, the idle margin and
 the congestion ceiling are the hysteresis: on a steady load the size settles and stays.
 """
 from __future__ import annotations
