@@ -131,6 +131,14 @@ def test_cpu_past_the_high_water_mark_holds_one_tick_then_shrinks_and_growth_sto
     assert decisions[-1].rule == "ceiling"
 
 
+def test_cpu_congestion_stops_shrinking_once_a_shrink_cost_throughput():
+    saturated = dict(cl_waiting=40, cpu=0.95)
+    ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0)] * 3
+    decisions, _ = run(ticks, size=20)
+    assert sizes(decisions) == [20, 15, 11, 11, 11, 11], [d.reason for d in decisions]
+    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[-1].reason
+
+
 def test_the_congestion_ceiling_lasts_while_clients_wait_and_ends_when_they_stop_or_it_expires():
     congested = [dict(cl_waiting=50, cpu=0.95)] * 2 + [dict(cl_waiting=50, cpu=0.60)] * 3
     _, history = run(congested, size=40)

@@ -156,6 +156,12 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
         return Decision(size, f"hold: {why}, shrink if it stays", "hold", rule)
     if _in_cooldown(h, p, "grow"):
         return Decision(size, f"hold: {why}, cool-down after grow", "hold", rule)
+    larger = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
+                   if _measured(b, d) and b.pool_size > size), None)
+    if larger is not None and s.xact_per_s is not None and \
+            s.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):     # past the knee's other side
+        return Decision(size, f"hold: {why}, throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at "
+                              f"size {larger.pool_size}: fewer servers only cost throughput", "hold", rule)
     new = max(lo, min(size - 1, math.floor(size * p.shrink_factor)))
     return Decision(new, f"shrink: {why} for 2 ticks or more", "shrink", rule)
 
