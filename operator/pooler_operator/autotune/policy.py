@@ -7,7 +7,8 @@ Rules, first match wins (docs/autotuner.md has the full table):
 3. cpu / latency   congestion: CPU at or past `cpu_high`, or server time per transaction at `latency_tolerance` x
             its no-queue baseline while throughput did not rise (Vegas' and Gradient2's queue detection, with
             the pool's own `xact_per_s` as the throughput check). The first tick holds, as CPU from Prometheus is
-            seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`.
+            seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`, until a
+            shrink costs throughput (a CPU-bound load keeps the CPU full at any size past the core count).
 4. grow     clients wait (a pooler queues a client only when its pool has no free server, so waiting means
             saturated) and CPU is below `cpu_low`: straight to the size the waiting clients need (with no CPU
             signal, at most x`max_step_factor` a tick), never up to a size where congestion was seen recently.
@@ -23,6 +24,7 @@ the congestion ceiling are the hysteresis: on a steady load the size settles and
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from .model import Decision, History, PolicyParams, TierSignals
 
@@ -88,7 +90,7 @@ def workload_changed(h: History, s: TierSignals, p: PolicyParams) -> bool:
     """Server time per transaction jumped by `latency_tolerance` or more since the last measured tick, at the
     same pool size: this pool did not add the queueing, so the transactions themselves changed (or another
     load took the database). Latency and throughput per size learnt before then say nothing about them."""
-    last = next((b for b, e in zip(reversed(h.signals), reversed(h.decisions)) if _measured(b, e)), None)
+    last = _latest_measured(h, lambda b: True)
     return last is not None and _timed(s) and last.pool_size == s.pool_size and \
         s.avg_xact_time_ms >= p.latency_tolerance * last.avg_xact_time_ms
 
@@ -118,6 +120,12 @@ def _measured(s: TierSignals, d: Decision) -> bool:
     return d.rule != "signal" and _timed(s)
 
 
+def _latest_measured(h: History, where: Callable[[TierSignals], bool]) -> TierSignals | None:
+    """The newest measured tick of the history that `where` accepts."""
+    return next((b for b, d in zip(reversed(h.signals), reversed(h.decisions)) if _measured(b, d) and where(b)),
+                None)
+
+
 def _timed(s: TierSignals) -> bool:
     return s.avg_xact_time_ms is not None and s.xact_per_s is not None and s.avg_xact_time_ms > 0
 
@@ -139,8 +147,7 @@ def _latency_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[st
         return None
     if s.avg_xact_time_ms < p.latency_tolerance * h.baseline_xact_ms:
         return None
-    smaller = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
-                    if _measured(b, d) and b.pool_size < s.pool_size), None)
+    smaller = _latest_measured(h, lambda b: b.pool_size < s.pool_size)
     if smaller is None or s.xact_per_s > smaller.xact_per_s * (1 + p.throughput_gain):
         return None
     return "latency", (f"latency {s.avg_xact_time_ms:.1f} ms = {s.avg_xact_time_ms / h.baseline_xact_ms:.1f}x "
@@ -156,8 +163,7 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
         return Decision(size, f"hold: {why}, shrink if it stays", "hold", rule)
     if _in_cooldown(h, p, "grow"):
         return Decision(size, f"hold: {why}, cool-down after grow", "hold", rule)
-    larger = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
-                   if _measured(b, d) and b.pool_size > size), None)
+    larger = _latest_measured(h, lambda b: b.pool_size > size)
     if larger is not None and s.xact_per_s is not None and \
             s.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):     # past the knee's other side
         return Decision(size, f"hold: {why}, throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at "
