@@ -59,7 +59,7 @@ def run(tiers: int, processes: int, ticks: int, budget: int, seed: int = 1) -> d
         demands = []
         for name, p, k, signals in inputs:
             decision = decide(signals, history[name], params)
-            history[name] = remember(history[name], signals, decision)
+            history[name] = remember(history[name], signals, decision, params)
             demands.append(Demand(name, p, k, decision.size, params.min_pool_size))
         decided = time.process_time()
         allocations = allocate(demands, budget)

@@ -29,7 +29,7 @@ def run(ticks: list[dict], params: PolicyParams = PARAMS, size: int = 10,
         size = kw.pop("pool_size", size)
         signals = sig(pool_size=size, **kw)
         decision = decide(signals, history, params)
-        history = remember(history, signals, decision)
+        history = remember(history, signals, decision, params)
         decisions.append(decision)
         size = decision.size
     return decisions, history
@@ -42,7 +42,7 @@ def sizes(decisions: list[Decision]) -> list[int]:
 # -- one tick -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signals, size, direction, rule, reason", [
-    (sig(cl_waiting=14, maxwait_s=0.8, cpu=0.42), 20, "grow", "grow",
+    (sig(cl_waiting=14, maxwait_s=0.8, cpu=0.42), 24, "grow", "grow",
      "grow: 14 clients waiting (maxwait 0.8 s), cpu 0.42"),
     (sig(cl_waiting=3), 13, "grow", "grow", "grow: 3 clients waiting"),                # to what waits, not x2
     (sig(cl_waiting=14, cpu=None), 20, "grow", "grow", "clients waiting (maxwait 0.0 s)"),   # no Prometheus
@@ -72,19 +72,26 @@ def test_one_tick_decides_the_size_direction_and_reason(signals, size, direction
     assert decision.rule in RULES and "\n" not in decision.reason
 
 
-def test_growth_is_multiplicative_and_reaches_a_large_need_in_a_few_ticks():
-    decisions, _ = run([dict(cl_waiting=200, sv_active=s) for s in (5, 10, 20, 40, 80)], size=5)
+def test_a_large_waiting_queue_is_served_in_one_tick_when_the_cpu_has_headroom():
+    decisions, _ = run([dict(cl_waiting=46, sv_active=2, cpu=0.10)], size=5, params=replace(PARAMS, max_pool_size=40))
+    assert sizes(decisions) == [40] and decisions[0].rule == "grow"
+    decisions, _ = run([dict(cl_waiting=20, sv_active=5, cpu=0.10)], size=5)
+    assert sizes(decisions) == [25]                                    # what waits, not the bound
+
+
+def test_without_a_cpu_signal_growth_is_multiplicative_and_reaches_a_large_need_in_a_few_ticks():
+    decisions, _ = run([dict(cl_waiting=200, sv_active=s, cpu=None) for s in (5, 10, 20, 40, 80)], size=5)
     assert sizes(decisions) == [10, 20, 40, 80, 100]
 
 
-@pytest.mark.parametrize("start, settled", [(5, 20), (80, 25)])   # from above, 20 in use plus the 25 % margin
+@pytest.mark.parametrize("start, settled", [(5, 25), (80, 25)])   # 20 in use plus the 25 % margin
 def test_a_load_that_needs_20_servers_settles_and_stays_from_below_and_from_above(start, settled):
     size, history, seen = start, History(), []
     for _ in range(40):             # whatever the pool lacks waits, whatever it has beyond 20 sits idle
         signals = sig(pool_size=size, cl_waiting=max(0, 20 - size) * 5, sv_active=min(size, 20),
                       sv_idle=max(0, size - 20))
         decision = decide(signals, history, PARAMS)
-        history, size = remember(history, signals, decision), decision.size
+        history, size = remember(history, signals, decision, PARAMS), decision.size
         seen.append(size)
     assert seen[-1] == settled and len(set(seen[15:])) == 1, seen
 
@@ -124,6 +131,14 @@ def test_cpu_past_the_high_water_mark_holds_one_tick_then_shrinks_and_growth_sto
     assert decisions[-1].rule == "ceiling"
 
 
+def test_cpu_congestion_stops_shrinking_once_a_shrink_cost_throughput():
+    saturated = dict(cl_waiting=40, cpu=0.95)
+    ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0)] * 3
+    decisions, _ = run(ticks, size=20)
+    assert sizes(decisions) == [20, 15, 11, 11, 11, 11], [d.reason for d in decisions]
+    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[-1].reason
+
+
 def test_the_congestion_ceiling_lasts_while_clients_wait_and_ends_when_they_stop_or_it_expires():
     congested = [dict(cl_waiting=50, cpu=0.95)] * 2 + [dict(cl_waiting=50, cpu=0.60)] * 3
     _, history = run(congested, size=40)
@@ -144,7 +159,7 @@ def test_the_baseline_is_kept_while_congestion_holds_the_pool_below_its_ceiling(
 
 def test_prometheus_down_holds_whatever_waits_and_names_the_signal_then_growth_resumes():
     decisions, _ = run([dict(cl_waiting=30, missing=("cpu",), cpu=None)] * 5 + [dict(cl_waiting=30)])
-    assert sizes(decisions) == [10] * 5 + [20]
+    assert sizes(decisions) == [10] * 5 + [40]
     assert all(d.reason == "hold: cpu missing" for d in decisions[:5])
 
 
@@ -159,7 +174,7 @@ def test_a_budget_that_shrinks_under_the_allocation_leaves_the_wish_bounded_by_t
     ticks = [dict(cl_waiting=30, sv_active=40)] * 2 + [dict(pool_size=12, cl_waiting=60, sv_active=12)] * 4
     decisions, _ = run(ticks, size=40)
     after = decisions[2:]
-    assert all(d.size <= 24 for d in after), [d.size for d in after]   # x2 of what the budget left, never more
+    assert all(d.size <= 12 + 60 for d in after), [d.size for d in after]   # what the budget left and what waits
     assert all(d.direction == "grow" for d in after)
 
 
@@ -179,6 +194,27 @@ def test_latency_that_climbs_while_throughput_does_not_holds_then_shrinks():
     assert [d.direction for d in decisions[3:]] == ["hold", "shrink"]
     assert decisions[4].rule == "latency" and "latency 45.0 ms = 2.2x baseline 20.0 ms" in decisions[4].reason
     assert congestion_ceiling(history, PARAMS) == 20
+
+
+def test_a_workload_change_at_a_constant_size_is_not_congestion_and_forgets_what_was_learnt():
+    io_wait = [dict(pool_size=16, sv_active=16, avg_xact_time_ms=11.0, xact_per_s=1100.0)] * 3 + \
+        [dict(pool_size=31, sv_active=31, avg_xact_time_ms=11.3, xact_per_s=1099.0)] * 3
+    cpu_heavy = [dict(pool_size=31, cl_waiting=45, avg_xact_time_ms=150.0, xact_per_s=117.0, cpu=0.50)] * 4
+    decisions, history = run(io_wait + cpu_heavy, params=replace(PARAMS, max_pool_size=40))
+    assert all(d.rule == "grow" for d in decisions[6:]), [d.reason for d in decisions[6:]]
+    assert history.baseline_xact_ms == 150.0 and len(history.signals) == 4
+    grown = [dict(pool_size=40, cl_waiting=36, avg_xact_time_ms=320.0, xact_per_s=118.0, cpu=0.50)] * 2
+    decisions, _ = run(grown, history=history)                      # growth that adds only latency still counts
+    assert [d.rule for d in decisions] == ["latency", "latency"] and decisions[-1].direction == "shrink"
+
+
+def test_a_workload_change_forgets_the_congestion_ceiling():
+    congested = [dict(pool_size=20, cl_waiting=30, cpu=0.95)] * 2
+    _, history = run(congested)
+    assert congestion_ceiling(history, PARAMS) == 20
+    below = dict(pool_size=15, cl_waiting=30, cpu=0.50)
+    decisions, history = run([below, dict(below, avg_xact_time_ms=200.0)], history=history)
+    assert congestion_ceiling(history, PARAMS) is None and decisions[-1].size == 45
 
 
 def test_latency_that_climbs_with_throughput_is_more_load_not_queueing():
@@ -205,8 +241,8 @@ def test_a_change_is_not_reversed_within_the_cool_down():
 
 
 def test_history_stays_bounded_and_the_baseline_forgets_what_left_its_window():
-    _, history = run([dict(avg_xact_time_ms=5.0)] + [dict(avg_xact_time_ms=20.0)] * (HISTORY_TICKS - 1))
-    assert history.baseline_xact_ms == 5.0
+    _, history = run([dict(avg_xact_time_ms=12.0)] + [dict(avg_xact_time_ms=20.0)] * (HISTORY_TICKS - 1))
+    assert history.baseline_xact_ms == 12.0
     _, history = run([dict(avg_xact_time_ms=20.0)] * 100, history=history)
     assert len(history.signals) == len(history.decisions) == HISTORY_TICKS
     assert history.baseline_xact_ms == 20.0
@@ -242,7 +278,8 @@ def check_tick(signals: TierSignals, decision: Decision, params: PolicyParams) -
         return
     if lo <= size <= hi:
         assert lo <= decision.size <= hi
-    assert decision.size <= max(size + 1, math.ceil(size * params.max_step_factor))
+    need = size + -(-max(0, signals.cl_waiting) // max(1, signals.reachable))     # what waits, in one tick
+    assert decision.size <= max(size + 1, need if signals.cpu is not None else math.ceil(size * params.max_step_factor))
     assert decision.size >= size - size // 2
 
 
@@ -253,7 +290,7 @@ def test_any_sequence_stays_in_bounds_steps_boundedly_and_never_grows_on_a_missi
     for signals in ticks:
         decision = decide(signals, history, params)
         check_tick(signals, decision, params)
-        history = remember(history, signals, decision)
+        history = remember(history, signals, decision, params)
         assert len(history.signals) <= HISTORY_TICKS
         if history.ceiling is None:         # the running baseline is the window's lowest sane latency
             sane = [s.avg_xact_time_ms for s, d in zip(history.signals, history.decisions)
@@ -271,5 +308,5 @@ def test_sane_sequences_that_follow_their_own_decisions_stay_within_min_and_max(
                       contended=contended)
         decision = decide(signals, history, params)
         check_tick(signals, decision, params)
-        history, size = remember(history, signals, decision), decision.size
+        history, size = remember(history, signals, decision, params), decision.size
         assert params.min_pool_size <= size <= params.max_pool_size

@@ -109,7 +109,7 @@ def simulate(server: Server, tiers: list[Tier], ticks: int, params: PolicyParams
                 cpu=round(cpu, 3) if prometheus and tick not in outage else None,
                 missing=("cpu",) if tick in outage else (), contended=any(v for k, v in limited.items() if k != t.name))
             decision = decide(signals, t.history, params)
-            t.history = remember(t.history, signals, decision)
+            t.history = remember(t.history, signals, decision, params)
             demands.append(Demand(t.name, t.processes, t.pools, decision.size, params.min_pool_size))
             trace.waiting[t.name].append(waiting)
         allocations = allocate(demands, budget)

@@ -230,7 +230,7 @@ class Autotuner:
         t.signals = replace(t.signals, contended=contended)
         history = self.history.get(name, History())
         t.decision = policy.decide(t.signals, history, t.target.params)
-        self.history[name] = policy.remember(history, t.signals, t.decision)
+        self.history[name] = policy.remember(history, t.signals, t.decision, t.target.params)
         self.sizes[name] = t.signals.pool_size
         t.from_size = t.signals.pool_size
 

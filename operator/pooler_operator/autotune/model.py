@@ -98,7 +98,7 @@ class PolicyParams:
     cpu_high: float = 0.85           # at or above: hold, then shrink
     cpu_low: float = 0.70            # below: growth allowed
     cooldown_ticks: int = 1          # ticks after a change before the next change in the other direction
-    max_step_factor: float = 2.0     # growth is at most x2 per tick (and at least +1)
+    max_step_factor: float = 2.0     # with no CPU signal, growth is at most x2 per tick
     idle_shrink_ticks: int = 3       # ticks with idle servers and no waiting before a shrink
     shrink_factor: float = 0.75      # an uncontended shrink keeps at least this share of the size per tick
     idle_margin: float = 0.25        # spare servers kept above the recent peak of sv_active

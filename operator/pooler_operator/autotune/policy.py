@@ -7,21 +7,24 @@ Rules, first match wins (docs/autotuner.md has the full table):
 3. cpu / latency   congestion: CPU at or past `cpu_high`, or server time per transaction at `latency_tolerance` x
             its no-queue baseline while throughput did not rise (Vegas' and Gradient2's queue detection, with
             the pool's own `xact_per_s` as the throughput check). The first tick holds, as CPU from Prometheus is
-            seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`.
+            seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`, until a
+            shrink costs throughput (a CPU-bound load keeps the CPU full at any size past the core count).
 4. grow     clients wait (a pooler queues a client only when its pool has no free server, so waiting means
-            saturated) and CPU is below `cpu_low`: multiplicative growth, at most x`max_step_factor`, towards
-            the size the waiting clients need, never up to a size where congestion was seen recently.
+            saturated) and CPU is below `cpu_low`: straight to the size the waiting clients need (with no CPU
+            signal, at most x`max_step_factor` a tick), never up to a size where congestion was seen recently.
 5. idle / contended   no client waited for `idle_shrink_ticks` ticks and the pool's peak sv_active, plus
             `idle_margin`, fits a smaller size: shrink slowly (by `shrink_factor`); when other tiers of the
             server are budget-limited, after one tick and by up to half, to give back what is not used.
 6. steady   otherwise hold.
 
-A change never reverses within `cooldown_ticks`. The band between `cpu_low` and `cpu_high`, the idle margin and
+A latency jump at an unchanged size is a workload change, not congestion: the history is forgotten (see
+`workload_changed`). A change never reverses within `cooldown_ticks`. The band between `cpu_low` and `cpu_high`, the idle margin and
 the congestion ceiling are the hysteresis: on a steady load the size settles and stays.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from .model import Decision, History, PolicyParams, TierSignals
 
@@ -48,6 +51,8 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
     if size < lo:
         return Decision(lo, f"grow: back to min_pool_size {lo}", "grow", "bounds")
 
+    if workload_changed(history, signals, params):     # what the history learnt was about another load
+        history = History()
     congestion = _cpu_congestion(signals, params) or _latency_congestion(signals, history, params)
     if congestion is not None:
         return _congested(signals, history, params, *congestion)
@@ -56,10 +61,13 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
     return _idle(signals, history, params)
 
 
-def remember(history: History, signals: TierSignals, decision: Decision) -> History:
+def remember(history: History, signals: TierSignals, decision: Decision, params: PolicyParams) -> History:
     """History after this tick: the last HISTORY_TICKS signals and decisions; the no-queue baseline, the lowest
     sane server time per transaction among them (so a stale one leaves with its window), kept while a congestion
-    ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits."""
+    ceiling holds; and the ceiling, set by a congestion shrink and cleared once no client waits. A workload
+    change (see `workload_changed`) forgets all of it but this tick: what was learnt belongs to another load."""
+    if decision.rule != "signal" and workload_changed(history, signals, params):
+        history = History()
     kept = (history.signals + (signals,))[-HISTORY_TICKS:]
     decisions = (history.decisions + (decision,))[-HISTORY_TICKS:]
     ceiling, age = history.ceiling, history.ceiling_age + 1
@@ -76,6 +84,15 @@ def remember(history: History, signals: TierSignals, decision: Decision) -> Hist
     elif _measured(signals, decision):
         baseline = min(baseline, signals.avg_xact_time_ms)
     return History(signals=kept, decisions=decisions, baseline_xact_ms=baseline, ceiling=ceiling, ceiling_age=age)
+
+
+def workload_changed(h: History, s: TierSignals, p: PolicyParams) -> bool:
+    """Server time per transaction jumped by `latency_tolerance` or more since the last measured tick, at the
+    same pool size: this pool did not add the queueing, so the transactions themselves changed (or another
+    load took the database). Latency and throughput per size learnt before then say nothing about them."""
+    last = _latest_measured(h, lambda b: True)
+    return last is not None and _timed(s) and last.pool_size == s.pool_size and \
+        s.avg_xact_time_ms >= p.latency_tolerance * last.avg_xact_time_ms
 
 
 def signal_problems(s: TierSignals) -> list[str]:
@@ -100,8 +117,17 @@ def _units(s: TierSignals) -> int:
 
 def _measured(s: TierSignals, d: Decision) -> bool:
     """A tick whose latency and throughput count: both known and its signals sane (else the rule was "signal")."""
-    return d.rule != "signal" and s.avg_xact_time_ms is not None and s.xact_per_s is not None \
-        and s.avg_xact_time_ms > 0
+    return d.rule != "signal" and _timed(s)
+
+
+def _latest_measured(h: History, where: Callable[[TierSignals], bool]) -> TierSignals | None:
+    """The newest measured tick of the history that `where` accepts."""
+    return next((b for b, d in zip(reversed(h.signals), reversed(h.decisions)) if _measured(b, d) and where(b)),
+                None)
+
+
+def _timed(s: TierSignals) -> bool:
+    return s.avg_xact_time_ms is not None and s.xact_per_s is not None and s.avg_xact_time_ms > 0
 
 
 def _cpu_text(s: TierSignals) -> str:
@@ -121,8 +147,7 @@ def _latency_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[st
         return None
     if s.avg_xact_time_ms < p.latency_tolerance * h.baseline_xact_ms:
         return None
-    smaller = next((b for b, d in zip(reversed(h.signals), reversed(h.decisions))
-                    if _measured(b, d) and b.pool_size < s.pool_size), None)
+    smaller = _latest_measured(h, lambda b: b.pool_size < s.pool_size)
     if smaller is None or s.xact_per_s > smaller.xact_per_s * (1 + p.throughput_gain):
         return None
     return "latency", (f"latency {s.avg_xact_time_ms:.1f} ms = {s.avg_xact_time_ms / h.baseline_xact_ms:.1f}x "
@@ -138,6 +163,11 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
         return Decision(size, f"hold: {why}, shrink if it stays", "hold", rule)
     if _in_cooldown(h, p, "grow"):
         return Decision(size, f"hold: {why}, cool-down after grow", "hold", rule)
+    larger = _latest_measured(h, lambda b: b.pool_size > size)
+    if larger is not None and s.xact_per_s is not None and \
+            s.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):     # past the knee's other side
+        return Decision(size, f"hold: {why}, throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at "
+                              f"size {larger.pool_size}: fewer servers only cost throughput", "hold", rule)
     new = max(lo, min(size - 1, math.floor(size * p.shrink_factor)))
     return Decision(new, f"shrink: {why} for 2 ticks or more", "shrink", rule)
 
@@ -155,8 +185,10 @@ def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
                         "ceiling")
     if _in_cooldown(h, p, "shrink"):
         return Decision(size, f"hold: {waiting}, cool-down after shrink", "hold", "cooldown")
-    need = size + -(-s.cl_waiting // max(1, s.reachable))      # every waiting client of a process in one pool
-    new = min(hi, max(size + 1, math.ceil(size * p.max_step_factor)), max(size + 1, need))
+    need = max(size + 1, size + -(-s.cl_waiting // max(1, s.reachable)))   # every waiting client of a process
+    if s.cpu is None:                   # headroom unknown: multiplicative steps towards the need
+        need = min(need, max(size + 1, math.ceil(size * p.max_step_factor)))
+    new = min(hi, need)
     if ceiling is not None:
         new = min(new, ceiling - 1)
     return Decision(new, f"grow: {waiting}{_cpu_text(s)}", "grow", "grow")
