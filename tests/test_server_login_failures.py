@@ -8,7 +8,7 @@ import threading
 import psycopg
 import pytest
 
-from maitred.local_postgres import SUPERUSER, SUPERUSER_PASSWORD, LocalPostgres
+from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD, LocalPostgres
 from tests.support import PASSWORDS, PoolerSet, require_binary, wait_for
 from tests.test_admin_pgbouncer import PgBouncer
 from tests.wire import ServerError, Wire
