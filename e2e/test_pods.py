@@ -88,12 +88,12 @@ class Tier:
     def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
         return json.loads(self.kubectl("get", kind, name or self.name, "-o", "json"))
 
-    def pods(self) -> list[dict[str, Any]]:
-        """The tier's pods that are not being deleted."""
+    def pods(self, terminating: bool = False) -> list[dict[str, Any]]:
+        """The tier's pods that are not being deleted (with `terminating`, those still shutting down too)."""
         labels = self.get("deployment")["spec"]["selector"]["matchLabels"]
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         pods = json.loads(self.kubectl("get", "pods", "-l", selector, "-o", "json"))["items"]
-        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return [p for p in pods if terminating or not p["metadata"].get("deletionTimestamp")]
 
     def ready_pods(self) -> list[dict[str, Any]]:
         return [p for p in self.pods() if ready(p)]
@@ -277,8 +277,10 @@ def test_a_restart_needing_change_rolls_the_pods_under_load_without_losing_a_tra
         wait_for(lambda: len(writer.committed) >= 20 or writer.error, timeout=30, what="the writer under way")
         started = time.monotonic()
         tier.kubectl("patch", "pgp", tier.name, "--type=merge", "-p", '{"spec":{"pooler":{"workers":2}}}')
-        wait_for(lambda: not set(before) & {p["metadata"]["name"] for p in tier.pods()} or writer.error,
-                 timeout=240, what="every old pod replaced")
+        # A terminating pooler keeps serving its clients (PgBouncer's WAIT_FOR_CLIENTS) until they leave or
+        # shutdownTimeoutSeconds lets them go between transactions: wait until the old pods are really gone.
+        wait_for(lambda: not set(before) & {p["metadata"]["name"] for p in tier.pods(terminating=True)}
+                 or writer.error, timeout=240, what="every old pod gone")
         pods = tier.wait_ready()
         rolled = time.monotonic() - started
         committed_at_roll = len(writer.committed)
