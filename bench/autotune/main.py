@@ -16,7 +16,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
-from maitred.local.prometheus import CPU_QUERY
+from maitred.local.prometheus import CPU_QUERY, LocalPrometheus
 
 from .. import targets
 from . import pgcpu, plot, runs, summary, workload
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     with targets.bench_postgres(workload.server_settings(plan)) as pg, \
             tempfile.TemporaryDirectory(prefix="maitred-bench-autotune-") as folder, \
             pgcpu.TextfileExporter(pgcpu.postmaster_pid(pg.datadir), folder, plan.interval / 2), \
-            pgcpu.TextfilePrometheus(folder, scrape_interval=plan.interval) as prometheus:
+            LocalPrometheus(scrape_interval=plan.interval, textfile_dir=folder) as prometheus:
         query = cpu_query(plan)
         prometheus.wait_for(query)
         versions = {"PostgreSQL": targets.Direct(pg).version().split()[2],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from maitred.local.prometheus import LocalPrometheus
 
 from .. import processes
 from .background import Background
@@ -69,16 +68,3 @@ class TextfileExporter(Background):
             os.replace(self.path + ".tmp", self.path)  # the collector never reads half a file
             if self.stopping.wait(self.every):
                 return
-
-
-class TextfilePrometheus(LocalPrometheus):
-    """maitred's local Prometheus whose node-exporter also serves the .prom files of `textfile_dir`."""
-
-    def __init__(self, textfile_dir: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.textfile_dir = textfile_dir
-
-    def _spawn(self, name: str, command: list[str]) -> None:
-        if name == "node-exporter":
-            command = [*command, "--collector.textfile", f"--collector.textfile.directory={self.textfile_dir}"]
-        super()._spawn(name, command)

@@ -26,7 +26,9 @@ def _binary(name: str) -> str:
 class LocalPrometheus:
     """prometheus + prometheus-node-exporter; `start()` returns once the node's CPU can be queried."""
 
-    def __init__(self, base_dir: str | None = None, scrape_interval: float = 1.0):
+    def __init__(self, base_dir: str | None = None, scrape_interval: float = 1.0, textfile_dir: str | None = None):
+        """`textfile_dir`: node-exporter also serves the .prom files there (metrics the caller writes itself)."""
+        self.textfile_dir = textfile_dir
         self.owned = base_dir is None          # a folder we made is removed at stop()
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="maitred-prometheus-")
         self.scrape_interval = scrape_interval
@@ -45,8 +47,10 @@ class LocalPrometheus:
             f.write(f"global:\n  scrape_interval: {self.scrape_interval:g}s\n  evaluation_interval: "
                     f"{self.scrape_interval:g}s\nscrape_configs:\n  - job_name: node\n    static_configs:\n"
                     f"      - targets: ['127.0.0.1:{self.exporter_port}']\n")
+        textfile = (["--collector.textfile", f"--collector.textfile.directory={self.textfile_dir}"]
+                    if self.textfile_dir else [])
         self._spawn("node-exporter", [_binary("prometheus-node-exporter"), "--collector.disable-defaults",
-                                      "--collector.cpu", "--collector.loadavg",
+                                      "--collector.cpu", "--collector.loadavg", *textfile,
                                       f"--web.listen-address=127.0.0.1:{self.exporter_port}"])
         self._spawn("prometheus", [_binary("prometheus"), f"--config.file={config}",
                                    f"--storage.tsdb.path={os.path.join(self.base_dir, 'data')}",
