@@ -109,6 +109,13 @@ def start_postgres(state: Path, port: int, users: dict[str, str], dbname: str, n
     return pg
 
 
+def apply_example(cp, docs: list[dict[str, Any]]) -> None:
+    """kubectl apply of the example's documents, their namespaces made first."""
+    for ns in sorted({d["metadata"]["namespace"] for d in docs}):
+        cp.kubectl("create", "namespace", ns)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
 def monitoring_role(pg: LocalPostgres, docs: list[dict[str, Any]], pooler: dict[str, Any]) -> None:
     """The role of the example's autotune.postgresSecret, made a member of pg_monitor: the autotuner reads
     max_connections and pg_stat_activity with it."""
@@ -260,9 +267,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     operator.wait_live()
 
     say(f"==> kubectl apply -f {EXAMPLE} (database.host 127.0.0.1, port {args.postgres_port}, replicas 1)")
-    for ns in sorted({d["metadata"]["namespace"] for d in docs}):
-        cp.kubectl("create", "namespace", ns)
-    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    apply_example(cp, docs)
     wait_condition(cp, namespace, name, "ConfigApplied", operator)
 
     say(f"==> the Deployment's pooler, run here from ConfigMap {name}-config and Secret {name}-auth, "
@@ -373,9 +378,7 @@ def run_on_node(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     stack.callback(operator.stop)
     operator.wait_live()
     say(f"==> kubectl apply -f {EXAMPLE} (database.host {node.gateway}, replicas 2)")
-    for ns in sorted({d["metadata"]["namespace"] for d in docs}):
-        cp.kubectl("create", "namespace", ns)
-    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    apply_example(cp, docs)
     wait_condition(cp, namespace, name, "Ready", operator, timeout=180)
     pods = json.loads(cp.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
     pod = next(p for p in pods if p["status"].get("podIP"))
