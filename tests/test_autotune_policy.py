@@ -139,6 +139,28 @@ def test_cpu_congestion_stops_shrinking_once_a_shrink_cost_throughput():
     assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[-1].reason
 
 
+@pytest.mark.parametrize("on_cpu, direction, rule", [(1, "grow", "grow"), (9, "hold", "cpu"), (None, "hold", "cpu")])
+def test_a_tier_whose_backends_wait_off_the_cpu_may_grow_while_another_tier_saturates_it(on_cpu, direction, rule):
+    signals = sig(cl_waiting=30, cpu=0.95, backends_active=10 if on_cpu is not None else None,
+                  backends_on_cpu=on_cpu)
+    decision = decide(signals, History(), PARAMS)
+    assert (decision.direction, decision.rule) == (direction, rule), decision.reason
+    if direction == "grow":
+        assert decision.size == 40
+        assert decision.reason == ("grow: 30 clients waiting (maxwait 0.0 s), cpu 0.95 "
+                                   "(only 1 of its 10 running backends on the CPU)")
+
+
+def test_a_tier_off_the_cpu_is_still_held_back_by_its_own_latency():
+    """More servers that only queue (latency doubles, throughput flat) stop growing, whatever the CPU says."""
+    off = dict(cpu=0.95, backends_active=10, backends_on_cpu=1, cl_waiting=30)
+    ticks = [dict(off, pool_size=10, avg_xact_time_ms=10.0, xact_per_s=1000.0),
+             dict(off, avg_xact_time_ms=25.0, xact_per_s=1000.0), dict(off, avg_xact_time_ms=25.0, xact_per_s=1000.0)]
+    decisions, _ = run(ticks, size=10)
+    assert [d.rule for d in decisions] == ["grow", "latency", "latency"], [d.reason for d in decisions]
+    assert decisions[-1].direction == "shrink"
+
+
 def test_the_congestion_ceiling_lasts_while_clients_wait_and_ends_when_they_stop_or_it_expires():
     congested = [dict(cl_waiting=50, cpu=0.95)] * 2 + [dict(cl_waiting=50, cpu=0.60)] * 3
     _, history = run(congested, size=40)

@@ -142,3 +142,33 @@ def test_a_silent_console_a_lost_process_and_a_missing_cpu_are_named():
     assert signals.missing == ("console b", "cpu")
     assert (signals.processes, signals.reachable) == (3, 1)
     assert tier_signals([process("b", error="down")], {}, 1.0, 1, None) is None
+
+
+def test_a_tiers_running_backends_are_told_on_the_cpu_or_waiting_from_pg_stat_activity(pooler_factory, pg):
+    """A backend in pg_sleep waits (wait event PgSleep), one computing has no wait event: the tier knows which
+    of its servers load the CPU, by the pids the pooler reports."""
+    poolers = {kind: pooler_factory(pool_mode="transaction", default_pool_size=2, userlist=USERS,
+                                    admin_users="admin") for kind in ("sleep", "cpu")}
+    work = {"sleep": "SELECT pg_sleep(4)",
+            "cpu": "SELECT count(*) FROM generate_series(1, 3000000) AS i WHERE md5(i::text) < 'zz'"}
+    conns = {kind: psycopg.connect(p.dsn(), autocommit=True) for kind, p in poolers.items()}
+
+    async def busy_then_read():
+        running = [asyncio.to_thread(conns[kind].execute, work[kind]) for kind in poolers]
+        tasks = [asyncio.ensure_future(r) for r in running]
+        await asyncio.sleep(1.0)       # both queries running
+        samples = {kind: await sample("127.0.0.1", p.port, "admin", USERS["admin"]) for kind, p in poolers.items()}
+        db = await read_database(pg.dsn())
+        await asyncio.gather(*tasks)
+        return samples, db
+
+    try:
+        samples, db = run(busy_then_read())
+    finally:
+        for c in conns.values():
+            c.close()
+    sleeping = tier_signals([samples["sleep"]], {}, 1.0, 1, None, db)
+    computing = tier_signals([samples["cpu"]], {}, 1.0, 1, None, db)
+    assert (sleeping.backends_active, sleeping.backends_on_cpu) == (1, 0)
+    assert (computing.backends_active, computing.backends_on_cpu) == (1, 1)
+    assert tier_signals([samples["cpu"]], {}, 1.0, 1, None, None).backends_on_cpu is None

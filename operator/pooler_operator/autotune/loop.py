@@ -115,6 +115,8 @@ def describe(signals: TierSignals | None, budget: int | None) -> str:
         words.append(f"wait={signals.avg_wait_time_ms:.1f}ms")
     if signals.cpu is not None:
         words.append(f"cpu={signals.cpu:.2f}")
+    if signals.backends_active:
+        words.append(f"on_cpu={signals.backends_on_cpu}/{signals.backends_active}")
     if budget is not None:
         words.append(f"budget={budget}")
     if signals.reachable < signals.processes:

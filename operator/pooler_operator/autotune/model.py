@@ -61,6 +61,8 @@ class DatabaseSample:
     by_state: dict[str, int] = field(default_factory=dict)
     by_user: dict[str, int] = field(default_factory=dict)       # client backends per role
     by_database: dict[str, int] = field(default_factory=dict)   # client backends per database
+    active_pids: frozenset[int] = frozenset()   # client backends running a query (state = active)
+    on_cpu_pids: frozenset[int] = frozenset()   # ... and waiting on nothing (no wait_event): on the CPU or queued for it
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class TierSignals:
     cpu: float | None                # database host CPU use, 0..1; None when Prometheus is not configured
     missing: tuple[str, ...] = ()
     contended: bool = False          # other tiers of the same server were budget-limited last tick
+    backends_active: int | None = None   # this tier's server backends PostgreSQL shows running a query
+    backends_on_cpu: int | None = None   # ... of them on the CPU (no wait event); None: PostgreSQL not read
 
 
 @dataclass(frozen=True)

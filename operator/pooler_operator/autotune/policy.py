@@ -12,6 +12,12 @@ Rules, first match wins (docs/autotuner.md has the full table):
 4. grow     clients wait (a pooler queues a client only when its pool has no free server, so waiting means
             saturated) and CPU is below `cpu_low`: straight to the size the waiting clients need (with no CPU
             signal, at most x`max_step_factor` a tick), never up to a size where congestion was seen recently.
+
+The CPU is the server's, shared by every tier; it is this tier's to give back only when its own backends use
+it. A tier whose running backends mostly wait on something else (pg_stat_activity shows a wait event: a lock,
+I/O, a sleep; see `waits_off_cpu`) is exempt from the CPU rules (3's cpu, 4's `cpu_low`): shrinking it would
+not unload the CPU, and it may grow into the connections the CPU-bound tiers give back. Its latency rule
+still holds it back if more servers only queue.
 5. idle / contended   no client waited for `idle_shrink_ticks` ticks and the pool's peak sv_active, plus
             `idle_margin`, fits a smaller size: shrink slowly (by `shrink_factor`); when other tiers of the
             server are budget-limited, after one tick and by up to half, to give back what is not used.
@@ -33,6 +39,7 @@ RULES = ("signal", "bounds", "cpu", "latency", "cpu-band", "grow", "max", "ceili
          "idle", "contended", "steady")
 CONGESTION = ("cpu", "latency")
 CPU_SLACK = 1.05     # Prometheus rates may overshoot 1 a little; past this a CPU share is nonsense
+OFF_CPU_SHARE = 0.5  # below this share of its running backends on the CPU, a tier is not what loads the CPU
 COUNTS = ("processes", "reachable", "pool_size", "pools", "cl_waiting", "cl_active", "sv_active", "sv_idle")
 RATES = ("maxwait_s", "xact_per_s", "avg_xact_time_ms", "avg_wait_time_ms")
 
@@ -134,8 +141,20 @@ def _cpu_text(s: TierSignals) -> str:
     return "" if s.cpu is None else f", cpu {s.cpu:.2f}"
 
 
+def waits_off_cpu(s: TierSignals) -> bool:
+    """Most of this tier's running backends wait on something other than the CPU (pg_stat_activity shows a
+    wait event), so the server's CPU load is not this tier's doing. False when PostgreSQL was not read or
+    none of its backends ran a query: then the CPU rules apply as to any tier."""
+    return bool(s.backends_active) and s.backends_on_cpu is not None and \
+        s.backends_on_cpu < OFF_CPU_SHARE * s.backends_active
+
+
+def _off_cpu_text(s: TierSignals) -> str:
+    return f" (only {s.backends_on_cpu} of its {s.backends_active} running backends on the CPU)"
+
+
 def _cpu_congestion(s: TierSignals, p: PolicyParams) -> tuple[str, str] | None:
-    if s.cpu is not None and s.cpu >= p.cpu_high:
+    if s.cpu is not None and s.cpu >= p.cpu_high and not waits_off_cpu(s):
         return "cpu", f"cpu {s.cpu:.2f} >= {p.cpu_high:.2f}"
     return None
 
@@ -175,7 +194,8 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
 def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
     size, hi = s.pool_size, p.max_pool_size
     waiting = f"{s.cl_waiting} clients waiting (maxwait {s.maxwait_s:.1f} s)"
-    if s.cpu is not None and s.cpu >= p.cpu_low:
+    off_cpu = waits_off_cpu(s)
+    if s.cpu is not None and s.cpu >= p.cpu_low and not off_cpu:
         return Decision(size, f"hold: {waiting}, cpu {s.cpu:.2f} >= {p.cpu_low:.2f}", "hold", "cpu-band")
     if size >= hi:
         return Decision(size, f"hold: {waiting}, at max_pool_size {hi}", "hold", "max")
@@ -191,7 +211,8 @@ def _waiting(s: TierSignals, h: History, p: PolicyParams) -> Decision:
     new = min(hi, need)
     if ceiling is not None:
         new = min(new, ceiling - 1)
-    return Decision(new, f"grow: {waiting}{_cpu_text(s)}", "grow", "grow")
+    busy_cpu = _off_cpu_text(s) if off_cpu and s.cpu is not None and s.cpu >= p.cpu_low else ""
+    return Decision(new, f"grow: {waiting}{_cpu_text(s)}{busy_cpu}", "grow", "grow")
 
 
 def _idle(s: TierSignals, h: History, p: PolicyParams) -> Decision:

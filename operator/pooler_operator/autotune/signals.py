@@ -90,7 +90,7 @@ SELECT current_setting('max_connections')::int,
 """
 _BACKENDS = """
 SELECT pid, coalesce(state, 'unknown') AS state, coalesce(usename, '') AS usename,
-       coalesce(datname, '') AS datname
+       coalesce(datname, '') AS datname, wait_event_type IS NULL AS no_wait
 FROM pg_stat_activity WHERE backend_type = 'client backend'
 """
 
@@ -115,7 +115,9 @@ async def read_database(dsn: str, *, timeout: float = 5.0) -> DatabaseSample:
         system_identifier=settings[3], max_connections=settings[0], superuser_reserved_connections=settings[1],
         reserved_connections=settings[2], backend_pids=frozenset(r["pid"] for r in backends),
         by_state=_count(r["state"] for r in backends), by_user=_count(r["usename"] for r in backends),
-        by_database=_count(r["datname"] for r in backends))
+        by_database=_count(r["datname"] for r in backends),
+        active_pids=frozenset(r["pid"] for r in backends if r["state"] == "active"),
+        on_cpu_pids=frozenset(r["pid"] for r in backends if r["state"] == "active" and r["no_wait"]))
 
 
 async def backends_left(dsn: str, pids: frozenset[int], *, timeout: float = 5.0) -> frozenset[int] | None:
@@ -190,6 +192,8 @@ def tier_signals(samples: list[ProcessSample], previous: dict[str, Totals], at: 
         wait_us += now.wait_time_us - before.wait_time_us
         seconds = max(seconds, now.at - before.at)
     rates = known and seconds > 0
+    read = database is not None and database.error is None
+    servers = frozenset().union(*(s.server_pids for s in reachable))
     return TierSignals(
         processes=max(expected, len(samples)), reachable=len(reachable),
         pool_size=max(s.default_pool_size or 0 for s in reachable),
@@ -200,4 +204,6 @@ def tier_signals(samples: list[ProcessSample], previous: dict[str, Totals], at: 
         xact_per_s=xacts / seconds if rates else None,
         avg_xact_time_ms=xact_us / xacts / 1000 if rates and xacts else None,
         avg_wait_time_ms=wait_us / xacts / 1000 if rates and xacts else None,
-        cpu=cpu.value if cpu is not None else None, missing=tuple(missing))
+        cpu=cpu.value if cpu is not None else None, missing=tuple(missing),
+        backends_active=len(servers & database.active_pids) if read else None,
+        backends_on_cpu=len(servers & database.on_cpu_pids) if read else None)
