@@ -199,6 +199,20 @@ def test_a_dry_run_reports_a_decision_and_changes_nothing(small_pg, poolers):
     assert config_of(busy.port) == (2, 0)
 
 
+def test_a_tier_not_due_holds_at_its_size_stays_counted_and_learns_nothing(small_pg, poolers):
+    waiting = poolers()
+    target = replace(tier(waiting, small_pg), due=False)
+    tuner = Autotuner(timeout=2)
+    bench = burst(waiting, seconds=3, clients=10)
+    history = asyncio.run(run_ticks(tuner, [target], lambda h: h[-1][0].signals.cl_waiting > 0, limit=20))
+    clean(bench)
+    report = history[-1][0]
+    assert report.signals.cl_waiting > 0 and report.decision.direction == "hold", report.line()
+    assert "its own interval" in report.decision.reason
+    assert report.allocation.pool_size == 2 and report.to_size == 2     # in the budget at the size it has
+    assert target.tier not in tuner.history and config_of(waiting.port) == (2, 2)
+
+
 def test_postgres_unreachable_holds_every_tier_and_sets_nothing(small_pg, poolers):
     pooler = poolers()
     target = tier(pooler, small_pg)

@@ -224,7 +224,7 @@ class RecordingAutotuner:
         self.ticks: list[list[str]] = []
 
     async def tick(self, tiers):
-        self.ticks.append(sorted(t.tier for t in tiers))
+        self.ticks.append(sorted((t.tier, t.due) for t in tiers))
         await asyncio.sleep(0.05)
         return []
 
@@ -234,7 +234,7 @@ def body(name: str, interval: int) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "team"}, "spec": p.spec.model_dump(by_alias=True)}
 
 
-def test_every_registered_tier_goes_into_one_tick_and_a_stopped_one_into_none():
+def test_every_registered_tier_goes_into_one_tick_deciding_at_its_own_interval_and_a_stopped_one_into_none():
     async def scenario():
         now = [0.0]
         autotuner = RecordingAutotuner()
@@ -243,14 +243,21 @@ def test_every_registered_tier_goes_into_one_tick_and_a_stopped_one_into_none():
         runner.register(body("a", 5))
         runner.register(body("b", 60))
         await runner.tick_once()
-        assert autotuner.ticks == [["team/a", "team/b"]]
+        assert autotuner.ticks == [[("team/a", True), ("team/b", True)]]
         assert runner.tiers["team/a"].next_due == 5 and runner.tiers["team/b"].next_due == 60
+        now[0] = 5.0
         tick = asyncio.create_task(runner.tick_once())
         await asyncio.sleep(0.01)
         await runner.unregister("team/a")      # returns only once the tick in flight is over
         assert tick.done()
+        assert autotuner.ticks[-1] == [("team/a", True), ("team/b", False)]   # b is in the budget, not due
+        assert runner.tiers["team/b"].next_due == 60
+        now[0] = 10.0
+        await runner.tick_once()                 # nobody due: no tick at all
+        assert len(autotuner.ticks) == 2
+        now[0] = 60.0
         await runner.tick_once()
-        assert autotuner.ticks[-1] == ["team/b"]
+        assert autotuner.ticks[-1] == [("team/b", True)]
         await runner.unregister("team/b")
         await asyncio.sleep(1.1)
         assert runner._task.done()               # no tier left: the loop has ended

@@ -292,7 +292,7 @@ class AutotuneSpec(Model):
     enabled: bool = Field(False, description="Let the autotuner move default_pool_size.")
     min_pool_size: int = Field(5, ge=1, le=10_000, description="Smallest pool size the autotuner sets.")
     max_pool_size: int = Field(100, ge=1, le=10_000, description="Largest pool size the autotuner sets.")
-    interval_seconds: int = Field(30, ge=5, le=3600, description="Seconds between two autotuner ticks.")
+    interval_seconds: int = Field(30, ge=5, le=3600, description="Seconds between two decisions for this resource (between them it holds its size, still counted in the budget of every tick of its server).")
     budget_headroom: int = Field(5, ge=0, le=10_000, description="Connections of max_connections kept free "
                                                                   "for everyone else.")
     prometheus: PrometheusSpec | None = Field(None, description="The CPU signal; without it the autotuner "

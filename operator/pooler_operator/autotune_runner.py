@@ -16,7 +16,7 @@ import asyncio
 import base64
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -190,25 +190,31 @@ class AutotuneRunner:
             await asyncio.sleep(min(1.0, max(0.05, wait)))
 
     async def tick_once(self) -> list[TierReport]:
-        """One tick over every registered tier (the budget is per server, so no tier is left out)."""
+        """One tick over every registered tier: the budget is per server, so no tier is left out of it, but only
+        the tiers whose own interval has passed decide (the others hold at their size, and are not reported)."""
         async with self._ticking:
             poolers, targets = {}, []
+            now = self.clock()
             for tier, registered in list(self.tiers.items()):
                 try:
                     pooler = parse_pooler(registered.body)
                 except InvalidSpec:
                     continue  # the reconcile says what to fix
-                registered.next_due = self.clock() + pooler.spec.autotune.interval_seconds
+                due = registered.next_due <= now
+                if due:
+                    registered.next_due = now + pooler.spec.autotune.interval_seconds
                 pods, secrets, password = await asyncio.to_thread(self.read, pooler)
                 try:
-                    targets.append(tier_target(pooler, pods, secrets, password or ""))
+                    targets.append(replace(tier_target(pooler, pods, secrets, password or ""), due=due))
                 except KeyError as exc:
                     log.info(f"{tier}: not tuned this tick, {exc} is missing")
                     continue
                 poolers[tier] = pooler
-            if not targets:
+            if not any(t.due for t in targets):
                 return []
             reports = await self.autotuner.tick(targets)
+            due = {t.tier for t in targets if t.due}
+            reports = [r for r in reports if r.tier in due or r.changed]
             for report in reports:
                 if report.tier in self.tiers and report.tier in poolers:
                     try:

@@ -62,6 +62,7 @@ class TierTarget:
     params: PolicyParams
     headroom: int
     dry_run: bool = False
+    due: bool = True        # False: read and counted in the budget, but its own interval has not passed: it holds
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,10 @@ class Autotuner:
         if t.signals is None:
             size = self.sizes.get(name)
             t.decision = Decision(size or 0, f"hold: {'; '.join(t.errors)}", "hold")
+            return
+        if not t.target.due:     # counted in the budget at the size it has; its policy waits for its interval
+            t.decision = Decision(t.signals.pool_size, "hold: next decision at its own interval", "hold")
+            self.sizes[name] = t.from_size = t.signals.pool_size
             return
         server = t.database.system_identifier
         contended = bool(self.limited.get(server, set()) - {name}) if server else False
