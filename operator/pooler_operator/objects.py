@@ -399,6 +399,31 @@ def _projected_sources(pooler: PostgresPooler, names: Names) -> list[dict[str, A
     return sources
 
 
+def pooler_container(pooler: PostgresPooler, image: str, *, name: str = "pooler", sidecar: bool = False,
+                     port_names: dict[str, str] | None = None,
+                     volume_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The pooler's container, one template for the Deployment's pods and for injected sidecars (which name
+    their ports and volumes apart from the application's)."""
+    spec = pooler.spec
+    text = _ENV.get_template("pooler-container.yaml.j2").render(
+        spec=spec, container_name=name, image=image, sidecar=sidecar,
+        port_names=port_names or {"postgres": "postgres", "http": "http"},
+        volume_names=volume_names or {"config": "config", "tmp": "tmp"},
+        config_dir=CONFIG_DIR, config_path=f"{CONFIG_DIR}/{CONFIG_FILE}", listen_port=LISTEN_PORT,
+        http_port=HTTP_PORT, resources=spec.resources.model_dump(exclude_none=True) if spec.resources else None)
+    return yaml.safe_load(text)
+
+
+def pooler_image(pooler: PostgresPooler, image: str | None = None) -> str:
+    """spec.pooler.image, else the operator's configured image, else the default."""
+    return pooler.spec.pooler.image or image or default_image()
+
+
+def projected_sources(pooler: PostgresPooler) -> list[dict[str, Any]]:
+    """The config volume's sources: the ConfigMap, the auth_file Secret and the TLS Secrets."""
+    return _projected_sources(pooler, Names(pooler.name))
+
+
 def budget(pooler: PostgresPooler, tuned: TunedSize | None = None) -> int | None:
     """Most server connections one (database, user) pool may open over the whole tier."""
     if pooler.spec.mode != "deployment":
@@ -463,11 +488,9 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
         pod_annotations={**(extra_meta.annotations if extra_meta else {}), RESTART_HASH_ANNOTATION: restart_hash},
         template=template or _NO_TEMPLATE,
         topology_spread=_topology_spread(pooler),
-        image=spec.pooler.image or image or default_image(),
+        pooler_container=pooler_container(pooler, pooler_image(pooler, image)),
         grace_period=spec.pooler.shutdown_timeout_seconds + GRACE_MARGIN_SECONDS,
-        config_dir=CONFIG_DIR, config_path=f"{CONFIG_DIR}/{CONFIG_FILE}",
-        listen_port=LISTEN_PORT, http_port=HTTP_PORT,
-        resources=spec.resources.model_dump(exclude_none=True) if spec.resources else None,
+        http_port=HTTP_PORT,
         projected_sources=_projected_sources(pooler, names),
         metrics_on_service=spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor",
     )
