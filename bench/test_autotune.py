@@ -1,35 +1,38 @@
-"""Keeps `python3 -m bench autotune` working: its verdict, table and schedule on fixed records, and one --quick
-run end to end (a row per fixed size and one autotuned, the plot written, the sampler's readings). No speed is
-asserted: the figures are the benchmark's output, read by people."""
+"""Keeps `python3 -m bench autotune` working: its verdict, tables, budget and schedule on fixed records (the
+--quick runs end to end are tests/test_bench_autotune.py). No speed is asserted: the figures are the
+benchmark's output, read by people."""
 from __future__ import annotations
 
-import glob
-import importlib.util
-import json
 import os
-import subprocess
-import sys
 from datetime import datetime, timezone
 
 import pytest
 
 from bench.autotune import pgcpu, runs, sampler, summary, workload
-from tests.support import missing, require_binary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLAN = workload.Plan(phases=(workload.Phase("io-wait", "SELECT 1", 4, 2), workload.Phase("idle", None, 0, 1)),
+PLAN = workload.Plan(tiers=("app",), phases=(workload.Phase("io-wait", (workload.Load("app", "SELECT 1", 4),), 2),
+                                             workload.Phase("idle", (), 1)),
                      sizes=(2, 8), rounds=2)
+TWO_TIERS = workload.Plan(tiers=("app", "reports"), sizes=(8, 32), phases=(
+    workload.Phase("both", (workload.Load("app", "SELECT 2", 4), workload.Load("reports", "SELECT 1", 4)), 2),))
 
 
-def _run(label: str, size: int | None, total: int, p99: float, violations: int = 0) -> dict:
+def _run(label: str, size: int | None, total: int, p99: float, violations: int = 0, backends: int = 9) -> dict:
     return {"label": label, "size": size, "status": "ok", "total_xacts": total, "p99_ms": p99,
-            "violations": violations, "max_client_backends": 9, "limit": 33, "samples": [{}] * 3,
-            "phases": [{"name": "io-wait", "tps": total / 2, "p99_ms": p99}, {"name": "idle", "tps": None,
-                                                                             "p99_ms": None}]}
+            "violations": violations, "max_client_backends": backends, "limit": 33, "samples": [{}] * 3,
+            "phases": [{"name": "io-wait", "tps": total / 2, "p99_ms": p99, "tiers": {"app": {"tps": total / 2}}},
+                       {"name": "idle", "tps": None, "p99_ms": None, "tiers": {}}]}
 
 
-def _summary(records: list[dict]) -> dict:
-    return summary.summarize(records, plan=PLAN, versions={"PostgreSQL": "15"}, cores=2,
+def _two_tier_run(label: str, size: int | None, app: int, reports: int, violations: int = 0) -> dict:
+    return {"label": label, "size": size, "status": "ok", "total_xacts": (app + reports) * 2, "p99_ms": 5.0,
+            "violations": violations, "max_client_backends": 40 if violations else 20, "limit": 33,
+            "phases": [{"name": "both", "tps": app + reports, "p99_ms": 5.0,
+                        "tiers": {"app": {"tps": app}, "reports": {"tps": reports}}}]}
+
+
+def _summary(records: list[dict], plan: workload.Plan = PLAN) -> dict:
+    return summary.summarize(records, plan=plan, versions={"PostgreSQL": "15"}, cores=2,
                              started=datetime(2026, 1, 2, tzinfo=timezone.utc))
 
 
@@ -46,7 +49,31 @@ def test_best_static_is_the_largest_median_total_and_the_autotuned_row_is_its_ra
     table = summary.markdown(result)
     assert "| static 8 (best static) | 500 | 1.00× | 10.0 | 0 | 9 / 33 | 250 | 10.0 |" in table
     assert "| autotuned | 525 | 1.05× | 9 | 0 | 9 / 33 | 262 | 9 |" in table
-    assert "Target (autotuned total ≥ 1.0× best static, p99 no worse, 0 violations): met" in table
+    assert "Target (autotuned total ≥ 1.0× best static within the budget, p99 no worse, 0 violations): met" in table
+    assert "Throughput per tier" not in table   # one tier: the totals are its figures
+
+
+def test_a_static_size_whose_tiers_together_break_the_budget_is_marked_and_never_the_best():
+    result = _summary([_two_tier_run("static 8", 8, 100, 200), _two_tier_run("static 32", 32, 300, 900, 4),
+                       _two_tier_run("autotuned", None, 250, 500)], TWO_TIERS)
+    assert result["best_static"] == "static 8"
+    rows = {r["label"]: r for r in result["rows"]}
+    assert rows["static 32"]["over_budget"] and not rows["static 8"]["over_budget"]
+    assert rows["autotuned"]["vs_best"] == pytest.approx(2.5)
+    table = summary.markdown(result)
+    assert "| static 32 (over budget) | 2,400 | 4.00× |" in table
+    assert ("- static 32: over budget: its tiers together opened up to 40 client backends, above the limit of "
+            "33; not a valid configuration, so not a candidate for the best static size.") in table
+    assert "| pool | both: app | both: reports |" in table
+    assert "| autotuned | 250 | 500 |" in table
+
+
+def test_with_every_static_size_over_budget_there_is_no_best_and_no_verdict():
+    result = _summary([_two_tier_run("static 32", 32, 300, 900, 4), _two_tier_run("autotuned", None, 250, 500)],
+                      TWO_TIERS)
+    assert result["best_static"] is None
+    assert result["verdict"] == {"met": False,
+                                 "why": "no autotuned result, or no static one within the budget, to compare"}
 
 
 def test_a_single_violation_or_a_worse_p99_misses_the_target_and_the_table_says_which():
@@ -72,6 +99,22 @@ def test_budget_limit_leaves_the_reserved_slots_and_the_headroom_and_counts_samp
     assert sampler.violations(samples, limit) == 2
 
 
+def test_a_sample_sums_its_tiers_and_leaves_a_field_unknown_when_a_tier_went_unread():
+    app = {"pool_size": 8, "cl_waiting": 3, "maxwait_s": 0.5}
+    assert sampler.over_tiers({"app": app, "reports": {"pool_size": 4, "cl_waiting": 0, "maxwait_s": 1.5}}) \
+        == {"pool_size": 12, "cl_waiting": 3, "maxwait_s": 1.5}
+    assert sampler.over_tiers({"app": app, "reports": {}}) == {}
+
+
+def test_one_autotuner_is_given_every_tier_as_a_pooler():
+    class Pg:
+        def dsn(self):
+            return "postgresql://postgres@127.0.0.1:5432/postgres"
+    argv = runs.autotune_argv(TWO_TIERS, [7001, 7002], Pg(), "http://127.0.0.1:9090", "up")
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--pooler"] == [runs.console_dsn(7001),
+                                                                            runs.console_dsn(7002)]
+
+
 def test_postgres_cpu_counter_counts_a_process_tree_and_never_goes_down():
     counter = pgcpu.CpuCounter(os.getpid())
     first = counter.read()
@@ -85,60 +128,3 @@ def test_even_rounds_run_the_sweep_in_reverse_so_the_autotuner_is_not_always_las
     assert runs.per_second([(10.2, 1), (10.9, 1), (12.5, 1), (99.0, 1)], t0=10.0, seconds=3) == [2, 0, 1]
     from bench.autotune.main import schedule
     assert schedule(PLAN) == [2, 8, None, None, 8, 2]
-
-
-# -- one quick run of the real thing ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    for tool in ("pgbench", "prometheus", "prometheus-node-exporter"):
-        require_binary(tool)
-    if not glob.glob("/usr/lib/postgresql/*/bin/postgres"):
-        missing("the PostgreSQL server is needed by the benchmark (scripts/install-deps.sh installs it)")
-    if importlib.util.find_spec("matplotlib") is None:
-        missing("matplotlib draws the benchmark's plot (pip install -e '.[bench]'; scripts/install-deps.sh)")
-    out = tmp_path_factory.mktemp("autotune-results")
-    proc = subprocess.run([sys.executable, "-m", "bench", "autotune", "--quick", "--out", str(out)], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    stems = [p[:-3] for p in glob.glob(str(out / "autotune-*.md"))]
-    assert len(stems) == 1, os.listdir(out)
-    with open(stems[0] + ".json") as f:
-        return stems[0], proc, json.load(f)
-
-
-def test_quick_run_prints_a_row_for_every_fixed_size_and_the_autotuner(quick_run):
-    stem, proc, result = quick_run
-    with open(stem + ".md") as f:
-        assert f.read().strip() == proc.stdout.strip()
-    assert [r["label"] for r in result["rows"]] == ["static 2", "static 4", "autotuned"]
-    for r in result["rows"]:
-        assert r["status"] == "ok", r
-        assert f"| {r['label']}" in proc.stdout
-    assert result["best_static"] in ("static 2", "static 4")
-    assert "Target (autotuned total ≥ 1.0× best static" in proc.stdout
-
-
-def test_quick_run_draws_the_plot(quick_run):
-    stem, _, _ = quick_run
-    with open(stem + ".png", "rb") as f:
-        head = f.read(8)
-    assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(stem + ".png") > 10_000
-
-
-def test_quick_run_sampled_console_and_pg_stat_activity_in_every_run(quick_run):
-    _, _, result = quick_run
-    for run in result["runs"]:
-        read = [s for s in run["samples"] if s["pool_size"] is not None and s["client_backends"] is not None]
-        assert len(read) >= 5, (run["label"], run["sampler_errors"])
-        assert run["limit"] == 40 - 3 - 4 and run["violations"] is not None
-        assert all(p["status"] == "ok" for p in run["phases"]), run["phases"]
-        if run["size"] is not None:
-            assert {s["pool_size"] for s in read} == {run["size"]}
-
-
-def test_quick_run_kept_what_the_autotuner_printed(quick_run):
-    _, _, result = quick_run
-    tuned = next(r for r in result["runs"] if r["label"] == "autotuned")
-    assert tuned["decisions"], "maitred autotune printed no line"

@@ -1,9 +1,18 @@
 """`python3 -m bench autotune`: every fixed pool size of the sweep, then the autotuner, over the same phases.
 
 Starts its own PostgreSQL (small max_connections: the budget), a Prometheus scraping a node-exporter every
-tick, and for every run a fresh maitred pooler; pgbench drives each phase through it while a sampler records
-pool size, cl_waiting, CPU and pg_stat_activity. Prints a Markdown table and writes it with a JSON file and a
-PNG plot to --out.
+tick, and for every run a fresh maitred pooler per tier; pgbench drives each phase through them while a
+sampler records pool sizes, cl_waiting, CPU and pg_stat_activity. Prints a Markdown table and writes it with a
+JSON file and a PNG plot to --out.
+
+Workloads (--tiers):
+  2 (default)  two poolers, "app" and "reports", share one PostgreSQL's max_connections:
+               io-wait 25 s: app 48 clients SELECT pg_sleep(0.01), reports idle;
+               cpu + io-wait 25 s: app 48 clients of an md5 aggregate (CPU), reports 48 clients pg_sleep(0.01);
+               idle 15 s. A size fixed alike for both starves the tier that waits or,
+               summed over the two, breaks the budget.
+  1            one pooler: io-wait 25 s, cpu 25 s (48 clients each), idle 15 s.
+--quick keeps either shape with 6 clients and 3 s phases.
 """
 from __future__ import annotations
 
@@ -39,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a few seconds per phase, two sizes, a few clients (checks the harness, not the numbers)")
+    p.add_argument("--tiers", type=int, choices=(1, 2), default=2,
+                   help="poolers in front of the one PostgreSQL: 2, app and reports whose demand moves "
+                        "(default), or 1 (see above)")
     p.add_argument("--rounds", type=int, help="rounds of the whole sweep; even rounds run in reverse order "
                                                "(default 1)")
     p.add_argument("--sizes", type=_sizes, help="fixed pool sizes of the sweep (default 2,4,8,16,32)")
@@ -53,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from(args: argparse.Namespace) -> workload.Plan:
-    plan = workload.QUICK if args.quick else workload.FULL
+    plan = (workload.QUICK if args.quick else workload.FULL)[args.tiers]
     if args.seconds is not None:
         plan = dataclasses.replace(plan, phases=tuple(dataclasses.replace(p, seconds=args.seconds)
                                                       for p in plan.phases))
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         prometheus.wait_for(query)
         versions = {"PostgreSQL": targets.Direct(pg).version().split()[2],
                     "maitred": targets.Maitred(pg).version()}
-        tune = lambda port: runs.autotune_argv(plan, port, pg, prometheus.url, query)  # noqa: E731
+        tune = lambda ports: runs.autotune_argv(plan, ports, pg, prometheus.url, query)  # noqa: E731
         for i, size in enumerate(schedule(plan), 1):
             record = runs.measure(pg, plan, folder, size=size, autotune=None if size else tune)
             records.append(record)
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 def _brief(record: dict) -> str:
     if record["status"] != "ok":
         return f"failed ({record['reason'].splitlines()[0][:200]})"
-    phases = ", ".join(f"{p['name']} {p['tps']:.0f} tps" for p in record["phases"] if p["tps"] is not None)
+    phases = ", ".join(f"{p['name']} " + "+".join(f"{t['tps']:.0f}" for t in p["tiers"].values()) + " tps"
+                       for p in record["phases"] if p["tps"] is not None)
     return (f"{record['total_xacts']} xacts ({phases}), p99 {record['p99_ms']:.1f} ms, "
             f"{record['violations']} violations, {len(record['decisions'])} autotuner lines")

@@ -1,5 +1,6 @@
-"""One measured run: a fresh maitred pooler at a fixed pool size (or under `maitred autotune`), the sampler,
-and pgbench through every phase of the workload in turn. The run's record is plain data (JSON-ready)."""
+"""One measured run: a fresh maitred pooler per tier, all at one fixed pool size (or under one `maitred
+autotune`), the sampler, and pgbench through every phase of the workload in turn, the tiers' loads at the
+same time. The run's record is plain data (JSON-ready)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ from maitred.local.postgres import LocalPostgres
 
 from .. import pgbench, targets
 from . import pgcpu, sampler
-from .workload import Phase, Plan
+from .workload import Load, Phase, Plan
 
 
 @dataclass
@@ -34,7 +35,8 @@ def console_dsn(port: int) -> str:
 
 
 class Autotuner:
-    """`maitred autotune` for one pooler, as a child process; every line it prints is kept with its time."""
+    """`maitred autotune` for the poolers of a run, as a child process; every line it prints is kept with its
+    time."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.argv, self.env = argv, env
@@ -68,32 +70,58 @@ class Autotuner:
         self._reader.join(5)
 
 
-def autotune_argv(plan: Plan, pooler_port: int, pg: LocalPostgres, prometheus_url: str, cpu_query: str
+def autotune_argv(plan: Plan, pooler_ports: list[int], pg: LocalPostgres, prometheus_url: str, cpu_query: str
                   ) -> list[str]:
-    """`maitred autotune` for the one pooler of a run, with the plan's interval, bounds and headroom."""
-    return [sys.executable, "-m", "maitred.cli", "autotune", "--pooler", console_dsn(pooler_port),
+    """One `maitred autotune` for every tier of a run (a --pooler each), with the plan's interval, bounds and
+    headroom."""
+    poolers = [arg for port in pooler_ports for arg in ("--pooler", console_dsn(port))]
+    return [sys.executable, "-m", "maitred.cli", "autotune", *poolers,
             "--postgres", pg.dsn(), "--prometheus", prometheus_url, "--cpu-query", cpu_query,
             "--interval", f"{plan.interval:g}", "--min-pool-size", str(plan.min_pool_size),
             "--max-pool-size", str(plan.max_pool_size), "--headroom", str(plan.headroom)]
 
 
-def _phase(phase: Phase, ep: targets.Endpoint, plan: Plan, folder: str) -> tuple[dict, list[tuple[float, int]]]:
-    """Run one phase; its record, and its transactions as (end time, latency µs)."""
-    record = {"name": phase.name, "clients": phase.clients, "start": time.time()}
-    script = phase.script(folder)
-    if script is None:
-        time.sleep(phase.seconds)
-        record.update(end=time.time(), status="ok", transactions=0, tps=None, p99_ms=None)
-        return record, []
+def _load(load: Load, ep: targets.Endpoint, plan: Plan, seconds: int, folder: str
+          ) -> tuple[dict, list[tuple[float, int]]]:
+    """One tier's pgbench through one phase; its record, and its transactions as (end time, latency µs)."""
+    record = {"clients": load.clients, "sql": load.sql}
     try:
-        res = pgbench.run(ep, clients=phase.clients, threads=plan.threads, duration=phase.seconds,
-                          log_latencies=True, script=script)
+        res = pgbench.run(ep, clients=load.clients, threads=plan.threads, duration=seconds,
+                          log_latencies=True, script=load.script(folder))
     except pgbench.PgbenchFailed as exc:
-        record.update(end=time.time(), status="failed", reason=str(exc), transactions=None, tps=None, p99_ms=None)
-        return record, []
-    record.update(end=time.time(), status="ok", transactions=res.transactions, tps=res.tps,
-                  p99_ms=res.latency_p99_ms)
-    return record, res.completions
+        return dict(record, status="failed", reason=str(exc), transactions=None, tps=None, p99_ms=None), []
+    return dict(record, status="ok", transactions=res.transactions, tps=res.tps, p99_ms=res.latency_p99_ms
+                ), res.completions
+
+
+def _phase(phase: Phase, eps: dict[str, targets.Endpoint], plan: Plan, folder: str
+           ) -> tuple[dict, dict[str, list[tuple[float, int]]]]:
+    """Run one phase, every tier's load at the same time (a pgbench each, in threads); its record with per-tier
+    and total figures, and each tier's transactions as (end time, latency µs)."""
+    record = {"name": phase.name, "start": time.time()}
+    if not phase.loads:
+        time.sleep(phase.seconds)
+        record.update(end=time.time(), status="ok", transactions=0, tps=None, p99_ms=None, tiers={})
+        return record, {}
+    results: dict[str, tuple[dict, list]] = {}
+    threads = [threading.Thread(target=lambda x=x: results.__setitem__(
+        x.tier, _load(x, eps[x.tier], plan, phase.seconds, folder)), name=f"pgbench-{x.tier}")
+        for x in phase.loads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tiers = {x.tier: results[x.tier][0] for x in phase.loads}
+    done = [c for _, completions in results.values() for c in completions]
+    failed = next((f"{tier}: {r['reason']}" for tier, r in tiers.items() if r["status"] != "ok"), None)
+    record.update(end=time.time(), tiers=tiers)
+    if failed:
+        record.update(status="failed", reason=failed, transactions=None, tps=None, p99_ms=None)
+    else:
+        record.update(status="ok", transactions=sum(r["transactions"] for r in tiers.values()),
+                      tps=sum(r["tps"] for r in tiers.values()),
+                      p99_ms=pgbench.percentile([us for _, us in done], 99) / 1000 if done else None)
+    return record, {tier: r[1] for tier, r in results.items()}
 
 
 def per_second(done: list[tuple[float, int]], t0: float, seconds: int) -> list[int]:
@@ -107,28 +135,34 @@ def per_second(done: list[tuple[float, int]], t0: float, seconds: int) -> list[i
 
 
 def measure(pg: LocalPostgres, plan: Plan, folder: str, *, size: int | None = None,
-            autotune: Callable[[int], list[str]] | None = None) -> dict:
-    """One run through every phase: at the fixed pool `size`, or from plan.min_pool_size under the autotuner
-    that `autotune(pooler_port)` gives the command line of. Its record: phases, totals, p99, budget
-    violations, the sampled series, the autotuner's lines."""
+            autotune: Callable[[list[int]], list[str]] | None = None) -> dict:
+    """One run through every phase, with a fresh pooler per tier (same PostgreSQL, same settings): every tier
+    at the fixed pool `size`, or from plan.min_pool_size under the one autotuner that `autotune(pooler ports)`
+    gives the command line of. Its record: phases (per tier and in total), totals and p99 over every tier,
+    budget violations, the sampled series, the autotuner's lines."""
     label = "autotuned" if autotune else f"static {size}"
     settings = targets.PoolSettings(pool_size=plan.min_pool_size if autotune else size,
                                     max_client_conn=plan.max_clients + 100, auth_type="scram-sha-256")
-    record: dict = {"label": label, "size": size, "status": "ok", "phases": [], "decisions": []}
-    done: list[tuple[float, int]] = []
-    pooler = ConsolePooler(pg)
+    record: dict = {"label": label, "size": size, "tiers": list(plan.tiers), "status": "ok", "phases": [],
+                    "decisions": []}
+    done: dict[str, list[tuple[float, int]]] = {tier: [] for tier in plan.tiers}
     try:
-        with pooler.serve(settings) as ep, \
-                sampler.Sampler(console=(ep.host, ep.port, ep.user, ep.password), postgres=(targets.HOST, pg.port),
-                                postmaster=pgcpu.postmaster_pid(pg.datadir),
-                                database=targets.DATABASE, pooler_user=targets.USER,
-                                every=plan.sample_every) as series, \
-                _autotuner(autotune and autotune(ep.port), pooler.env()) as tuner:
+        with contextlib.ExitStack() as stack:
+            poolers = {tier: ConsolePooler(pg) for tier in plan.tiers}
+            eps = {tier: stack.enter_context(pooler.serve(settings)) for tier, pooler in poolers.items()}
+            record["consoles"] = {tier: f"{ep.host}:{ep.port}" for tier, ep in eps.items()}
+            series = stack.enter_context(sampler.Sampler(
+                consoles={tier: (ep.host, ep.port, ep.user, ep.password) for tier, ep in eps.items()},
+                postgres=(targets.HOST, pg.port), postmaster=pgcpu.postmaster_pid(pg.datadir),
+                database=targets.DATABASE, pooler_user=targets.USER, every=plan.sample_every))
+            tuner = stack.enter_context(_autotuner(autotune and autotune([ep.port for ep in eps.values()]),
+                                                   poolers[plan.tiers[0]].env()))
             record["t0"] = time.time()
             for phase in plan.phases:
-                phase_record, phase_done = _phase(phase, ep, plan, folder)
+                phase_record, phase_done = _phase(phase, eps, plan, folder)
                 record["phases"].append(phase_record)
-                done += phase_done
+                for tier, completions in phase_done.items():
+                    done[tier] += completions
                 if tuner is not None and tuner.exited() is not None:
                     record.update(status="failed", reason=f"maitred autotune exited with {tuner.exited()}: "
                                   + " / ".join(line for _, line in tuner.lines[-5:]))
@@ -143,15 +177,18 @@ def measure(pg: LocalPostgres, plan: Plan, folder: str, *, size: int | None = No
     if failed and record["status"] == "ok":
         record.update(status="failed", reason=f"{failed[0]['name']}: {failed[0]['reason']}")
     backends = [s.client_backends for s in series.samples if s.client_backends is not None]
+    every = [c for completions in done.values() for c in completions]
+    seconds = int(record["end"] - record["t0"]) + 1
     record.update(
         total_xacts=None if failed else sum(p["transactions"] for p in record["phases"]),
-        p99_ms=pgbench.percentile([us for _, us in done], 99) / 1000 if done else None,
+        p99_ms=pgbench.percentile([us for _, us in every], 99) / 1000 if every else None,
         limit=limit,
         violations=sampler.violations(series.samples, limit) if limit is not None else None,
         max_client_backends=max(backends, default=None),
         samples=sampler.as_dicts(series.samples),
         sampler_errors=series.errors[:20],
-        per_second=per_second(done, record["t0"], int(record["end"] - record["t0"]) + 1),
+        per_second=per_second(every, record["t0"], seconds),
+        tier_per_second={tier: per_second(completions, record["t0"], seconds) for tier, completions in done.items()},
     )
     return record
 

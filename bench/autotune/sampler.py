@@ -1,7 +1,7 @@
 """The time series of one run, read every fraction of a second in a thread of its own while pgbench runs:
 
-- from the pooler's admin console: the pool size in force (SHOW DATABASES) and the pool's clients and servers
-  (SHOW POOLS), what the autotuner sees and changes;
+- from every tier's admin console: the pool size in force (SHOW DATABASES) and the pool's clients and servers
+  (SHOW POOLS), what the autotuner sees and changes; kept per tier, and summed over the tiers;
 - from pg_stat_activity: every client backend, the budget's subject: a sample with more client backends than
   max_connections - superuser_reserved_connections - reserved_connections - headroom is a budget violation;
 - the host's CPU use from /proc/stat (node-exporter's metric), and PostgreSQL's own share of the machine
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD
 from pooler_operator.autotune.console import Console, ConsoleError
@@ -28,10 +28,13 @@ LIMITS_SQL = ("SELECT name, setting FROM pg_settings WHERE name IN "
               "('max_connections', 'superuser_reserved_connections', 'reserved_connections')")
 
 
+CONSOLE_FIELDS = ("pool_size", "cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait_s")
+
+
 @dataclass(frozen=True)
 class Sample:
     t: float                          # Unix time
-    pool_size: int | None = None      # default_pool_size in force for the database
+    pool_size: int | None = None      # default_pool_size in force, summed over the tiers (None: a tier unread)
     cl_active: int | None = None
     cl_waiting: int | None = None
     sv_active: int | None = None
@@ -41,6 +44,18 @@ class Sample:
     pooler_backends: int | None = None   # those of the pooler's login user
     cpu: float | None = None             # host CPU use since the previous sample, 0..1
     pg_cpu: float | None = None          # PostgreSQL's CPU use since the previous sample, share of all cores
+    tiers: dict[str, dict] = field(default_factory=dict)   # tier -> its console's CONSOLE_FIELDS ({}: unread)
+
+
+def over_tiers(tiers: dict[str, dict]) -> dict:
+    """The flat console fields of a sample: sums over the tiers (maxwait the longest), None where a tier
+    went unread, as a partial sum would look like a smaller pool."""
+    out = {}
+    for key in CONSOLE_FIELDS:
+        values = [t.get(key) for t in tiers.values()]
+        if values and None not in values:
+            out[key] = max(values) if key == "maxwait_s" else sum(values)
+    return out
 
 
 def connection_limit(settings: dict[str, str], headroom: int) -> int:
@@ -64,11 +79,12 @@ def cpu_times() -> tuple[int, int]:
 
 
 class Sampler(Background):
-    """Samples a pooler console and a PostgreSQL server until stopped; `samples` is the series read so far."""
+    """Samples every tier's pooler console and a PostgreSQL server until stopped; `samples` is the series read
+    so far."""
 
-    def __init__(self, *, console: tuple[str, int, str, str], postgres: tuple[str, int], postmaster: int,
-                 database: str, pooler_user: str, every: float) -> None:
-        self.console = console             # host, port, admin user, password
+    def __init__(self, *, consoles: dict[str, tuple[str, int, str, str]], postgres: tuple[str, int],
+                 postmaster: int, database: str, pooler_user: str, every: float) -> None:
+        self.consoles = consoles           # tier -> host, port, admin user, password
         self.postgres = postgres           # host, port (the superuser logs in)
         self.postmaster = postmaster
         self.database = database
@@ -83,7 +99,7 @@ class Sampler(Background):
         asyncio.run(self._run())
 
     async def _run(self) -> None:
-        conns: dict[str, Console | None] = {"console": None, "postgres": None}
+        conns: dict[str, Console | None] = {**{tier: None for tier in self.consoles}, "postgres": None}
         cpu_before = cpu_times()
         pg_counter = pgcpu.CpuCounter(self.postmaster)
         pg_before = (time.monotonic(), pg_counter.read())
@@ -100,7 +116,8 @@ class Sampler(Background):
                     pg_before = pg_now
                 except OSError as exc:
                     self.errors.append(f"postgres cpu: {exc}")
-                values.update(await self._read("console", conns, self._read_console))
+                tiers = {tier: await self._read(tier, conns, self._read_console) for tier in self.consoles}
+                values.update(over_tiers(tiers), tiers=tiers)
                 values.update(await self._read("postgres", conns, self._read_activity))
                 self.samples.append(Sample(t=time.time(), **values))
                 await asyncio.sleep(max(0.0, self.every - (time.monotonic() - started)))
@@ -122,9 +139,9 @@ class Sampler(Background):
             return {}
 
     async def _connect(self, which: str) -> Console:
-        """The admin console of the pooler, or PostgreSQL's `postgres` database (the same simple protocol)."""
-        if which == "console":
-            host, port, user, password = self.console
+        """A tier's admin console, or PostgreSQL's `postgres` database (the same simple protocol)."""
+        if which in self.consoles:
+            host, port, user, password = self.consoles[which]
             return await Console.connect(host, port, user, password)
         host, port = self.postgres
         conn = await Console.connect(host, port, SUPERUSER, SUPERUSER_PASSWORD, database="postgres")
