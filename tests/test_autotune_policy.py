@@ -136,7 +136,25 @@ def test_cpu_congestion_stops_shrinking_once_a_shrink_cost_throughput():
     ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0)] * 3
     decisions, _ = run(ticks, size=20)
     assert sizes(decisions) == [20, 15, 11, 11, 11, 11], [d.reason for d in decisions]
-    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[-1].reason
+    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[3].reason
+    assert [d.rule for d in decisions[3:]] == ["knee"] * 3 and "at the knee" in decisions[-1].reason
+
+
+def test_the_knee_holds_for_as_long_as_the_congestion_lasts_even_once_larger_sizes_leave_the_history():
+    saturated = dict(cl_waiting=40, cpu=0.95)
+    ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0)] * (HISTORY_TICKS + 5)
+    decisions, _ = run(ticks, size=20)
+    assert set(sizes(decisions)[3:]) == {11}, [d.reason for d in decisions[-3:]]
+
+
+def test_a_cpu_that_hovers_about_the_high_water_mark_still_shrinks_as_the_band_is_hysteresis():
+    """Once at cpu_high, the episode lasts until the CPU falls below cpu_low: 0.86, 0.75, 0.86, ... shrinks."""
+    ticks = [dict(cl_waiting=30, cpu=0.86 if i % 2 == 0 else 0.75) for i in range(4)]
+    decisions, _ = run(ticks, size=16)
+    assert sizes(decisions) == [16, 12, 9, 6], [d.reason for d in decisions]
+    assert decisions[1].reason == "shrink: cpu 0.75 >= 0.70 since it reached 0.85 for 2 ticks or more"
+    after, _ = run([dict(cl_waiting=30, cpu=0.86), dict(cl_waiting=30, cpu=0.60)], size=16)
+    assert [d.rule for d in after] == ["cpu", "grow"]         # below cpu_low: the episode is over
 
 
 @pytest.mark.parametrize("on_cpu, direction, rule", [(1, "grow", "grow"), (9, "hold", "cpu"), (None, "hold", "cpu")])

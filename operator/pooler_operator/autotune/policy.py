@@ -4,7 +4,7 @@ Rules, first match wins (docs/autotuner.md has the full table):
 
 1. signal   a missing or nonsensical signal: hold (never grow), naming it; only a size above max shrinks.
 2. bounds   a size outside min..max goes back inside.
-3. cpu / latency   congestion: CPU at or past `cpu_high`, or server time per transaction at `latency_tolerance` x
+3. cpu / latency   congestion: CPU at or past `cpu_high` (and from then on until it falls below `cpu_low`), or server time per transaction at `latency_tolerance` x
             its no-queue baseline while throughput did not rise (Vegas' and Gradient2's queue detection, with
             the pool's own `xact_per_s` as the throughput check). The first tick holds, as CPU from Prometheus is
             seconds late and one spike proves nothing; from the second it shrinks by `shrink_factor`, until a
@@ -35,9 +35,9 @@ from typing import Callable
 from .model import Decision, History, PolicyParams, TierSignals
 
 HISTORY_TICKS = 30   # ticks remembered: the baseline's window
-RULES = ("signal", "bounds", "cpu", "latency", "cpu-band", "grow", "max", "ceiling", "cooldown",
+RULES = ("signal", "bounds", "cpu", "latency", "knee", "cpu-band", "grow", "max", "ceiling", "cooldown",
          "idle", "contended", "steady")
-CONGESTION = ("cpu", "latency")
+CONGESTION = ("cpu", "latency", "knee")   # knee: congested, but the last shrink cost throughput, so it holds
 CPU_SLACK = 1.05     # Prometheus rates may overshoot 1 a little; past this a CPU share is nonsense
 OFF_CPU_SHARE = 0.5  # below this share of its running backends on the CPU, a tier is not what loads the CPU
 COUNTS = ("processes", "reachable", "pool_size", "pools", "cl_waiting", "cl_active", "sv_active", "sv_idle")
@@ -60,7 +60,7 @@ def decide(signals: TierSignals, history: History, params: PolicyParams) -> Deci
 
     if workload_changed(history, signals, params):     # what the history learnt was about another load
         history = History()
-    congestion = _cpu_congestion(signals, params) or _latency_congestion(signals, history, params)
+    congestion = _cpu_congestion(signals, history, params) or _latency_congestion(signals, history, params)
     if congestion is not None:
         return _congested(signals, history, params, *congestion)
     if signals.cl_waiting > 0:
@@ -153,9 +153,15 @@ def _off_cpu_text(s: TierSignals) -> str:
     return f" (only {s.backends_on_cpu} of its {s.backends_active} running backends on the CPU)"
 
 
-def _cpu_congestion(s: TierSignals, p: PolicyParams) -> tuple[str, str] | None:
-    if s.cpu is not None and s.cpu >= p.cpu_high and not waits_off_cpu(s):
+def _cpu_congestion(s: TierSignals, h: History, p: PolicyParams) -> tuple[str, str] | None:
+    """CPU at or past `cpu_high`; and, once there, until it falls below `cpu_low` (the band is hysteresis: a
+    CPU that hovers about the high-water mark must not reset the episode every other tick)."""
+    if s.cpu is None or waits_off_cpu(s):
+        return None
+    if s.cpu >= p.cpu_high:
         return "cpu", f"cpu {s.cpu:.2f} >= {p.cpu_high:.2f}"
+    if s.cpu >= p.cpu_low and h.decisions and h.decisions[-1].rule in ("cpu", "knee"):
+        return "cpu", f"cpu {s.cpu:.2f} >= {p.cpu_low:.2f} since it reached {p.cpu_high:.2f}"
     return None
 
 
@@ -182,11 +188,14 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
         return Decision(size, f"hold: {why}, shrink if it stays", "hold", rule)
     if _in_cooldown(h, p, "grow"):
         return Decision(size, f"hold: {why}, cool-down after grow", "hold", rule)
+    last = h.decisions[-1]
+    if last.rule == "knee" and last.size == size:      # found while this congestion lasts: stay there
+        return Decision(size, f"hold: {why}, at the knee: fewer servers cost throughput", "hold", "knee")
     larger = _latest_measured(h, lambda b: b.pool_size > size)
     if larger is not None and s.xact_per_s is not None and \
             s.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):     # past the knee's other side
         return Decision(size, f"hold: {why}, throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at "
-                              f"size {larger.pool_size}: fewer servers only cost throughput", "hold", rule)
+                              f"size {larger.pool_size}: fewer servers only cost throughput", "hold", "knee")
     new = max(lo, min(size - 1, math.floor(size * p.shrink_factor)))
     return Decision(new, f"shrink: {why} for 2 ticks or more", "shrink", rule)
 
