@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import psycopg
 import pytest
 
 from tests.support import PASSWORDS, wait_for
@@ -166,10 +165,3 @@ def test_set_max_prepared_statements_bounds_the_running_servers(pooler_factory, 
             wire.read_until(b"Z")
         assert wire.rows("SELECT count(*) FROM pg_prepared_statements") == [("2",)]
 
-
-def test_psycopg_prepared_statements_survive_discard_all_sent_by_the_extended_protocol(pooler_factory, pg):
-    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
-    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
-        assert conn.execute("SELECT %s::int", (1,), prepare=True).fetchone() == (1,)
-        conn.execute("DISCARD ALL", prepare=False)
-        assert conn.execute("SELECT %s::int", (2,), prepare=True).fetchone() == (2,)
