@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
-from tests.support import PASSWORDS, wait_for
+from tests.support import PASSWORDS, require_binary, wait_for
 from tests.test_admin import USERS, console, show
+from tests.test_admin_pgbouncer import PgBouncer
 from tests.test_limits import assert_closed_with, login
 from tests.wire import SYNC, ServerError, Wire, bind, execute, parse, query
 
@@ -165,3 +167,30 @@ def test_set_max_prepared_statements_bounds_the_running_servers(pooler_factory, 
             wire.read_until(b"Z")
         assert wire.rows("SELECT count(*) FROM pg_prepared_statements") == [("2",)]
 
+
+
+# -- side by side with Debian's PgBouncer 1.18, which has server_fast_close and connect_query -------------
+
+def fast_close_and_connect_query(port: int) -> tuple[str, list]:
+    """What a session client is told when its server must reconnect, and what connect_query left set."""
+    with Wire(port, timeout=10) as session:
+        session.login(user="app", password=USERS["app"])
+        probe = session.rows("SELECT current_setting('maitred.probe')")
+        dsn = f"host=127.0.0.1 port={port} user=admin dbname=pgbouncer password={USERS['admin']}"
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as con:
+            con.execute("RECONNECT app")
+        return session.expect_error(10).message, probe
+
+
+def test_server_fast_close_and_connect_query_behave_as_pgbouncers(pooler_factory, pg):
+    settings = {"pool_mode": "session", "server_fast_close": 1, "admin_users": "admin"}
+    databases = {"app": f"host=127.0.0.1 port={pg.port} dbname=app connect_query='SET maitred.probe TO ''7'''"}
+    bouncer = PgBouncer(require_binary("pgbouncer"), {"listen_addr": "127.0.0.1", "unix_socket_dir": "",
+                                                      "auth_type": "scram-sha-256", **settings}, databases, USERS)
+    try:
+        expected = fast_close_and_connect_query(bouncer.port)
+    finally:
+        bouncer.stop()
+    assert expected == ("database configuration changed", [("7",)])
+    pooler = pooler_factory(userlist=USERS, databases=databases, **settings)
+    assert fast_close_and_connect_query(pooler.port) == expected
