@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from maitred import __version__
 
 from . import control, protocol, stats
-from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP
+from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP, login_notice
 from .config import RESERVED_DATABASE, ConfigError
 from .settings import MAITRED_SETTINGS, SETTINGS
 
@@ -94,7 +94,7 @@ class Console(asyncio.Protocol):
             ("DateStyle", "ISO"), ("TimeZone", "GMT"), ("standard_conforming_strings", "on"),
             ("is_superuser", "on"))]
         welcome += [protocol.backend_key_data(client.cancel_key >> 32, client.cancel_key & 0xffffffff),
-                    protocol.ready_for_query()]
+                    login_notice(self.app), protocol.ready_for_query()]
         self.transport.write(b"".join(welcome))
         self.app.log_event(log, f"login attempt: db={RESERVED_DATABASE} user={client.user}", client)
         leftover, client.startup = client.startup, b""

@@ -35,6 +35,9 @@ class Pooler:
         self.db_limits: dict[str, Limits] = {}
         self.user_limits: dict[str, Limits] = {}
         self.clients: set[Client] = set()
+        # Logged-in clients per database and per login user, for max_db/user_client_connections.
+        self.db_clients: dict[str, int] = {}
+        self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
@@ -96,6 +99,28 @@ class Pooler:
     def client_disconnected(self, client: Client) -> None:
         self.clients.discard(client)
         self.cancel_keys.pop(client.cancel_key, None)
+        if client.counted:
+            client.counted = False
+            self.db_clients[client.dbname] -= 1
+            self.user_clients[client.user] -= 1
+
+    def admit(self, client: Client, db) -> str | None:
+        """Count a logged-in client against max_db_client_connections and max_user_client_connections (its
+        database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
+        user = self.config.users.get(client.user)
+        db_max = db.max_db_client_connections
+        user_max = user.max_user_client_connections if user is not None else None
+        db_count = self.db_clients.get(client.dbname, 0)
+        user_count = self.user_clients.get(client.user, 0)
+        for name, own, count in (("max_db_client_connections", db_max, db_count),
+                                 ("max_user_client_connections", user_max, user_count)):
+            limit = self.config.get(name) if own is None else own
+            if limit and count >= limit:
+                return name
+        self.db_clients[client.dbname] = db_count + 1
+        self.user_clients[client.user] = user_count + 1
+        client.counted = True
+        return None
 
     def client_count(self) -> int:
         return len(self.clients)

@@ -41,6 +41,12 @@ _PAUSE = {"waiting": 1, "server": 2, "auth_query": 4, "suspend": 8}
 _NONE: Mapping[str, str] = MappingProxyType({})
 
 
+def login_notice(app: "Pooler") -> bytes:
+    """login_notify_message, as a NOTICE before the first ReadyForQuery; nothing when it is empty."""
+    text = app.config.get("login_notify_message")
+    return protocol.notice_response(text) if text else b""
+
+
 class Client(asyncio.Protocol):
     """One connection from an application to the pooler. Slots keep an idle client small."""
 
@@ -48,7 +54,8 @@ class Client(asyncio.Protocol):
                  "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "max_length", "handshaking", "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "unix", "max_length", "handshaking", "counted", "wait_notified",
+                 "__weakref__")
 
     def __init__(self, app: "Pooler"):
         self.app = app
@@ -88,6 +95,8 @@ class Client(asyncio.Protocol):
         self.unix = False                       # connected over the Unix socket
         self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
+        self.counted = False                    # in app.db_clients and app.user_clients
+        self.wait_notified = False              # told once that it is queued (query_wait_notify)
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class Client(asyncio.Protocol):
             if server is not None:
                 if syncs:
                     if not server.expected:
-                        server.query_started = self.app.now()
+                        server.start_query(self.app.now())
                     server.expected += syncs
                 server.transport.write(data)
             else:
@@ -416,13 +425,19 @@ class Client(asyncio.Protocol):
         return True
 
     def _authenticated(self, scram_keys: tuple[bytes, bytes] | None = None) -> None:
-        if self.dbname != RESERVED_DATABASE and self.app.config.database_for(self.dbname) is None:
+        db = self.app.config.database_for(self.dbname) if self.dbname != RESERVED_DATABASE else None
+        if self.dbname != RESERVED_DATABASE and db is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
             return
         limits = self.app.db_limits.get(self.dbname)
         if limits is not None and limits.disabled:
             self.fatal(protocol.PROTOCOL_VIOLATION, f'database "{self.dbname}" is disabled')
             return
+        if db is not None:
+            exceeded = self.app.admit(self, db)
+            if exceeded:
+                self.fatal(protocol.PROTOCOL_VIOLATION, f"client connections exceeded ({exceeded})")
+                return
         self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:
             from .admin import start      # here, not above: the console imports this module
@@ -476,6 +491,7 @@ class Client(asyncio.Protocol):
         out = [protocol.parameter_status(k, v) for k, v in reported.items()]
         self.cancel_key = self.app.register_cancel_key(self)
         out.append(protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff))
+        out.append(login_notice(self.app))
         out.append(protocol.ready_for_query())
         self.transport.write(b"".join(out))
         self.state = ACTIVE
@@ -506,7 +522,7 @@ class Client(asyncio.Protocol):
         pending = self.pending
         if pending:
             if self.pending_syncs and not server.expected:
-                server.query_started = now or self.app.now()
+                server.start_query(now or self.app.now())
             server.expected += self.pending_syncs
             server.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
             self.pending = ()

@@ -19,6 +19,7 @@ from pooler.settings import (
     DATABASE_KEY_ALIASES,
     DATABASE_KEYS,
     MAITRED_SETTINGS,
+    PEERS_REFUSED,
     SETTINGS,
     UNSUPPORTED_CHOICES,
     USER_KEYS,
@@ -170,8 +171,14 @@ def _parse_enum(setting: Setting, raw: str) -> str:
 
 
 def parse_value(setting: Setting, raw: str) -> object:
-    """Turn the text of a setting into its typed value; ValueError says why it is invalid."""
-    raw = raw.strip()
+    """Turn the text of a setting into its typed value; ValueError says why it is invalid or refused."""
+    value = _parse_value(setting, raw.strip())
+    if setting.refused and value != setting.default:
+        raise ValueError(f"{raw.strip()!r} is refused: {setting.refused}")
+    return value
+
+
+def _parse_value(setting: Setting, raw: str) -> object:
     if setting.kind == "int":
         return _parse_int(raw)
     if setting.kind == "float_seconds":
@@ -276,6 +283,9 @@ def _database_entry(where: tuple[str, int, str], conninfo: str, warnings: list[s
     fields = _entry_fields(DATABASE_KEYS, "database", where, conninfo, warnings, DATABASE_KEY_ALIASES)
     if not 0 < fields.get("port", 5432) < 65536:
         raise ConfigError(f"invalid port for database {name!r}: {fields['port']}", file, line, name)
+    if "," in (fields.get("host") or ""):
+        raise ConfigError(f"host list for database {name!r} is refused: maitred connects to one host per "
+                          "database (put a load balancer or DNS name in front of several)", file, line, name)
     params = {STARTUP_PARAMS[key]: fields.pop(key) for key in list(fields) if key in STARTUP_PARAMS}
     return DatabaseEntry(name=name, startup_params=params, **fields)
 
@@ -294,6 +304,8 @@ def load_config(path: str | Path) -> Config:
     for file, line, header, key, raw in _read_ini(path):
         if header is not None:
             section = header
+            if section == "peers":
+                raise ConfigError(f"section [peers] is refused: {PEERS_REFUSED}", file, line)
             if section not in (*catalogues, "databases", "users"):
                 config.warnings.append(
                     f"{file}:{line}: section [{section}] is not supported, its keys are ignored")

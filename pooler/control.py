@@ -87,9 +87,19 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
         pool.user_limits.max_connections = user_entry.max_user_connections \
             if user_entry and user_entry.max_user_connections is not None else new.get("max_user_connections")
         pool.configure()
+    if old.get("max_prepared_statements") != new.get("max_prepared_statements"):
+        resize_statement_caches(app, new.get("max_prepared_statements"))
     for message in messages:
         log.info("%s", message)
     return messages
+
+
+def resize_statement_caches(app: "Pooler", capacity: int) -> None:
+    """A new max_prepared_statements holds on the running servers too: each evicts its least recently used
+    statements down to it before it prepares the next one. 0 stops tracking for clients that have not begun."""
+    for pool in app.pools.values():
+        for server in pool.servers:
+            server.cache.capacity = capacity
 
 
 def reload(app: "Pooler") -> list[str]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("maitred.janitor")
 
 PERIOD = 0.25
+QUEUED_NOTICE = protocol.notice_response("No server connection available in postgres backend, client being queued")
 
 
 async def run(app: "Pooler") -> None:
@@ -37,6 +38,18 @@ def sweep(app: "Pooler") -> None:
     _create_warm_pools(app, cfg)
     for pool in list(app.pools.values()):
         _sweep_pool(pool, now, cfg)
+    _free_empty_pools(app, now, cfg.get("pool_idle_timeout"))
+
+
+def _free_empty_pools(app: "Pooler", now: float, timeout: float) -> None:
+    """pool_idle_timeout: a pool with no client and no server for this long is freed, its counters with it."""
+    for key, pool in list(app.pools.items()):
+        if pool.clients or pool.servers or pool.waiting:
+            pool.empty_since = 0.0
+        elif not pool.empty_since:
+            pool.empty_since = now
+        elif timeout and now - pool.empty_since > timeout:
+            del app.pools[key]
 
 
 def _create_warm_pools(app: "Pooler", cfg) -> None:
@@ -69,10 +82,15 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
     user = cfg.users.get(pool.user)
     query_timeout = getattr(user, "query_timeout", None) or cfg.get("query_timeout")
     idle_tx_timeout = getattr(user, "idle_transaction_timeout", None) or cfg.get("idle_transaction_timeout")
+    tx_timeout = getattr(user, "transaction_timeout", None) or cfg.get("transaction_timeout")
 
     # Clients waiting for a server.
+    notify_after = cfg.get("query_wait_notify")
     for client in list(pool.waiting):
         waited = now - client.wait_started
+        if notify_after and waited > notify_after and not client.wait_notified and not client.login_pending:
+            client.wait_notified = True      # once per connection, as PgBouncer
+            client.transport.write(QUEUED_NOTICE)
         if pool.query_wait_timeout and waited > pool.query_wait_timeout:
             pool.cancel_wait(client)
             client.requested = False
@@ -87,6 +105,7 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
 
     # Servers.
     server_idle_timeout = cfg.get("server_idle_timeout")
+    fast_close = cfg.get("server_fast_close") and not pool.transactional
     for server in list(pool.servers):
         if server.active:
             server.active = False
@@ -101,12 +120,15 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
             if query_timeout and server.expected and now - server.busy_since > query_timeout:
                 server.close("query_timeout")
                 continue
+            if fast_close and server.close_needed and client.between_transactions():
+                _close_with_client(server, protocol.PROTOCOL_VIOLATION, "database configuration changed")
+                continue
             in_tx = server.status != protocol.IDLE and not server.expected
             if in_tx and idle_tx_timeout and now - max(client.idle_since, server.idle_since) > idle_tx_timeout:
-                server.client = None
-                client.server = None
-                server.close("idle transaction timeout")
-                client.fatal(protocol.IDLE_IN_TRANSACTION_TIMEOUT, "idle transaction timeout")
+                _close_with_client(server, protocol.IDLE_IN_TRANSACTION_TIMEOUT, "idle transaction timeout")
+            elif tx_timeout and (server.expected or server.status != protocol.IDLE) \
+                    and now - server.xact_started > tx_timeout:
+                _close_with_client(server, protocol.PROTOCOL_VIOLATION, "transaction timeout")
     for server in list(pool.idle):
         if server_idle_timeout and now - server.idle_since > server_idle_timeout \
                 and len(pool.servers) > pool.min_size:
@@ -118,3 +140,13 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
     if len(pool.servers) < pool.min_size and pool.may_open() \
             and now - pool.last_connect_failure > cfg.get("server_login_retry"):
         pool.open_server()
+
+
+def _close_with_client(server, sqlstate: str, reason: str) -> None:
+    """Close a server and its client, which is told PgBouncer's reason; an open transaction is rolled back
+    by PostgreSQL when the connection goes."""
+    client = server.client
+    server.client = None
+    client.server = None
+    server.close(reason)
+    client.fatal(sqlstate, reason)

@@ -82,6 +82,7 @@ class Pool:
         self.queried_secret: str | None = None   # server_user's secret from auth_query, kept over a RELOAD
         self.last_connect_failure = 0.0     # when the last login failed; 0 once one succeeds
         self.login_error = (CONNECTION_FAILURE, "")   # its SQLSTATE and message, for clients that arrive meanwhile
+        self.empty_since = 0.0              # when its last client and server left (pool_idle_timeout)
         self.stats = Stats()
         self.configure()
 

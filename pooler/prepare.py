@@ -166,6 +166,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             if name_end == 0:
                 out.append(data[pos:stop])
                 queue.append((PARSE, None))
+                if _resets(body[1:]):       # DEALLOCATE ALL / DISCARD ALL by the extended protocol
+                    _forget_all(tracker, cache)
             else:
                 stmt = client.app.statements.get(body[name_end + 1:])
                 tracker.statements[body[:name_end]] = stmt
@@ -184,6 +186,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
                 _ensure(server, stmt, out, queue, swallow=True)
                 out.append(protocol.message(b"B", body[:portal_end + 1] + stmt.name + body[name_end:]))
                 queue.append((BIND, stmt.name))
+                if _resets(stmt.tail):      # a named DEALLOCATE ALL / DISCARD ALL
+                    _forget_all(tracker, cache)
         elif kind == 0x44 or kind == 0x43:    # Describe or Close: 'S' statement or 'P' portal
             body = data[pos + 5:stop]
             name = body[1:_cstr_end(body, 1)]
@@ -205,9 +209,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             out.append(data[pos:stop])
             queue.append((SYNC, None) if kind == 0x53 else (QUERY, None))
             syncs += 1
-            if kind == 0x51 and data[pos + 5:stop].lstrip().upper().startswith(_RESET_COMMANDS):
-                tracker.statements.clear()
-                cache.clear()
+            if kind == 0x51 and _resets(data[pos + 5:stop]):
+                _forget_all(tracker, cache)
         elif kind == 0x58:    # Terminate: the server stays with the pooler
             tracker.held = b""
             terminated = True
@@ -224,7 +227,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         _emit_fakes(client, queue)
     if syncs:
         if not server.expected:
-            server.query_started = client.app.now()
+            server.start_query(client.app.now())
         server.expected += syncs
         stats.query_count += syncs
     if out:
@@ -232,6 +235,17 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         stats.bytes_received += len(payload)
         server.transport.write(payload)
     return terminated
+
+
+def _resets(query: bytes) -> bool:
+    """The query is DEALLOCATE ALL or DISCARD ALL, which drop every prepared statement of the session."""
+    return query.lstrip().upper().startswith(_RESET_COMMANDS)
+
+
+def _forget_all(tracker: Tracker, cache: ServerCache) -> None:
+    """As PgBouncer: the client's statements are gone, and so is everything its server had prepared."""
+    tracker.statements.clear()
+    cache.clear()
 
 
 def _ensure(server: "Server", stmt: Statement, out: list[bytes], queue, swallow: bool) -> bool:

@@ -82,7 +82,7 @@ class Server(asyncio.Protocol):
                  "options", "param_key", "backend_pid", "backend_key", "expected", "status", "z_count", "z_seen",
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
                  "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
-                 "query_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
+                 "query_started", "xact_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
                  "login_timer", "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
@@ -119,6 +119,7 @@ class Server(asyncio.Protocol):
         self.active = False           # saw traffic since the janitor last looked
         self.assigned_at = 0.0        # when the linked client got this server
         self.query_started = 0.0      # when the oldest ReadyForQuery still owed was asked for
+        self.xact_started = 0.0       # when the transaction (or lone statement) under way started
         self.reading_paused = False
         self.address = ""
         self.tls_requested = False    # SSLRequest sent; PostgreSQL's one-byte answer not read yet
@@ -233,17 +234,32 @@ class Server(asyncio.Protocol):
                                    protocol.transient_login_error(sqlstate))
                 return
             elif kind == _Z:
-                self.ready = True
                 self.login = None
-                self._stop_login_timer()
                 self.status = body[0]
                 self.buffer = b""
-                self.app.log_event(log, "new server connection", self)
-                if self.dedicated is not None:
-                    self.dedicated.replication_ready(self)
+                connect_query = self.pool.db.connect_query
+                if connect_query and self.dedicated is None:
+                    self.run_internal(connect_query, self._connect_query_done)
                 else:
-                    self.pool.server_ready(self)
+                    self._logged_in()
                 return
+
+    def _connect_query_done(self, error: str | None) -> None:
+        """connect_query ran (still within server_connect_timeout); an error is logged and ignored, as in
+        PgBouncer, but a server it left inside a transaction has been closed."""
+        if error:
+            log.warning("%s connect_query failed: %s", self.describe(), error)
+        if not self.closed:
+            self._logged_in()
+
+    def _logged_in(self) -> None:
+        self.ready = True
+        self._stop_login_timer()
+        self.app.log_event(log, "new server connection", self)
+        if self.dedicated is not None:
+            self.dedicated.replication_ready(self)
+        else:
+            self.pool.server_ready(self)
 
     def _login_failed(self, reason: str, sqlstate: str = protocol.CONNECTION_FAILURE, transient: bool = False) -> None:
         """The login did not succeed. `sqlstate` and `reason` are PostgreSQL's when it refused us, which is what
@@ -328,6 +344,12 @@ class Server(asyncio.Protocol):
         self.pool.release(self, now)
         if self.app.draining and client is not None:
             client.drain_if_idle()
+
+    def start_query(self, now: float) -> None:
+        """A client's query goes out while none is owed; from an idle server, it starts a transaction."""
+        self.query_started = now
+        if self.status == _IDLE:
+            self.xact_started = now
 
     def park(self) -> None:
         self.idle_since = self.app.now()
@@ -481,10 +503,10 @@ class Server(asyncio.Protocol):
 
     def _slow_path(self) -> None:
         try:
-            if not self.ready:
-                self._login_data()
-            elif self.internal is not None:
+            if self.internal is not None:      # the pooler's own query, connect_query during the login too
                 self._internal_data()
+            elif not self.ready:
+                self._login_data()
             else:
                 self._unsolicited()
         except protocol.ProtocolError as exc:

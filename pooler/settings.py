@@ -20,6 +20,7 @@ class Setting:
     doc: str
     choices: tuple[str, ...] = ()
     reloadable: bool = True
+    refused: str = ""       # why maitred refuses any value but the default: at load, on RELOAD and on SET
 
 
 def _catalogue(*settings: Setting) -> dict[str, Setting]:
@@ -30,6 +31,9 @@ _S = Setting
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 POOL_MODES = ("session", "transaction", "statement")
 _NO_EFFECT = "Accepted for PgBouncer compatibility, no effect in maitred."
+PEERS_REFUSED = ("peering ([peers], peer_id) is not supported: a cancel reaches only the process that has its "
+                 "client, so do not share a port between poolers")
+TLS13_REFUSED = "Python's ssl module cannot restrict TLS 1.3 cipher suites; OpenSSL's defaults are used"
 
 # auth_type values PgBouncer knows that maitred refuses, so the error can say "unsupported", not "invalid".
 UNSUPPORTED_CHOICES: dict[str, tuple[str, ...]] = {"auth_type": ("any", "cert", "hba", "ldap", "pam")}
@@ -65,7 +69,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Reported parameters, besides the built-in ones, kept per client and restored on the server.",
        reloadable=False),
     _S("ignore_startup_parameters", "list", (), "Startup parameters to ignore instead of refusing the client."),
-    _S("peer_id", "int", 0, _NO_EFFECT + " ([peers] cancel forwarding is not supported.)"),
+    _S("peer_id", "int", 0, "Refused unless 0: maitred has no [peers] cancel forwarding.",
+       refused=PEERS_REFUSED),
     _S("disable_pqexec", "bool", False, "Refuse the simple query protocol (only extended protocol clients work).",
        reloadable=False),
     _S("application_name_add_host", "bool", False, "Append the client address and port to application_name."),
@@ -131,7 +136,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("client_tls_ca_file", "path", "", "CA bundle that validates client certificates."),
     _S("client_tls_protocols", "str", "secure", "TLS versions for clients: tlsv1.0-tlsv1.3, all or secure."),
     _S("client_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for clients, OpenSSL syntax."),
-    _S("client_tls13_ciphers", "str", "", "Accepted, no effect: Python's ssl module cannot restrict TLS 1.3 suites."),
+    _S("client_tls13_ciphers", "str", "", "Refused unless empty: TLS 1.3 suites are always OpenSSL's defaults.",
+       refused=TLS13_REFUSED),
     _S("client_tls_ecdhcurve", "str", "auto", "ECDH curve for clients: none, auto or a curve name."),
     _S("client_tls_dheparams", "str", "auto", _NO_EFFECT + " (DHE parameters.)"),
     _S("server_tls_sslmode", "enum", "prefer", "TLS for server connections.", choices=SSLMODES),
@@ -140,7 +146,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("server_tls_cert_file", "path", "", "Certificate presented to servers."),
     _S("server_tls_protocols", "str", "secure", "TLS versions for servers: tlsv1.0-tlsv1.3, all or secure."),
     _S("server_tls_ciphers", "str", "default", "TLS 1.2 and lower ciphers for servers, OpenSSL syntax."),
-    _S("server_tls13_ciphers", "str", "", "Accepted, no effect: Python's ssl module cannot restrict TLS 1.3 suites."),
+    _S("server_tls13_ciphers", "str", "", "Refused unless empty: TLS 1.3 suites are always OpenSSL's defaults.",
+       refused=TLS13_REFUSED),
     # Dangerous timeouts
     _S("query_timeout", "float_seconds", 0.0, "Cancel queries running longer than this; 0 disables."),
     _S("query_wait_timeout", "float_seconds", 120.0, "Disconnect a client queued longer than this; 0 disables."),
@@ -180,7 +187,7 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
 # PgBouncer.
 DATABASE_KEYS: dict[str, Setting] = _catalogue(
     _S("host", "str", None,
-       "Server host, comma-separated hosts, or a Unix socket directory; not set: the one in unix_socket_dir."),
+       "Server host or a Unix socket directory; not set: unix_socket_dir. A host list is refused."),
     _S("port", "int", 5432, "Server port."),
     _S("dbname", "str", None, "Server database name; defaults to the client-side name."),
     _S("user", "str", None, "Log in to the server as this user for every client: one pool per database."),
@@ -194,10 +201,10 @@ DATABASE_KEYS: dict[str, Setting] = _catalogue(
     _S("max_db_connections", "int", None, "Overrides max_db_connections."),
     _S("max_db_client_connections", "int", None, "Overrides max_db_client_connections."),
     _S("pool_mode", "enum", None, "Overrides pool_mode.", choices=POOL_MODES),
-    _S("connect_query", "str", None, "Query run once on each new server connection."),
+    _S("connect_query", "str", None, "Query run on each new server connection before use; errors are logged."),
     _S("server_lifetime", "float_seconds", None, "Overrides server_lifetime."),
     _S("query_wait_timeout", "float_seconds", None, "Overrides query_wait_timeout."),
-    _S("load_balance_hosts", "enum", None, "How a host list is used: round-robin (default) or disable.",
+    _S("load_balance_hosts", "enum", None, "How a host list is used; accepted, but host lists are refused.",
        choices=("round-robin", "disable")),
     _S("target_session_attrs", "enum", None, "Which servers are accepted (default any).",
        choices=("any", "read-write", "read-only", "primary", "standby")),

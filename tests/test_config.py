@@ -251,10 +251,10 @@ def test_an_unknown_setting_is_a_warning_naming_file_line_and_key(tmp_path):
 
 
 def test_an_unknown_section_is_one_warning_and_its_keys_are_ignored(tmp_path):
-    config = load(tmp_path, "[peers]\n1 = host=/tmp/a\n2 = host=/tmp/b\n[pgbouncer]\nlisten_port = 7000\n")
+    config = load(tmp_path, "[fleet]\n1 = host=/tmp/a\n2 = host=/tmp/b\n[pgbouncer]\nlisten_port = 7000\n")
     assert config.get("listen_port") == 7000
     assert config.warnings == [
-        f"{tmp_path / 'pooler.ini'}:1: section [peers] is not supported, its keys are ignored"]
+        f"{tmp_path / 'pooler.ini'}:1: section [fleet] is not supported, its keys are ignored"]
 
 
 def test_section_names_are_case_sensitive(tmp_path):
