@@ -2,7 +2,8 @@
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus (with
 # promtool), node-exporter and Lua 5.1 packages, what the real node runs on (containerd, runc, the CNI
 # plugins, buildah, debootstrap, iptables), the Python distribution with its test and benchmark extras in the
-# checkout's own virtual environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
+# checkout's own virtual environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe
+# to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
