@@ -118,3 +118,9 @@ def test_a_paused_pooler_is_suspended():
     paused = status_of(Outcome("Paused", "spec.paused is true"), deployment(2, 2), {**SPEC, "paused": True})
     status, message = health(pooler(paused, paused=True))
     assert status == "Suspended" and "paused" in message
+
+
+def test_readme_says_where_argocd_takes_the_check():
+    readme = (ROOT / "README.md").read_text()
+    assert "resource.customizations.health.maitred.dev_PostgresPooler" in readme
+    assert "--rawfile lua charts/maitred/files/health.lua" in readme

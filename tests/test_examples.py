@@ -3,9 +3,11 @@ CRDs, the operator and a PostgresPooler the operator accepts; install.yaml is th
 Argo CD Application points at the kustomization."""
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,22 @@ def test_argocd_application_syncs_the_kustomization_server_side():
     source = app["spec"]["source"]
     assert (ROOT / source["path"] / "kustomization.yaml").is_file()
     assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"], "the CRD is too large otherwise"
+
+
+def test_readme_render_diff_is_what_render_prints(tmp_path):
+    """The README's pull-request example: the diff of two `maitred render` outputs, as it shows it."""
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("```diff\n", 1)[1].split("```", 1)[0].splitlines()
+    before = (EXAMPLES / "postgrespooler.yaml").read_text()
+    after = before.replace("defaultPoolSize: 20", "defaultPoolSize: 30").replace("queryWaitTimeout: 60",
+                                                                                 "queryWaitTimeout: 30")
+    assert after != before
+
+    def render(text: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "maitred.cli", "render", "-"], input=text,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    diff = list(difflib.unified_diff(render(before), render(after), lineterm=""))[2:]
+    assert diff == shown
