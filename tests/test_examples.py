@@ -15,7 +15,8 @@ import yaml
 
 from pooler_operator.render import render_documents
 from tests.support import missing
-from tests.test_chart import BUILD_SCRIPT, BUILD_TIMEOUT, CHART, KUBE_VERSION, ROOT, helm  # noqa: F401
+# helm is a fixture; pytestmark gives a cold cache the time to build it (and kubectl), as in test_chart.py.
+from tests.test_chart import BUILD_SCRIPT, BUILD_TIMEOUT, KUBE_VERSION, ROOT, helm, pytestmark  # noqa: F401
 
 EXAMPLES = ROOT / "examples"
 

@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from maitred.local.postgres import free_port
 from pooler_operator.metrics import OperatorMetrics, serve
 from tests.support import require_binary
-from tests.test_chart import CHART, KUBE_VERSION, ROOT, helm, one  # noqa: F401  (helm is a fixture)
+# helm is a fixture; pytestmark gives a cold cache the time to build it, as in test_chart.py.
+from tests.test_chart import CHART, KUBE_VERSION, ROOT, helm, one, pytestmark  # noqa: F401
 
 PROMTOOL_TESTS = ROOT / "tests" / "promtool" / "alerts.test.yaml"
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
