@@ -17,7 +17,8 @@ def _operator(args: argparse.Namespace) -> int:
     from pooler_operator.main import run
 
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone,
-               peering=args.peering, priority=args.priority, liveness=args.liveness, verbose=args.verbose)
+               peering=args.peering, priority=args.priority, liveness=args.liveness, metrics_port=args.metrics_port,
+               verbose=args.verbose)
 
 
 def _autotune(args: argparse.Namespace) -> int:
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--peering", help="kopf peering object for several replicas (default: $MAITRED_PEERING)")
     o.add_argument("--priority", type=int, help="peering priority (default: newer replicas win)")
     o.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    o.add_argument("--metrics-port", type=int, help="serve the operator's Prometheus /metrics on this port "
+                   "(PostgresPooler conditions, the autotuner's state and decisions); default: none")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     o.set_defaults(func=_operator)
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus and
-# node-exporter packages, what the real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap,
-# iptables), the Python distribution with its test and benchmark extras in the checkout's own virtual
-# environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
+# Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus (with
+# promtool), node-exporter and Lua 5.1 packages, what the real node runs on (containerd, runc, the CNI
+# plugins, buildah, debootstrap, iptables), the Python distribution with its test and benchmark extras in the
+# checkout's own virtual environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe
+# to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,7 @@ has debootstrap || need_apt+=(debootstrap)
 has iptables || need_apt+=(iptables)
 has prometheus || need_apt+=(prometheus)
 has prometheus-node-exporter || need_apt+=(prometheus-node-exporter)
+has lua5.1 || need_apt+=(lua5.1)   # runs the chart's Argo CD health check (Argo CD's Lua is 5.1)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -172,10 +172,11 @@ def test_chart_lints_strictly(helm, values):
     helm.run("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), values=values)
 
 
-def test_default_values_render_the_operator_its_account_and_cluster_wide_rbac(helm):
+def test_default_values_render_the_operator_its_account_cluster_wide_rbac_and_the_dashboard(helm):
     docs = helm.template()
     assert kinds(docs) == [("ClusterRole", "maitred-operator", None),
                            ("ClusterRoleBinding", "maitred-operator", None),
+                           ("ConfigMap", "maitred-dashboard", "maitred-system"),
                            ("Deployment", "maitred-operator", "maitred-system"),
                            ("ServiceAccount", "maitred-operator", "maitred-system")]
     binding = one(docs, "ClusterRoleBinding")
@@ -303,7 +304,8 @@ def test_watched_namespaces_get_a_role_binding_and_a_peering_each(helm):
 
 
 def test_rbac_and_account_can_be_left_to_the_installer(helm):
-    docs = helm.template({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
+    docs = helm.template({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"},
+                          "dashboard": {"enabled": False}})
     assert kinds(docs) == [("Deployment", "maitred-operator", "maitred-system")]
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 

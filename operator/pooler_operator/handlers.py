@@ -5,6 +5,7 @@
 - An owned object deleted by someone is put back by reconciling its owner.
 - Its Deployment changing refreshes the status (replica counts, Ready, Degraded).
 - While it has autotune enabled, a daemon keeps it in the autotuner's one tick loop (autotune_runner.py).
+- Every PostgresPooler event updates the operator's /metrics (metrics.py), and so does every tick's decision.
   kopf stops every daemon while peering freezes this replica, so only the leader tunes.
 No finalizer of the operator's own: owner references make the garbage collector delete what it made. kopf
 puts its finalizer on autotuned resources only, so that their daemon stops before they go.
@@ -26,6 +27,7 @@ from .autotune.console import ConsoleError, set_settings
 from .autotune.loop import ConsoleTarget, TierReport
 from .autotune_runner import AutotuneRunner, Pod, Secrets, pod_consoles, pod_selector
 from .kube import Kube, load_config
+from .metrics import OperatorMetrics
 from .objects import MANAGED_BY, Names, TunedSize, default_image, referenced_secrets
 from .reconcile import RetryLater, owner_of, read_secrets, reconcile, refresh_status, write_tier_report
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 _kube: Kube | None = None
+metrics = OperatorMetrics()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -159,6 +162,15 @@ for _group_version, _plural in (("v1", "configmaps"), ("v1", "secrets"), ("v1", 
                   id=f"owned-{_plural}")(_owned_deleted)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL, id="metrics")
+def pooler_seen(type: str | None, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """Its status as /metrics shows it, whoever wrote it."""
+    if type == "DELETED":
+        metrics.forget(namespace, name)
+    else:
+        metrics.observe(copy.deepcopy(dict(body)))
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 def deployment_changed(type: str | None, body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
     """The Deployment's counts moved: refresh the pooler's status; if it was deleted, make it again."""
@@ -190,6 +202,7 @@ def _read_tier(pooler: PostgresPooler) -> tuple[list[Pod], Secrets, str | None]:
 def _publish(pooler: PostgresPooler, report: TierReport) -> None:
     """The report into status and Events; after a change of size the ConfigMap follows (a reconcile renders
     the size from status), so a new pod starts at it and no reconcile reverts it."""
+    metrics.decided(pooler.namespace, pooler.name, report.decision.direction, report.decision.rule)
     body, events = write_tier_report(kube(), pooler.namespace, pooler.name, report,
                                      dry_run=pooler.spec.autotune.dry_run)
     if body is None:

@@ -27,14 +27,17 @@ def default_priority() -> int:
 
 def run(*, namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
         peering: str | None = None, priority: int | None = None, liveness: str | None = None,
-        verbose: bool = False) -> int:
+        metrics_port: int | None = None, verbose: bool = False) -> int:
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers  # registers the handlers
+    from .metrics import serve
 
     log_format = os.environ.get(LOG_FORMAT_ENV, "full").upper()
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format], log_prefix=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the liveness probe, every few seconds
+    if metrics_port:
+        serve(handlers.metrics, metrics_port)
     watched = watched_namespaces(namespaces, all_namespaces)
     peering = peering or os.environ.get(PEERING_ENV) or None
     kopf.run(

@@ -88,3 +88,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 {{- toYaml $rules }}
 {{- end }}
+
+{{/* "true" when a Prometheus Operator object is to be made: its `enabled` value (a dict's), or, when that is
+     null, whether the cluster serves monitoring.coreos.com/v1. Called with (list $ .Values.<object>). */}}
+{{- define "maitred.monitoring" -}}
+{{- $root := index . 0 }}
+{{- $enabled := (index . 1).enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- $root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}
+{{- else }}
+{{- $enabled }}
+{{- end }}
+{{- end }}
