@@ -140,14 +140,18 @@ class WebhookServer:
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
-                files = await asyncio.to_thread(self._certificates)
-                if files != self.files:
-                    self.files = files
-                    self._load()
-                    log.info(f"webhook certificate reloaded, valid until {certs.not_after(files[certs.TLS_CERT])}")
-                await asyncio.to_thread(self._configuration)
+                await self.check()
             except Exception:  # the next check tries again; the server keeps its certificate meanwhile
                 log.exception("webhook certificate check failed")
+
+    async def check(self) -> None:
+        """Renew (or read again) the certificate, load a new one into the server, keep the caBundle."""
+        files = await asyncio.to_thread(self._certificates)
+        if files != self.files:
+            self.files = files
+            self._load()
+            log.info(f"webhook certificate reloaded, valid until {certs.not_after(files[certs.TLS_CERT])}")
+        await asyncio.to_thread(self._configuration)
 
     def _load(self) -> None:
         """Load the files into the SSL context: new handshakes use them, open connections keep theirs."""
