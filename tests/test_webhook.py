@@ -110,7 +110,8 @@ def test_other_operations_are_allowed_untouched():
     ({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"operation": "CREATE"}},
      "has no uid"),
     (admission("not a pod"), "carries no object"),
-], ids=["array", "v1beta1", "no-request", "no-uid", "no-object"])
+    (admission({**WEB, "spec": {"containers": "app"}}), "the request's object is not a Pod"),
+], ids=["array", "v1beta1", "no-request", "no-uid", "no-object", "not-a-pod"])
 def test_a_malformed_review_is_a_400_that_says_what_is_wrong(data, message):
     answer = review(data, lookup_of(body()), IMAGE)
     assert answer.status == 400 and message in answer.body and answer.refused is None

@@ -71,9 +71,14 @@ def pod_label(pod: dict[str, Any], request: dict[str, Any]) -> str:
 def review(data: Any, lookup: Lookup, image: str) -> Answer:
     """The answer to one AdmissionReview: allowed always, with a patch when the pod is injected."""
     try:
-        request = parse_review(data)
+        return _review(parse_review(data), lookup, image)
     except BadReview as exc:
         return Answer(400, str(exc))
+    except (AttributeError, TypeError, KeyError) as exc:  # a pod no API server would send
+        return Answer(400, f"the request's object is not a Pod: {type(exc).__name__}: {exc}")
+
+
+def _review(request: dict[str, Any], lookup: Lookup, image: str) -> Answer:
     uid = request["uid"]
     pod = request.get("object")
     if request.get("operation") != "CREATE" or (request.get("kind") or {}).get("kind") != "Pod" \
