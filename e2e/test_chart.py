@@ -129,6 +129,9 @@ def check_release(cp, helm: Path, helm_env: dict[str, str], namespace: str, rele
     elsewhere = can_i(cp, account, "create", "deployments.apps", "-n", "kube-system")
     assert elsewhere is (scope == "cluster-wide"), "a namespaced operator acts in its namespaces only"
     assert can_i(cp, account, "patch", f"kopfpeerings.kopf.dev/{fullname}", "-n", namespace)
+    assert can_i(cp, account, "patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/"
+                 "maitred-sidecar-injector")
+    assert ("MutatingWebhookConfiguration", "maitred-sidecar-injector", None) in expected
 
     run([str(helm), "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "2m"], helm_env)
     wait_for(lambda: not live(cp, manifest), timeout=60, what="the release's objects to be deleted")

@@ -18,7 +18,20 @@ def _operator(args: argparse.Namespace) -> int:
 
     return run(namespaces=args.namespace, all_namespaces=args.all_namespaces, standalone=args.standalone,
                peering=args.peering, priority=args.priority, liveness=args.liveness, metrics_port=args.metrics_port,
-               verbose=args.verbose)
+               verbose=args.verbose, webhook=_webhook_options(args))
+
+
+def _webhook_options(args: argparse.Namespace):
+    """The sidecar injection webhook's options; None when it is not served (no --webhook-port)."""
+    if args.webhook_port is None:
+        if args.webhook_url or args.webhook_service or args.webhook_cert_dir:
+            raise SystemExit("maitred operator: the --webhook-* options need --webhook-port")
+        return None
+    from pooler_operator.webhook_server import WebhookOptions, operator_namespace
+
+    return WebhookOptions(port=args.webhook_port, host=args.webhook_host, url=args.webhook_url,
+                          service=args.webhook_service, cert_dir=args.webhook_cert_dir,
+                          namespace=operator_namespace())
 
 
 def _autotune(args: argparse.Namespace) -> int:
@@ -54,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--metrics-port", type=int, help="serve the operator's Prometheus /metrics on this port "
                    "(PostgresPooler conditions, the autotuner's state and decisions); default: none")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    w = o.add_argument_group("sidecar injection webhook (served only with --webhook-port)")
+    w.add_argument("--webhook-port", type=int, help="serve the webhook over HTTPS on this port, path /mutate")
+    w.add_argument("--webhook-host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    w.add_argument("--webhook-url", help="the URL the API server calls, e.g. https://127.0.0.1:9443/mutate: the "
+                   "operator then applies the MutatingWebhookConfiguration itself (else the chart makes it)")
+    w.add_argument("--webhook-service", help="the webhook's Service in the operator's namespace: its DNS names "
+                   "go into the operator-managed certificate")
+    w.add_argument("--webhook-cert-dir", help="read tls.crt, tls.key (and ca.crt) here, as cert-manager "
+                   "writes them, instead of managing a CA in the Secret maitred-webhook-tls")
     o.set_defaults(func=_operator)
 
     a = sub.add_parser("autotune", help="tune default_pool_size of PgBouncer-compatible poolers outside Kubernetes")

@@ -31,8 +31,10 @@ import yaml
 
 import maitred
 from maitred.cli import build_parser
+from pooler_operator.inject import INJECT_ANNOTATION, refusal
 from pooler_operator.objects import DEFAULT_IMAGE_REPOSITORY
 from pooler_operator.render import render_documents
+from pooler_operator.webhook_config import service_client_config, webhook_configuration
 from tests.support import missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +180,8 @@ def test_default_values_render_the_operator_its_account_cluster_wide_rbac_and_th
                            ("ClusterRoleBinding", "maitred-operator", None),
                            ("ConfigMap", "maitred-dashboard", "maitred-system"),
                            ("Deployment", "maitred-operator", "maitred-system"),
+                           ("MutatingWebhookConfiguration", "maitred-sidecar-injector", None),
+                           ("Service", "maitred-webhook", "maitred-system"),
                            ("ServiceAccount", "maitred-operator", "maitred-system")]
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -297,7 +301,8 @@ def test_watched_namespaces_get_a_role_binding_and_a_peering_each(helm):
     (cluster_binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     assert cluster_binding["roleRef"]["name"] == "ops-maitred-operator-cluster"
     assert cluster_binding["subjects"] == subject
-    narrowed = [{**r, "resources": [x for x in r["resources"] if x in ("namespaces", "customresourcedefinitions")]}
+    narrowed = [{**r, "resources": [x for x in r["resources"] if x in ("namespaces", "customresourcedefinitions",
+                                                                       "mutatingwebhookconfigurations")]}
                 for r in rbac_yaml_rules()]
     assert one(docs, "ClusterRole", "ops-maitred-operator-cluster")["rules"] == [r for r in narrowed
                                                                                  if r["resources"]]
@@ -306,7 +311,8 @@ def test_watched_namespaces_get_a_role_binding_and_a_peering_each(helm):
 def test_rbac_and_account_can_be_left_to_the_installer(helm):
     docs = helm.template({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"},
                           "dashboard": {"enabled": False}})
-    assert kinds(docs) == [("Deployment", "maitred-operator", "maitred-system")]
+    assert [k for k in kinds(docs) if k[0] not in WEBHOOK_KINDS] == [("Deployment", "maitred-operator",
+                                                                      "maitred-system")]
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
 
@@ -322,10 +328,76 @@ def test_existing_account_must_be_named(helm):
     ({"image": {"repository": "maitred", "pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
     ({"replica": 2}, "replica"),
-], ids=["no-replicas", "log-format", "pull-policy", "namespace-name", "misspelt-key"])
+    ({"webhook": {"certificates": "vault"}}, "certificates"),
+], ids=["no-replicas", "log-format", "pull-policy", "namespace-name", "misspelt-key", "webhook-certificates"])
 def test_schema_refuses_bad_values(helm, values, complaint):
     out = helm.run("template", "maitred", str(CHART), "--kube-version", KUBE_VERSION, values=values, check=False)
     assert out.returncode != 0 and complaint in out.stderr, out.stderr
+
+
+# -- the sidecar injection webhook ---------------------------------------------------------------------------
+
+
+WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "Service", "Role", "RoleBinding", "Issuer", "Certificate")
+
+
+def test_the_webhook_configuration_is_the_one_the_operator_makes_calling_the_service(helm):
+    docs = helm.template()
+    chart = one(docs, "MutatingWebhookConfiguration")
+    made = webhook_configuration(service_client_config("maitred-system", "maitred-webhook", 443))
+    assert chart["metadata"]["name"] == made["metadata"]["name"]
+    assert chart["webhooks"] == made["webhooks"]
+    assert "annotations" not in chart["metadata"], "operator certificates: the operator sets the caBundle"
+    service = one(docs, "Service", "maitred-webhook")
+    assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
+    c = container(docs)
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+    args = operator_args(c)
+    assert (args.webhook_port, args.webhook_service, args.webhook_cert_dir) == (9443, "maitred-webhook", None)
+
+
+def test_the_webhook_never_sends_the_operators_own_pods(helm):
+    docs = helm.template()
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    (expression,) = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["objectSelector"]["matchExpressions"]
+    assert expression["operator"] == "NotIn" and labels[expression["key"]] in expression["values"]
+    assert refusal({"metadata": {"labels": labels, "annotations": {INJECT_ANNOTATION: "web"}}}, "shop") == \
+        "the operator's own pods are never injected"
+
+
+def test_cert_manager_makes_the_certificate_the_operator_mounts_and_injects_the_ca(helm):
+    docs = helm.template({"webhook": {"certificates": "cert-manager"}})
+    certificate = one(docs, "Certificate", "maitred-webhook")
+    assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": "maitred-webhook"}
+    assert one(docs, "Issuer", "maitred-webhook")["spec"] == {"selfSigned": {}}
+    assert "maitred-webhook.maitred-system.svc" in certificate["spec"]["dnsNames"]
+    annotations = one(docs, "MutatingWebhookConfiguration")["metadata"]["annotations"]
+    assert annotations == {"cert-manager.io/inject-ca-from": "maitred-system/maitred-webhook"}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "webhook-tls"]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    (mount,) = [m for m in container(docs)["volumeMounts"] if m["name"] == "webhook-tls"]
+    assert operator_args(container(docs)).webhook_cert_dir == mount["mountPath"]
+
+
+def test_a_namespaced_operator_may_keep_its_webhook_secret_and_the_webhook_can_be_left_out(helm):
+    docs = helm.template({"watchNamespaces": ["shop"]})
+    role = one(docs, "Role", "maitred-webhook", "maitred-system")
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["maitred-webhook-tls"],
+            "verbs": ["get", "update"]} in role["rules"]
+    assert one(docs, "RoleBinding", "maitred-webhook", "maitred-system")["roleRef"]["name"] == "maitred-webhook"
+    off = helm.template({"webhook": {"enabled": False}})
+    assert not [d for d in off if d["kind"] in WEBHOOK_KINDS]
+    assert operator_args(container(off)).webhook_port is None
+
+
+def test_notes_say_how_to_opt_a_namespace_in():
+    """NOTES.txt renders only at install (e2e/test_chart.py installs the chart): its text is checked here."""
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    webhook = notes[notes.index("{{- if .Values.webhook.enabled }}"):]
+    assert "kubectl label namespace shop maitred.dev/injection=enabled" in webhook[:webhook.index("{{- end }}")]
+    assert f"{INJECT_ANNOTATION}: <PostgresPooler name>" in webhook
 
 
 # -- the copies the chart keeps -----------------------------------------------------------------------------

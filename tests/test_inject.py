@@ -102,7 +102,7 @@ def test_the_sidecar_is_the_deployments_container_with_only_names_and_restart_po
 @pytest.mark.parametrize("pod, namespace, why", [
     ({"metadata": {}}, "shop", "no maitred.dev/inject annotation"),
     (WEB, "kube-system", "system namespace"),
-    ({"metadata": {"labels": {"app.kubernetes.io/name": "maitred-operator"},
+    ({"metadata": {"labels": {"app.kubernetes.io/name": "maitred", "app.kubernetes.io/component": "operator"},
                    "annotations": {INJECT_ANNOTATION: "web"}}}, "shop", "the operator's own pods"),
     ({"metadata": {"annotations": {INJECT_ANNOTATION: "web", INJECTED_ANNOTATION: "web"}}}, "shop", "already injected"),
     ({"metadata": {"annotations": {INJECT_ANNOTATION: "Web_DB!"}}}, "shop", "'Web_DB!' is not a PostgresPooler name"),

@@ -12,7 +12,8 @@ import pytest
 from pooler_operator.api import parse_pooler
 from pooler_operator.autotune.loop import TierReport
 from pooler_operator.autotune.model import Allocation, Decision, TierSignals
-from pooler_operator.autotune_runner import AutotuneRunner, expected_processes, tier_target
+from pooler_operator.autotune_runner import AutotuneRunner, expected_processes, pod_selector, tier_target
+from pooler_operator.inject import sidecar_container
 from pooler_operator.objects import CONSOLE_USER, render
 from pooler_operator.reconcile import status_patch
 from pooler_operator.status import APPLIED, Outcome, compute_status, tier_status
@@ -58,6 +59,18 @@ def test_a_pod_whose_port_is_mapped_elsewhere_is_reached_where_its_annotation_sa
     mapped["metadata"]["annotations"] = {"maitred.dev/console-address": "127.0.0.1:40123"}
     target = tier_target(pooler(), [mapped], SECRETS, "pw")
     assert [(c.host, c.port) for c in target.consoles] == [("127.0.0.1", 40123)]
+
+
+def test_a_sidecar_tier_is_every_injected_pod_reached_on_the_sidecars_port():
+    p = pooler(mode="sidecar", pooler={"workers": 2})
+    assert pod_selector(p) == "maitred.dev/pooler=shop"
+    app = pod("web-1", "10.0.0.7")
+    app["spec"]["containers"][0]["ports"][0]["containerPort"] = 9999   # the app's own port named postgres
+    app["spec"]["initContainers"] = [sidecar_container(p, "maitred:1")]
+    target = tier_target(p, [app, pod("web-2", None, "Pending")], SECRETS, "pw")
+    assert [(c.host, c.port) for c in target.consoles] == [("10.0.0.7", 5432)]
+    assert target.expected_processes == 2 * 2          # the injected pods, not spec.replicas (3)
+    assert pod_selector(pooler()) == "app.kubernetes.io/name=maitred,maitred.dev/pooler=shop"
 
 
 def test_tier_carries_the_spec_bounds_credentials_and_dry_run():

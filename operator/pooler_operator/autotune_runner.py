@@ -24,7 +24,8 @@ from .api import InvalidSpec, PostgresPooler, parse_pooler
 from .autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
                             TierTarget)
 from .autotune.model import PolicyParams
-from .objects import CONSOLE_ADDRESS_ANNOTATION, CONSOLE_USER, LISTEN_PORT, selector_string
+from .inject import PORT_NAMES
+from .objects import CONSOLE_ADDRESS_ANNOTATION, CONSOLE_USER, LISTEN_PORT, POOLER_LABEL, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,12 @@ def tier_name(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def pod_selector(pooler: PostgresPooler) -> str | None:
-    """The label selector of the tier's pooler pods: the Deployment's. Sidecar pods are the hook left open:
-    they will be found by their injection label; until then a sidecar tier has no pods to tune."""
+def pod_selector(pooler: PostgresPooler) -> str:
+    """The label selector of the tier's pooler pods: the Deployment's, or for a sidecar the label injection
+    puts on every pod it gave the pooler to."""
     if pooler.spec.mode == "deployment":
         return selector_string(pooler.name)
-    return None
+    return f"{POOLER_LABEL}={pooler.name}"
 
 
 def live_pods(pods: list[Pod]) -> list[Pod]:
@@ -54,8 +55,9 @@ def live_pods(pods: list[Pod]) -> list[Pod]:
 
 
 def console_address(pod: Pod) -> tuple[str, int] | None:
-    """Where the pod's console answers: its pod IP and the container port named `postgres` (else the
-    operator's default), unless the pod's console-address annotation says otherwise; None without an IP."""
+    """Where the pod's console answers: its pod IP and the port of the injected sidecar (`maitred-pg`), else
+    the container port named `postgres`, else the operator's default, unless the pod's console-address
+    annotation says otherwise; None without an IP."""
     override = ((pod.get("metadata") or {}).get("annotations") or {}).get(CONSOLE_ADDRESS_ANNOTATION)
     if override:
         host, _, port = override.rpartition(":")
@@ -63,10 +65,13 @@ def console_address(pod: Pod) -> tuple[str, int] | None:
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
         return None
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == "postgres":
-                return ip, int(port["containerPort"])
+    spec = pod.get("spec") or {}
+    sidecar, own = (spec.get("initContainers"), PORT_NAMES["postgres"]), (spec.get("containers"), "postgres")
+    for containers, name in (sidecar, own):
+        for container in containers or []:
+            for port in container.get("ports") or []:
+                if port.get("name") == name:
+                    return ip, int(port["containerPort"])
     return ip, LISTEN_PORT
 
 
@@ -85,8 +90,10 @@ def pod_consoles(pods: list[Pod], password: str) -> tuple[ConsoleTarget, ...]:
 
 
 def expected_processes(pooler: PostgresPooler, pods: list[Pod]) -> int:
-    """Processes counted in the budget: pods not found, not started or not answering count at their cap."""
-    return max(pooler.spec.replicas, len(live_pods(pods))) * pooler.spec.pooler.workers
+    """Processes counted in the budget: pods not found, not started or not answering count at their cap. A
+    sidecar tier has as many as there are injected pods (spec.replicas is the Deployment's)."""
+    replicas = pooler.spec.replicas if pooler.spec.mode == "deployment" else 0
+    return max(replicas, len(live_pods(pods))) * pooler.spec.pooler.workers
 
 
 def postgres_dsn(pooler: PostgresPooler, credentials: dict[str, str]) -> str:

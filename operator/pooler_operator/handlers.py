@@ -192,8 +192,7 @@ def deployment_changed(type: str | None, body: kopf.Body, namespace: str, logger
 
 def _read_tier(pooler: PostgresPooler) -> tuple[list[Pod], Secrets, str | None]:
     """The tier's pods (by selector), its referenced Secrets and the console password, for one tick."""
-    selector = pod_selector(pooler)
-    pods = kube().list("v1", "Pod", pooler.namespace, selector) if selector else []
+    pods = kube().list("v1", "Pod", pooler.namespace, pod_selector(pooler))
     secrets, _ = read_secrets(kube(), pooler)
     found = kube().read_secret(pooler.namespace, Names(pooler.name).console)
     return pods, secrets, (found[0].get("password") if found else None)

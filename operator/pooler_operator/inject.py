@@ -26,7 +26,8 @@ DSN_ENV = "MAITRED_DATABASE_URL"
 PORT_NAMES = {"postgres": "maitred-pg", "http": "maitred-http"}
 VOLUME_NAMES = {"config": "maitred-config", "tmp": "maitred-tmp"}
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
-OPERATOR_LABEL = ("app.kubernetes.io/name", "maitred-operator")
+# What the chart puts on the operator's pods (and the webhook's objectSelector keeps out).
+OPERATOR_LABELS = {"app.kubernetes.io/name": "maitred", "app.kubernetes.io/component": "operator"}
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 Pod = dict[str, Any]
@@ -47,7 +48,8 @@ def refusal(pod: Pod, namespace: str) -> str | None:
         return f"no {INJECT_ANNOTATION} annotation"
     if namespace in SYSTEM_NAMESPACES:
         return f"namespace {namespace} is a system namespace: never injected"
-    if (meta.get("labels") or {}).get(OPERATOR_LABEL[0]) == OPERATOR_LABEL[1]:
+    labels = meta.get("labels") or {}
+    if all(labels.get(k) == v for k, v in OPERATOR_LABELS.items()):
         return "the operator's own pods are never injected"
     if INJECTED_ANNOTATION in (meta.get("annotations") or {}) or \
             any(c.get("name") == SIDECAR_NAME for c in _all_containers(pod)):
@@ -66,6 +68,20 @@ def pooler_refusal(pooler: PostgresPooler | None, name: str, namespace: str) -> 
         return (f"{INJECT_ANNOTATION}: PostgresPooler {name!r} runs in mode {pooler.spec.mode}; only a pooler "
                 "with mode: sidecar is injected into pods")
     return None
+
+
+MISSED = "created without the maitred sidecar: the webhook did not answer; delete the pod to have it injected"
+
+
+def missed_injection(pod: Pod, namespace: str, namespace_labels: dict[str, str],
+                     pooler: PostgresPooler | None) -> str | None:
+    """Why a stored pod should carry the sidecar and does not (None: it is as it should be). Only a pod the
+    webhook would have injected counts: one it refused was told why when it was created."""
+    if namespace_labels.get(NAMESPACE_LABEL) != "enabled" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    if refusal(pod, namespace) is not None or pooler_refusal(pooler, requested(pod) or "", namespace) is not None:
+        return None
+    return MISSED
 
 
 def sidecar_container(pooler: PostgresPooler, image: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Pod"): "pods",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): "mutatingwebhookconfigurations",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     (API_VERSION, KIND): PLURAL,
@@ -117,6 +118,23 @@ class Kube:
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
         return self.request("PATCH", path, body=manifest, content_type="application/apply-patch+yaml",
                             query=[("fieldManager", FIELD_MANAGER), ("force", "true")]) or {}
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create, or ApiError 409 when it exists (someone else made it first: read theirs)."""
+        meta = manifest["metadata"]
+        return self.request("POST", resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")),
+                            body=manifest) or {}
+
+    def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Replace, only if the object is still at the manifest's resourceVersion (else ApiError 409)."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+        return self.request("PUT", path, body=manifest) or {}
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str, body: dict[str, Any],
+              content_type: str = "application/strategic-merge-patch+json") -> dict[str, Any]:
+        return self.request("PATCH", resource_path(api_version, kind, namespace, name), body=body,
+                            content_type=content_type) or {}
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         try:

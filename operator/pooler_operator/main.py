@@ -4,6 +4,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .webhook_server import WebhookOptions
 
 WATCH_NAMESPACE_ENV = "MAITRED_WATCH_NAMESPACE"
 PEERING_ENV = "MAITRED_PEERING"
@@ -27,11 +31,14 @@ def default_priority() -> int:
 
 def run(*, namespaces: list[str] | None = None, all_namespaces: bool = False, standalone: bool = False,
         peering: str | None = None, priority: int | None = None, liveness: str | None = None,
-        metrics_port: int | None = None, verbose: bool = False) -> int:
+        metrics_port: int | None = None, verbose: bool = False, webhook: "WebhookOptions | None" = None) -> int:
     import kopf
 
     from . import handlers  # registers the handlers
     from .metrics import serve
+    if webhook is not None:
+        from . import injection_handlers  # registers the webhook's startup and the pod handler
+        injection_handlers.configure(webhook)
 
     log_format = os.environ.get(LOG_FORMAT_ENV, "full").upper()
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format], log_prefix=True)

@@ -71,9 +71,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 
 {{/* The part of those rules a namespaced operator needs cluster-wide: reading namespaces and
-     CustomResourceDefinitions, which kopf uses for discovery. */}}
+     CustomResourceDefinitions, which kopf uses for discovery, and the webhook's configuration. */}}
 {{- define "maitred.clusterScopedRules" -}}
-{{- $clusterScoped := list "namespaces" "customresourcedefinitions" }}
+{{- $clusterScoped := list "namespaces" "customresourcedefinitions" "mutatingwebhookconfigurations" }}
 {{- $rules := list }}
 {{- range $rule := include "maitred.operatorRules" . | fromYamlArray }}
 {{- $resources := list }}
@@ -83,7 +83,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 {{- end }}
 {{- if $resources }}
-{{- $rules = append $rules (dict "apiGroups" $rule.apiGroups "resources" $resources "verbs" $rule.verbs) }}
+{{- $narrowed := dict "apiGroups" $rule.apiGroups "resources" $resources "verbs" $rule.verbs }}
+{{- with $rule.resourceNames }}
+{{- $_ := set $narrowed "resourceNames" . }}
+{{- end }}
+{{- $rules = append $rules $narrowed }}
 {{- end }}
 {{- end }}
 {{- toYaml $rules }}
