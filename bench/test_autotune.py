@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bench.autotune import pgcpu, runs, sampler, summary, workload
+from bench.autotune import dbhost, pgcpu, runs, sampler, summary, workload
 
 PLAN = workload.Plan(tiers=("app",), phases=(workload.Phase("io-wait", (workload.Load("app", "SELECT 1", 4),), 2),
                                              workload.Phase("idle", (), 1)),
@@ -128,3 +128,9 @@ def test_even_rounds_run_the_sweep_in_reverse_so_the_autotuner_is_not_always_las
     assert runs.per_second([(10.2, 1), (10.9, 1), (12.5, 1), (99.0, 1)], t0=10.0, seconds=3) == [2, 0, 1]
     from bench.autotune.main import schedule
     assert schedule(PLAN) == [2, 8, None, None, 8, 2]
+
+
+@pytest.mark.parametrize("cores, split", [(1, None), (2, ("1", "0")), (3, ("2", "0-1")), (4, ("2-3", "0-1")),
+                                          (8, ("4-7", "0-3"))])
+def test_the_database_host_gets_the_last_half_of_the_cores_and_the_clients_the_rest(cores, split):
+    assert dbhost.split(cores) == split

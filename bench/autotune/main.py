@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from maitred.local.prometheus import CPU_QUERY, LocalPrometheus
 
 from .. import targets
-from . import pgcpu, plot, runs, summary, workload
+from . import dbhost, pgcpu, plot, runs, summary, workload
 
 DEFAULT_OUT = os.path.join(targets.REPO, "bench", "results")
 
@@ -80,8 +80,9 @@ def missing_tools() -> list[str]:
     return [what for exe, what in wanted.items() if shutil.which(exe) is None]
 
 
-def cpu_query(plan: workload.Plan) -> str:
-    return pgcpu.cpu_query(os.cpu_count() or 1) if plan.cpu_signal == "postgres" else CPU_QUERY
+def cpu_query(plan: workload.Plan, database_cores: int) -> str:
+    """PromQL for the autotuner's CPU: PostgreSQL's share of the cores it runs on, or the whole node's."""
+    return pgcpu.cpu_query(database_cores) if plan.cpu_signal == "postgres" else CPU_QUERY
 
 
 def schedule(plan: workload.Plan) -> list[int | None]:
@@ -104,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     records = []
     with targets.bench_postgres(workload.server_settings(plan)) as pg, \
+            dbhost.DatabaseHost(pgcpu.postmaster_pid(pg.datadir)) as database_host, \
             tempfile.TemporaryDirectory(prefix="maitred-bench-autotune-") as folder, \
             pgcpu.TextfileExporter(pgcpu.postmaster_pid(pg.datadir), folder, plan.interval / 2), \
             LocalPrometheus(scrape_interval=plan.interval, textfile_dir=folder) as prometheus:
-        query = cpu_query(plan)
+        query = cpu_query(plan, database_host.cores)
         prometheus.wait_for(query)
         versions = {"PostgreSQL": targets.Direct(pg).version().split()[2],
                     "maitred": targets.Maitred(pg).version()}
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record)
             print(f"run {i}/{len(schedule(plan))} {record['label']}: {_brief(record)}", file=sys.stderr,
                   flush=True)
-    result = summary.summarize(records, plan=plan, versions=versions, cores=os.cpu_count(), started=started)
+    result = summary.summarize(records, plan=plan, versions=versions, cores=os.cpu_count(), started=started,
+                               database_cpu=database_host.description)
     stem = summary.write(result, args.out, started)
     drawn = plot.draw(result, stem + ".png")
     print(summary.markdown(result))

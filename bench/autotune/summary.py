@@ -49,7 +49,7 @@ def row(label: str, runs: list[dict], phases: list[tuple[str, list[str]]]) -> di
 
 
 def summarize(runs: list[dict], *, plan: Plan, versions: dict[str, str], cores: int | None,
-              started: datetime) -> dict:
+              started: datetime, database_cpu: str | None = None) -> dict:
     described = describe(plan)
     labels = [f"static {s}" for s in plan.sizes] + [AUTOTUNED]
     rows = [row(label, [r for r in runs if r["label"] == label], loaded(described)) for label in labels
@@ -61,7 +61,7 @@ def summarize(runs: list[dict], *, plan: Plan, versions: dict[str, str], cores: 
                         if best and best["total_xacts"] and r["total_xacts"] is not None else None)
     return {
         "date": started.isoformat(timespec="seconds"),
-        "machine": {"cores": cores},
+        "machine": {"cores": cores, "database_cpu": database_cpu},
         "versions": versions,
         "plan": described,
         "best_static": best["label"] if best else None,
@@ -113,7 +113,9 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# Autotuner benchmark, {summary['date']}",
         "",
-        f"{summary['machine']['cores']} cores · " + " · ".join(f"{k} {v}" for k, v in summary["versions"].items()),
+        f"{summary['machine']['cores']} cores · " + " · ".join(f"{k} {v}" for k, v in summary["versions"].items())
+        + (f" · PostgreSQL's CPU: {summary['machine']['database_cpu']}"
+           if summary["machine"].get("database_cpu") else ""),
         "",
         (f"{len(tiers)} tiers ({', '.join(tiers)}): a maitred pooler each, in front of the same PostgreSQL; a "
          "static run gives every tier the same size, the autotuned run tunes them all at once. "
