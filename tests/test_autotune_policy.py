@@ -136,8 +136,17 @@ def test_cpu_congestion_stops_shrinking_once_a_shrink_cost_throughput():
     ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0)] * 3
     decisions, _ = run(ticks, size=20)
     assert sizes(decisions) == [20, 15, 11, 11, 11, 11], [d.reason for d in decisions]
-    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[3].reason
-    assert [d.rule for d in decisions[3:]] == ["knee"] * 3 and "at the knee" in decisions[-1].reason
+    assert decisions[3].reason.endswith("throughput 180/s below 250/s at size 15, measuring again")
+    assert "throughput 180/s below 250/s at size 15: fewer servers only cost throughput" in decisions[4].reason
+    assert [d.rule for d in decisions[3:]] == ["cpu", "knee", "knee"] and "at the knee" in decisions[-1].reason
+
+
+def test_one_noisy_tick_below_the_larger_sizes_throughput_does_not_stop_the_shrinking():
+    saturated = dict(cl_waiting=40, cpu=0.95)
+    ticks = [dict(saturated, xact_per_s=250.0)] * 3 + [dict(saturated, xact_per_s=180.0),
+                                                       dict(saturated, xact_per_s=250.0)]
+    decisions, _ = run(ticks, size=20)
+    assert sizes(decisions) == [20, 15, 11, 11, 8], [d.reason for d in decisions]
 
 
 def test_the_knee_holds_for_as_long_as_the_congestion_lasts_even_once_larger_sizes_leave_the_history():

@@ -43,10 +43,16 @@ def test_cpu_is_node_exporters_non_idle_share_between_0_and_1(prometheus):
     ("vector(0) / 0", "the query returned NaN"),
     ("absent(up)", "the query returned no series"),
     ("vector(7)", "7 is outside 0..1"),
+    ("vector(1.2)", "1.2 is outside 0..1"),
 ])
 def test_a_nonsensical_cpu_answer_is_missing_with_its_reason(prometheus, query, reason):
     reading = run(read_cpu(prometheus.url, query))
     assert reading.value is None and reason in reading.missing
+
+
+def test_a_rate_a_little_past_1_is_a_saturated_cpu_not_a_missing_one(prometheus):
+    """rate() over a short window of a saturated host reads 1.01..1.07 with scrape jitter."""
+    assert run(read_cpu(prometheus.url, "vector(1.07)")) == CpuReading(1.0)
 
 
 def test_a_stale_cpu_sample_is_missing(prometheus):

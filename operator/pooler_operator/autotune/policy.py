@@ -194,8 +194,12 @@ def _congested(s: TierSignals, h: History, p: PolicyParams, rule: str, why: str)
     larger = _latest_measured(h, lambda b: b.pool_size > size)
     if larger is not None and s.xact_per_s is not None and \
             s.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):     # past the knee's other side
-        return Decision(size, f"hold: {why}, throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at "
-                              f"size {larger.pool_size}: fewer servers only cost throughput", "hold", "knee")
+        lost = f"throughput {s.xact_per_s:.0f}/s below {larger.xact_per_s:.0f}/s at size {larger.pool_size}"
+        before = h.signals[-1]
+        if before.pool_size == size and before.xact_per_s is not None and \
+                before.xact_per_s < larger.xact_per_s * (1 - p.throughput_gain):   # two ticks: not one noisy one
+            return Decision(size, f"hold: {why}, {lost}: fewer servers only cost throughput", "hold", "knee")
+        return Decision(size, f"hold: {why}, {lost}, measuring again", "hold", rule)
     new = max(lo, min(size - 1, math.floor(size * p.shrink_factor)))
     return Decision(new, f"shrink: {why} for 2 ticks or more", "shrink", rule)
 

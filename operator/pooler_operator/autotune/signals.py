@@ -21,6 +21,10 @@ from urllib3.util.retry import Retry
 from .model import DatabaseSample, ProcessSample, TierSignals
 
 
+# rate() over a short window of a saturated host's counters reads a little past 1 (scrape jitter): up to this
+# far out of 0..1 it is the bound itself, further it is a query that does not return a share.
+RATE_SLACK = 0.1
+
 @dataclass(frozen=True)
 class CpuReading:
     """The database host's CPU use, 0..1, or why there is none."""
@@ -48,7 +52,7 @@ def _query_cpu(url: str, query: str, headers: dict[str, str], timeout: float, ma
         value = float(raw)
         if math.isnan(value) or math.isinf(value):
             return CpuReading(None, f"cpu: the query returned {raw}")
-        if not -0.01 <= value <= 1.01:
+        if not -RATE_SLACK <= value <= 1 + RATE_SLACK:
             return CpuReading(None, f"cpu: {value:.3g} is outside 0..1 (the query must return a share)")
         if now - float(stamp) > max_age:
             return CpuReading(None, f"cpu: the newest sample is {now - float(stamp):.0f}s old")
