@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e.test_autotune import secret
 from e2e.test_pods import pod_postgres, ready  # noqa: F401 - pod_postgres is a fixture used here
 from e2e.test_webhook import Webhook
 from maitred.local.controlplane import wait_for
@@ -110,11 +111,9 @@ def app(pod_platform, webhook, pod_postgres):  # noqa: F811
     pod_postgres.create_database(dbname, owner=user)
     pod_postgres.create_role(monitor, MONITOR_PASSWORD)
     pod_postgres.psql(f"GRANT pg_monitor TO {monitor}")
-    secret = lambda name, data: {"apiVersion": "v1", "kind": "Secret",  # noqa: E731
-                                 "metadata": {"name": name, "namespace": namespace}, "stringData": data}
     docs = [
-        secret("tier-users", {user: PASSWORD}),
-        secret("tier-monitor", {"username": monitor, "password": MONITOR_PASSWORD}),
+        secret("tier-users", namespace, {user: PASSWORD}),
+        secret("tier-monitor", namespace, {"username": monitor, "password": MONITOR_PASSWORD}),
         {"apiVersion": "maitred.dev/v1alpha1", "kind": "PostgresPooler",
          "metadata": {"name": "tier", "namespace": namespace},
          "spec": {"mode": "sidecar", "poolMode": "transaction",
