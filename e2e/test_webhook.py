@@ -29,8 +29,8 @@ IMAGE = "registry.invalid/maitred:e2e"
 class Webhook:
     """The operator serving the webhook on one port for the whole module; it can be stopped and started again."""
 
-    def __init__(self, cp, workdir: Path):
-        self.cp, self.workdir, self.port = cp, workdir, free_port()
+    def __init__(self, cp, workdir: Path, image: str = IMAGE):
+        self.cp, self.workdir, self.port, self.image = cp, workdir, free_port(), image
         self.url = f"https://127.0.0.1:{self.port}/mutate"
         self.op: OperatorProcess | None = None
         self.runs = 0
@@ -39,7 +39,7 @@ class Webhook:
         self.runs += 1
         self.op = OperatorProcess(self.cp, self.workdir, "--all-namespaces", "--standalone",
                                   "--webhook-port", str(self.port), "--webhook-host", "127.0.0.1",
-                                  "--webhook-url", self.url, env={"MAITRED_POOLER_IMAGE": IMAGE},
+                                  "--webhook-url", self.url, env={"MAITRED_POOLER_IMAGE": self.image},
                                   name=f"operator-{self.runs}")
         self.op.wait_live()
         try:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 from . import protocol
+from .access import remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
@@ -314,6 +315,12 @@ class Client(asyncio.Protocol):
             self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
             return
         self.dbname = sys.intern(params.pop("database", "") or self.user)
+        cfg = app.config
+        refused = remote_refusal(cfg.get("remote_access"), self.transport.get_extra_info("peername"), self.user,
+                                 self.dbname, cfg.get("admin_users") + cfg.get("stats_users"))
+        if refused:
+            self.fatal(protocol.INVALID_AUTHORIZATION, refused)
+            return
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
             # Relayed as it is to a server of its own: its parameters go there unchanged.

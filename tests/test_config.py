@@ -112,7 +112,7 @@ def test_every_setting_has_a_kind_a_typed_default_and_one_line_of_doc(catalogue)
 def test_maitred_section_defaults(tmp_path):
     config = load(tmp_path, "")
     assert config.maitred == {"http_addr": "127.0.0.1", "http_port": 9127, "shutdown_timeout": 30.0,
-                              "workers": 1, "config_watch": True}
+                              "workers": 1, "config_watch": True, "remote_access": "all"}
 
 
 def test_maitred_section_is_parsed_and_reachable_through_get(tmp_path):

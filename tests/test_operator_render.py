@@ -165,8 +165,17 @@ def test_pdb_only_with_more_than_one_replica():
 def test_sidecar_mode_renders_only_config_and_auth_file():
     r = rendered("sidecar")
     assert [m["kind"] for m in r.manifests] == ["Secret", "ConfigMap"]
-    assert "listen_addr = 127.0.0.1" in r.ini
     assert r.budget is None
+
+
+def test_a_sidecar_serves_only_the_console_beyond_loopback_and_a_deployment_pod_everything(tmp_path):
+    """The autotuner reaches a sidecar's console on the pod IP; the app's pools stay the pod's own."""
+    configs = {}
+    for case in ("sidecar", "minimal"):
+        (tmp_path / f"{case}.ini").write_text(rendered(case).ini)
+        configs[case] = load_config(tmp_path / f"{case}.ini")
+    assert configs["sidecar"].get("listen_addr") == "*" and configs["sidecar"].get("remote_access") == "console"
+    assert configs["minimal"].get("listen_addr") == "*" and configs["minimal"].get("remote_access") == "all"
 
 
 def test_user_topology_spread_replaces_the_default_instead_of_adding_to_it():

@@ -243,7 +243,7 @@ def runner() -> AutotuneRunner:
 
 
 def _autotuned(spec: kopf.Spec, **_: Any) -> bool:
-    return bool((spec.get("autotune") or {}).get("enabled")) and spec.get("mode", "deployment") == "deployment"
+    return bool((spec.get("autotune") or {}).get("enabled"))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="autotune", when=_autotuned, cancellation_backoff=20,

@@ -185,8 +185,7 @@ def pooler_config(pooler: PostgresPooler, tuned: TunedSize | None = None) -> Poo
     db = spec.database
     conninfo = f"host={db.host} port={db.port}" + (f" dbname={db.dbname}" if db.dbname else "")
     pgbouncer: dict[str, Any] = {
-        # A sidecar serves only its own pod's application, over loopback.
-        "listen_addr": "127.0.0.1" if spec.mode == "sidecar" else "*",
+        "listen_addr": "*",
         "listen_port": LISTEN_PORT,
         "unix_socket_dir": "/tmp",
         "auth_type": spec.auth.type,
@@ -221,6 +220,10 @@ def pooler_config(pooler: PostgresPooler, tuned: TunedSize | None = None) -> Poo
         "shutdown_timeout": spec.pooler.shutdown_timeout_seconds,
         "config_watch": True,
     }
+    if spec.mode == "sidecar":
+        # A sidecar serves its own pod's application over loopback; from the pod IP only the admin console
+        # answers, for the operator's autotuner.
+        maitred["remote_access"] = "console"
     return PoolerConfig(databases={db.dbname or "*": conninfo},
                         pgbouncer={k: setting_text(v) for k, v in pgbouncer.items()},
                         maitred={k: setting_text(v) for k, v in maitred.items()})
