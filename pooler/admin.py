@@ -65,7 +65,7 @@ class ConsoleError(Exception):
 def start(client: "Client") -> None:
     """Called once `client` has authenticated to the `pgbouncer` database: admit it, or refuse it."""
     cfg = client.app.config
-    if client.user in cfg.get("admin_users"):
+    if client.own_user or client.user in cfg.get("admin_users"):
         Console(client, admin=True)
     elif client.user in cfg.get("stats_users"):
         Console(client, admin=False)
