@@ -180,7 +180,9 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
        reloadable=False),
     _S("shutdown_timeout", "float_seconds", 30.0, "On shutdown, how long clients may finish before being closed."),
     _S("workers", "int", 1, "Pooler processes sharing the port with SO_REUSEPORT.", reloadable=False),
-    _S("config_watch", "bool", True, "Reload when the config file changes, as on SIGHUP."),
+    _S("config_watch", "bool", False,
+       "Reload when the config file changes, as on SIGHUP. Off by default, as PgBouncer, where an edit waits for "
+       "RELOAD; the operator turns it on, for ConfigMap updates."),
     _S("remote_access", "enum", "all",
        "Who may log in from an address other than loopback or the Unix socket: all, or console (only "
        "admin_users and stats_users, only to the admin console; the operator sets it in sidecars).",
