@@ -7,10 +7,26 @@ import sys
 from pooler_operator.autotune.cli import add_arguments as add_autotune_arguments
 
 
-def _pooler(args: argparse.Namespace) -> int:
-    from pooler.main import run
+REBOOT_REFUSED = ("-R (online restart) is not supported, and PgBouncer deprecates it: restart without dropping "
+                  "clients with a rolling restart instead: start the new pooler on the same port with "
+                  "so_reuseport = 1, then stop the old one with SIGTERM (it finishes its clients' work first)")
 
-    return run(args.config, quiet=args.quiet, verbose=args.verbose)
+
+def _pooler(args: argparse.Namespace) -> int:
+    from pooler.main import Switches, run
+
+    if args.reboot:
+        print(f"maitred pooler: {REBOOT_REFUSED}", file=sys.stderr)
+        return 1
+    return run(args.config, Switches(daemon=args.daemon, user=args.user or "", quiet=args.quiet,
+                                     verbose=args.verbose))
+
+
+def _version() -> str:
+    from maitred import __version__
+    from pooler.admin import VERSION
+
+    return f"maitred pooler {__version__} (PgBouncer {VERSION} compatible)"
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -50,10 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maitred", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pooler", help="run the pooler with a PgBouncer-format config file")
+    p = sub.add_parser("pooler", help="run the pooler with a PgBouncer-format config file",
+                       description="PgBouncer's command-line switches, so its systemd units and init scripts "
+                                   "run unchanged.")
     p.add_argument("config", help="path to the config file (pgbouncer.ini format)")
-    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    p.add_argument("-d", "--daemon", action="store_true",
+                   help="run in the background; needs pidfile and logfile in the config")
+    p.add_argument("-R", "--reboot", action="store_true",
+                   help="online restart: refused, use so_reuseport rolling restarts instead")
+    p.add_argument("-u", "--user", metavar="USERNAME",
+                   help="switch to this Unix user once the sockets are bound (overrides `user` in the config)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log nothing to stderr (the logfile still gets all)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more verbose logging; may be repeated")
+    p.add_argument("-V", "--version", action="version", version=_version(), help="show the version and exit")
     p.set_defaults(func=_pooler)
 
     o = sub.add_parser("operator", help="run the Kubernetes operator for PostgresPooler resources")

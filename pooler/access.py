@@ -1,4 +1,4 @@
-"""Who may log in from outside the host: `[maitred] remote_access`.
+"""Who may log in from where: `[maitred] remote_access`, and PgBouncer's console rule for its own OS user.
 
 A sidecar pooler serves its own pod's application over loopback, but the operator's autotuner must reach its
 admin console on the pod IP. With `remote_access = console` the pooler listens everywhere and a client from
@@ -8,8 +8,13 @@ stats_users; with `all` (the default) the address does not matter, as in PgBounc
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 
 from .config import RESERVED_DATABASE
+
+OWN_CONSOLE_USER = "pgbouncer"
+_UCRED = struct.Struct("3i")     # struct ucred: pid, uid, gid
 
 
 def is_local(peer: object) -> bool:
@@ -31,3 +36,18 @@ def remote_refusal(remote_access: str, peer: object, user: str, dbname: str,
         return None
     return (f"from a remote address only admin_users and stats_users may log in, to the admin console "
             f"({RESERVED_DATABASE}): remote_access = console")
+
+
+def peer_uid(sock) -> int | None:
+    """The OS user of the process at the other end of a Unix socket (SO_PEERCRED); None when unknown."""
+    try:
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except (OSError, AttributeError):
+        return None
+    return uid
+
+
+def is_own_user(uid: int | None, own_uid: int, user: str, dbname: str) -> bool:
+    """PgBouncer's rule: the user `pgbouncer`, connecting to the console over the Unix socket from a process of
+    the pooler's own OS user, logs in without a password and with admin rights."""
+    return uid is not None and uid == own_uid and user == OWN_CONSOLE_USER and dbname == RESERVED_DATABASE

@@ -65,7 +65,7 @@ class ConsoleError(Exception):
 def start(client: "Client") -> None:
     """Called once `client` has authenticated to the `pgbouncer` database: admit it, or refuse it."""
     cfg = client.app.config
-    if client.user in cfg.get("admin_users"):
+    if client.own_user or client.user in cfg.get("admin_users"):
         Console(client, admin=True)
     elif client.user in cfg.get("stats_users"):
         Console(client, admin=False)
@@ -398,10 +398,10 @@ def shutdown_command(con: Console, arg: str, sql: str) -> bytes | None:
     return None if mode == "immediate" else protocol.command_complete("SHUTDOWN")
 
 
-def _call(prefix: str, func: Callable, *args) -> None:
+def _call(prefix: str, func: Callable, *args):
     """Run a control function; the ValueError it raises for bad arguments becomes the client's error."""
     try:
-        func(*args)
+        return func(*args)
     except ValueError as exc:
         raise ConsoleError(f"{prefix}{exc}") from None
 
@@ -417,8 +417,9 @@ def set_command(con: Console, key: str, value: str) -> bytes:
         return protocol.notice_response("SET ignored") + protocol.command_complete("SET")
     con.need_admin()
     log.info("SET %s = %s", key, value)
-    _call("SET failed: ", control.set_setting, con.app, key, value)
-    return protocol.command_complete(f"SET {key}={value}")
+    notice = _call("SET failed: ", control.set_setting, con.app, key, value)
+    done = protocol.command_complete(f"SET {key}={value}")
+    return protocol.notice_response(notice) + done if notice else done
 
 
 # -- SHOW --------------------------------------------------------------------------------------------------

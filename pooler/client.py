@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 from . import protocol
-from .access import remote_refusal
+from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
@@ -55,7 +56,7 @@ class Client(asyncio.Protocol):
                  "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "max_length", "handshaking", "counted", "wait_notified",
+                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted", "wait_notified",
                  "__weakref__")
 
     def __init__(self, app: "Pooler"):
@@ -94,6 +95,7 @@ class Client(asyncio.Protocol):
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
         self.unix = False                       # connected over the Unix socket
+        self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
         self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.counted = False                    # in app.db_clients and app.user_clients
@@ -336,6 +338,12 @@ class Client(asyncio.Protocol):
             return
         if app.shutting_down and self.dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
+            return
+        if self.unix and self.user == OWN_CONSOLE_USER and \
+                is_own_user(peer_uid(self.transport.get_extra_info("socket")), os.getuid(), self.user, self.dbname):
+            self.own_user = True
+            app.log_event(log, "pgbouncer access from unix socket", self)
+            self._authenticated()
             return
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
         # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).

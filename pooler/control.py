@@ -44,7 +44,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     setting changed. Either way they are built before anything changes, so a bad TLS setting changes nothing.
     """
     old = app.config
-    server_tls_changed = tls.changed(old, new, tls.SERVER_SETTINGS)
+    server_tls_changed = tls.changed(old, new, tls.SERVER_SETTINGS) and contexts is not app.tls
     if contexts is None and (server_tls_changed or tls.changed(old, new, tls.CLIENT_SETTINGS)):
         contexts = tls.build(new)
     messages = []
@@ -112,8 +112,15 @@ def reload(app: "Pooler") -> list[str]:
     return messages
 
 
-def set_setting(app: "Pooler", key: str, raw: str) -> None:
-    """SET key = value from the console: validated like the file, applied like a reload."""
+TLS_KEPT = "TLS settings could not be applied, still using old configuration"
+
+
+def set_setting(app: "Pooler", key: str, raw: str) -> str | None:
+    """SET key = value from the console: validated like the file, applied like a reload; a notice, if any.
+
+    As in PgBouncer, a TLS setting is stored even when the TLS settings it completes cannot be used yet (the
+    key file set before its certificate): the running TLS contexts are kept, with a notice, until a later SET
+    or RELOAD makes a usable set."""
     key = key.strip().lower()
     setting = _setting(key)
     if setting is None:
@@ -124,7 +131,17 @@ def set_setting(app: "Pooler", key: str, raw: str) -> None:
     new = copy.deepcopy(app.config)
     new.warnings = []
     (new.settings if key in new.settings else new.maitred)[key] = value
-    apply_config(app, new)
+    if key not in tls.CLIENT_SETTINGS + tls.SERVER_SETTINGS:
+        apply_config(app, new)
+        return None
+    try:
+        contexts = tls.build(new)
+    except tls.TLSConfigError as exc:
+        log.warning("%s: %s", TLS_KEPT, exc)
+        apply_config(app, new, app.tls)
+        return TLS_KEPT
+    apply_config(app, new, contexts)
+    return None
 
 
 # -- pools -------------------------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""`maitred pooler CONFIG.ini`: load the config, listen, serve until told to stop."""
+"""`maitred pooler CONFIG.ini`: load the config, listen, serve until told to stop.
+
+The switches are PgBouncer's (-d, -u, -q, -v), so a systemd unit or init script written for pgbouncer runs
+unchanged: -d detaches once the config is read, -u switches user once the sockets are bound.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import pwd
 import resource
 import signal
 import sys
+from dataclasses import dataclass
 
 from . import control, endpoints, janitor, stats, watch
 from .app import Pooler
@@ -15,12 +21,24 @@ from .config import ConfigError, load_config
 log = logging.getLogger("maitred")
 
 
-def setup_logging(logfile: str | None, quiet: bool, verbose: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+@dataclass(frozen=True)
+class Switches:
+    """The command line beside the config file, as PgBouncer's."""
+
+    daemon: bool = False      # -d: detach; needs pidfile and logfile
+    user: str = ""            # -u: the Unix user to switch to; else the config's `user`
+    quiet: bool = False       # -q: nothing on stderr (the logfile still gets everything)
+    verbose: int = 0          # -v, repeatable: debug messages
+
+
+def setup_logging(logfile: str | None, quiet: bool, verbose: int) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
     fmt = logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [] if quiet else [logging.StreamHandler(sys.stderr)]
     if logfile:
         handlers.append(logging.FileHandler(logfile))
+    if not handlers:        # -q without a logfile: nothing anywhere, not even logging's last-resort stderr
+        handlers.append(logging.NullHandler())
     root = logging.getLogger()
     root.handlers = []
     for handler in handlers:
@@ -36,10 +54,66 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config) -> None:
+def daemon_refusal(config) -> str | None:
+    """Why -d cannot detach with this config: PgBouncer's rule, a pidfile and somewhere to log."""
+    missing = [name for name in ("pidfile", "logfile") if not config.get(name)]
+    return f"-d needs {' and '.join(missing)} set in the config" if missing else None
+
+
+def running_pid(pidfile: str) -> int | None:
+    """The live process a pidfile names; a stale pidfile counts as none."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def detach() -> None:
+    """Fork twice around setsid, stdio to /dev/null, as PgBouncer's -d; the caller is the daemon."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+
+
+def change_user(name: str) -> None:
+    """Become `name` (its groups too); allowed when started as root or already running as that user."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise OSError(f"cannot switch to user {name}: no such user") from None
+    if os.getuid() == account.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise OSError(f"cannot switch to user {name}: only root may")
+    os.initgroups(name, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    log.info("switched to user %s", name)
+
+
+async def serve(config, user: str = "") -> None:
     app = Pooler(config)
     await app.listen()
     http = await endpoints.start(app)
+    if user:
+        change_user(user)
     app.spawn(janitor.run(app))
     app.spawn(stats.run(app))
     app.spawn(watch.run(app))
@@ -58,27 +132,43 @@ async def serve(config) -> None:
     log.info("shutdown complete")
 
 
-def run(path: str, quiet: bool = False, verbose: bool = False) -> int:
+def run(path: str, switches: Switches = Switches()) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(f"maitred: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.get("logfile"), quiet, verbose)
+    pidfile = config.get("pidfile")
+    refusal = daemon_refusal(config) if switches.daemon else None
+    if refusal is None and pidfile and running_pid(pidfile):
+        refusal = f"pidfile {pidfile} names running process {running_pid(pidfile)}: another pooler is running?"
+    if refusal:
+        print(f"maitred: {refusal}", file=sys.stderr)
+        return 1
+    if switches.daemon:
+        detach()
+    setup_logging(config.get("logfile"), switches.quiet or switches.daemon, switches.verbose)
     for warning in config.warnings:
         log.warning("%s", warning)
     raise_fd_limit()
-    pidfile = config.get("pidfile")
     if pidfile:
         with open(pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
     try:
         import uvloop
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, switches.user or config.get("user")))
     except (OSError, ConfigError) as exc:      # a port in use, an unusable TLS certificate, ...
         log.error("cannot start: %s", exc)
         return 1
     finally:
+        _remove(pidfile)
+    return 0
+
+
+def _remove(pidfile: str) -> None:
+    """Remove the pidfile at exit; after -u its folder may no longer be writable, as with PgBouncer."""
+    try:
         if pidfile and os.path.exists(pidfile):
             os.unlink(pidfile)
-    return 0
+    except OSError as exc:
+        log.warning("cannot remove pidfile: %s", exc)

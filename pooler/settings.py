@@ -52,7 +52,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("unix_socket_mode", "int", 0o777, "File mode of the Unix socket (write it in octal with a leading 0).",
        reloadable=False),
     _S("unix_socket_group", "str", "", "Group owning the Unix socket; not set means unchanged.", reloadable=False),
-    _S("user", "str", "", "Unix user to switch to after startup when started as root.", reloadable=False),
+    _S("user", "str", "", "Unix user to switch to once the sockets are bound (as -u); only root may switch.",
+       reloadable=False),
     _S("pool_mode", "enum", "session", "When a server goes back to the pool: session, transaction or statement.",
        choices=POOL_MODES),
     _S("max_client_conn", "int", 100, "Maximum number of client connections."),
@@ -180,7 +181,9 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
        reloadable=False),
     _S("shutdown_timeout", "float_seconds", 30.0, "On shutdown, how long clients may finish before being closed."),
     _S("workers", "int", 1, "Pooler processes sharing the port with SO_REUSEPORT.", reloadable=False),
-    _S("config_watch", "bool", True, "Reload when the config file changes, as on SIGHUP."),
+    _S("config_watch", "bool", False,
+       "Reload when the config file changes, as on SIGHUP. Off by default, as PgBouncer, where an edit waits for "
+       "RELOAD; the operator turns it on, for ConfigMap updates."),
     _S("remote_access", "enum", "all",
        "Who may log in from an address other than loopback or the Unix socket: all, or console (only "
        "admin_users and stats_users, only to the admin console; the operator sets it in sidecars).",

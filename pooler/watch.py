@@ -1,4 +1,4 @@
-"""Watch the config file and apply it when it changes, with no signal needed.
+"""Watch the config file and apply it when it changes, with no signal needed (`[maitred] config_watch`).
 
 A Kubernetes ConfigMap volume swaps a `..data` symlink rather than writing the file, so the watch compares
 the resolved path as well as the inode, size and modification time, and polls: inotify on the old target

@@ -433,7 +433,7 @@ def test_set_default_pool_size_resizes_the_pools_live(pooler_factory, pg, tmp_pa
 
 
 def test_reload_applies_the_edited_file_and_a_broken_one_is_refused(pooler_factory):
-    pooler = start(pooler_factory, default_pool_size=5, maitred={"config_watch": 0})
+    pooler = start(pooler_factory, default_pool_size=5)
     with console(pooler) as con:
         pooler.settings["default_pool_size"] = 7
         pooler.write_config()

@@ -112,13 +112,13 @@ def test_every_setting_has_a_kind_a_typed_default_and_one_line_of_doc(catalogue)
 def test_maitred_section_defaults(tmp_path):
     config = load(tmp_path, "")
     assert config.maitred == {"http_addr": "127.0.0.1", "http_port": 9127, "shutdown_timeout": 30.0,
-                              "workers": 1, "config_watch": True, "remote_access": "all"}
+                              "workers": 1, "config_watch": False, "remote_access": "all"}
 
 
 def test_maitred_section_is_parsed_and_reachable_through_get(tmp_path):
-    config = load(tmp_path, "[maitred]\nhttp_addr = 0.0.0.0\nhttp_port = 0\nworkers = 4\nconfig_watch = off\n")
+    config = load(tmp_path, "[maitred]\nhttp_addr = 0.0.0.0\nhttp_port = 0\nworkers = 4\nconfig_watch = on\n")
     assert (config.get("http_addr"), config.get("http_port"), config.get("workers")) == ("0.0.0.0", 0, 4)
-    assert config.get("config_watch") is False
+    assert config.get("config_watch") is True
 
 
 def test_get_of_an_unknown_name_raises_key_error(tmp_path):

@@ -40,7 +40,8 @@ def follows(pg, size: int, timeout: float) -> None:
 
 
 def test_pool_grows_and_shrinks_through_the_config_file_under_pgbench(pooler_factory, pg):
-    pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200)
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200,
+                            maitred={"config_watch": 1})
     bench = start_pgbench(pooler, seconds=14)
     time.sleep(2)
     assert server_connections(pg) <= 2
@@ -57,7 +58,7 @@ def test_pool_grows_and_shrinks_through_the_config_file_under_pgbench(pooler_fac
 def test_pool_goes_2_20_2_through_the_console_then_the_file_during_30s_of_pgbench(pooler_factory, pg):
     """The issue's scenario: one pgbench run, resized live four times, with no failed transaction."""
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=2, max_client_conn=200,
-                            userlist=USERS, admin_users="admin")
+                            userlist=USERS, admin_users="admin", maitred={"config_watch": 1})
     bench = start_pgbench(pooler, seconds=30)
     time.sleep(3)
     assert server_connections(pg) <= 2
@@ -80,7 +81,8 @@ def test_pool_goes_2_20_2_through_the_console_then_the_file_during_30s_of_pgbenc
 def test_configmap_symlink_swap_is_applied(pooler_factory, tmp_path):
     """A ConfigMap volume: pooler.ini -> ..data/pooler.ini, and ..data -> a timestamped folder, swapped."""
     port = free_port()
-    pooler = pooler_factory(pool_mode="transaction", default_pool_size=3, maitred={"http_port": port})
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=3,
+                            maitred={"http_port": port, "config_watch": 1})
     volume = tmp_path / "volume"
     first, second = volume / "..2026_01", volume / "..2026_02"
     for folder, size in ((first, 3), (second, 7)):
@@ -102,14 +104,13 @@ def test_configmap_symlink_swap_is_applied(pooler_factory, tmp_path):
              timeout=2, message="pool size 7 from the swapped ConfigMap")
 
 
-def test_sighup_reloads_the_file(pooler_factory):
+def test_by_default_an_edit_waits_for_sighup_as_in_pgbouncer(pooler_factory):
     port = free_port()
-    pooler = pooler_factory(pool_mode="transaction", default_pool_size=3,
-                            maitred={"http_port": port, "config_watch": 0})
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=3, maitred={"http_port": port})
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
         conn.execute("SELECT 1")
     resize_via_file(pooler, 9)
-    time.sleep(1.2)
+    time.sleep(1.2)         # more than two periods of the watch, had it been on
     assert metric(http_get(port, "/metrics")[1], "maitred_pool_size", database="app") == 3   # no watch
     pooler.signal(signal.SIGHUP)
     wait_for(lambda: metric(http_get(port, "/metrics")[1], "maitred_pool_size", database="app") == 9,
@@ -121,6 +122,7 @@ def test_a_setting_that_needs_a_restart_is_logged_and_kept(pooler_factory):
     old_port = pooler.port
     pooler.settings["listen_port"] = free_port()
     pooler.write_config()
+    pooler.signal(signal.SIGHUP)
     wait_for(lambda: "listen_port cannot change without a restart" in pooler.log_text(), timeout=3,
              message="the log line about listen_port")
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:   # still on the old port
@@ -132,6 +134,7 @@ def test_an_invalid_edit_is_logged_and_the_running_config_kept(pooler_factory):
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=3)
     pooler.settings["default_pool_size"] = "lots"
     pooler.write_config()
+    pooler.signal(signal.SIGHUP)
     wait_for(lambda: "config not applied" in pooler.log_text(), timeout=3, message="the config error log")
     assert "default_pool_size" in pooler.log_text()
     with psycopg.connect(pooler.dsn(), autocommit=True) as conn:

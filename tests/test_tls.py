@@ -270,14 +270,48 @@ def test_reload_rebuilds_the_tls_contexts(pooler_factory, certs, tls_pg):
     assert psql(pooler.dsn(sslmode="require"), "SELECT 1").returncode == 0
 
 
-def test_set_with_an_unusable_tls_file_is_refused_and_changes_nothing(pooler_factory, certs, tls_pg):
+TLS_KEPT = "NOTICE:  TLS settings could not be applied, still using old configuration"
+
+
+def test_set_of_an_unusable_tls_file_is_stored_with_a_notice_and_the_old_context_serves(
+        pooler_factory, certs, tls_pg):
     pooler = tls_pooler(pooler_factory, certs, tls_pg, admin_users="app")
-    refused = psql(pooler.dsn(dbname="pgbouncer", sslmode="require"), "SET client_tls_key_file = '/nonexistent'")
-    assert refused.returncode != 0
-    assert "cannot use client_tls_cert_file" in refused.stderr and "No such file" in refused.stderr
-    shown = psql(pooler.dsn(dbname="pgbouncer", sslmode="require"), "SHOW CONFIG")
-    assert f"client_tls_key_file|{certs.server_key}|" in shown.stdout
+    console = pooler.dsn(dbname="pgbouncer", sslmode="require")
+    result = psql(console, "SET client_tls_key_file = '/nonexistent'")
+    assert result.returncode == 0, result.stderr            # as PgBouncer: accepted, with a notice
+    assert TLS_KEPT in result.stderr and result.stdout.strip() == "SET client_tls_key_file=/nonexistent"
+    assert "client_tls_key_file|/nonexistent|" in psql(console, "SHOW CONFIG").stdout
     assert psql(pooler.dsn(sslmode="require"), "SELECT 1").returncode == 0
+    assert "No such file" in pooler.log_text()
+
+
+def test_set_of_the_client_key_then_the_certificate_switches_to_the_new_pair(pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, admin_users="app")
+    console = pooler.dsn(dbname="pgbouncer", sslmode="require")
+    by_name = pooler.dsn(sslmode="verify-full", sslrootcert=certs.ca_pem)     # the 127.0.0.1 certificate only
+    by_ca = pooler.dsn(sslmode="verify-ca", sslrootcert=certs.ca_pem)
+    assert psql(by_name, "SELECT 1").returncode == 0
+    half = psql(console, f"SET client_tls_key_file = '{certs.wrong_key}'")    # does not match server.pem
+    assert half.returncode == 0 and TLS_KEPT in half.stderr, half.stderr
+    assert psql(by_name, "SELECT 1").returncode == 0                          # the old pair still serves
+    whole = psql(console, f"SET client_tls_cert_file = '{certs.wrong_pem}'")
+    assert whole.returncode == 0 and "NOTICE" not in whole.stderr, whole.stderr
+    refused = psql(by_name, "SELECT 1")                                       # wrong.example now
+    assert refused.returncode != 0 and "does not match host name" in refused.stderr, refused.stderr
+    assert psql(by_ca, "SELECT 1").returncode == 0
+
+
+def test_set_of_the_server_certificate_then_its_key_applies_the_pair_to_new_servers(
+        pooler_factory, certs, tls_pg):
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, admin_users="app")
+    console = pooler.dsn(dbname="pgbouncer", sslmode="require")
+    half = psql(console, f"SET server_tls_cert_file = '{certs.client_pem}'")
+    assert half.returncode == 0 and TLS_KEPT in half.stderr, half.stderr
+    assert "server TLS settings changed" not in pooler.log_text()             # nothing applied, nothing retired
+    whole = psql(console, f"SET server_tls_key_file = '{certs.client_key}'")
+    assert whole.returncode == 0 and "NOTICE" not in whole.stderr, whole.stderr
+    wait_for(lambda: "server TLS settings changed" in pooler.log_text(), timeout=5, message="the pair applied")
+    assert psql(pooler.dsn(sslmode="require"), SERVER_SIDE_TLS).stdout.strip() == "t"
 
 
 @pytest.mark.parametrize("settings, message", [
