@@ -32,9 +32,11 @@ def for_pgbouncer(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[
     return out
 
 
-def for_maitred(settings: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    """maitred's file: no HTTP metrics endpoint, as PgBouncer has none, and no port for runs to collide on."""
+def for_maitred(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[str, dict[str, str]]:
+    """maitred's file: its own log file as PgBouncer's (both run with -q), no HTTP metrics endpoint, as
+    PgBouncer has none, and no port for runs to collide on."""
     out = {section: dict(values) for section, values in settings.items()}
+    out["pgbouncer"]["logfile"] = logfile
     out["maitred"] = {"http_port": "0"}
     return out
 

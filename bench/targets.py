@@ -205,7 +205,7 @@ class _Pooler:
 
 def _logs(run_dir: str, lines: int = 20) -> str:
     out = []
-    for name in ("output.log", "pgbouncer.log"):
+    for name in ("output.log", "pgbouncer.log", "maitred.log"):
         try:
             with open(os.path.join(run_dir, name), errors="replace") as f:
                 out.extend(f.readlines()[-lines:])
@@ -262,7 +262,7 @@ class Maitred(_Pooler):
         return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
 
     def config(self, settings, run_dir):
-        return poolconf.for_maitred(settings)
+        return poolconf.for_maitred(settings, logfile=os.path.join(run_dir, "maitred.log"))
 
 
 TARGETS = ("direct", "pgbouncer", "maitred")

@@ -59,10 +59,12 @@ def test_both_pooler_configs_share_every_pooling_setting():
     shared = poolconf.shared_settings(pg_port=5432, listen_port=6432, database="bench", auth_type="md5",
                                       auth_file="/x/userlist.txt", pool_size=10, max_client_conn=10100)
     pgb = poolconf.for_pgbouncer(shared, logfile="/x/pgbouncer.log")
-    mtd = poolconf.for_maitred(shared)
+    mtd = poolconf.for_maitred(shared, logfile="/x/maitred.log")
     assert "maitred" not in pgb and mtd["maitred"] == {"http_port": "0"}
     assert pgb["databases"] == mtd["databases"] == {"bench": "host=127.0.0.1 port=5432 dbname=bench"}
-    assert {k: pgb["pgbouncer"][k] for k in shared["pgbouncer"]} == mtd["pgbouncer"] == shared["pgbouncer"]
+    assert {k: pgb["pgbouncer"][k] for k in shared["pgbouncer"]} == \
+        {k: mtd["pgbouncer"][k] for k in shared["pgbouncer"]} == shared["pgbouncer"]
+    assert (pgb["pgbouncer"]["logfile"], mtd["pgbouncer"]["logfile"]) == ("/x/pgbouncer.log", "/x/maitred.log")
     assert "[maitred]\nhttp_port = 0\n" in poolconf.render_ini(mtd)
     assert poolconf.render_userlist({"bench": 'p"w'}) == '"bench" "p""w"\n'
 
