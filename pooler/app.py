@@ -208,9 +208,10 @@ class Pooler:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def log_event(self, logger: logging.Logger, text: str, conn) -> None:
-        if self.log_connections:
-            logger.info("%s %s", conn.describe(), text)
+    def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
+        """log_connections: `text % args` about `conn`, built only when the line is logged."""
+        if self.log_connections and logger.isEnabledFor(logging.INFO):
+            logger.info("%s %s", conn.describe(), text % args if args else text)
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

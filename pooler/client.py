@@ -49,6 +49,29 @@ def login_notice(app: "Pooler") -> bytes:
     return protocol.notice_response(text) if text else b""
 
 
+GREETINGS_KEPT = 1000
+
+
+def _welcome(welcome: dict[str, str], asked: dict[str, str], options: Mapping[str, str],
+             ) -> tuple[dict[str, str], dict[str, str], tuple, bytes]:
+    """What a client that asked for `asked` and `options` is told at login, and keeps: (welcome, its tracked
+    parameters with the server's values where it set none, their param_key, the ParameterStatus messages).
+    The same for every client that asks the same, so a pool keeps it (Pool.greetings)."""
+    reported = dict(welcome)
+    params = dict(asked)
+    for name in TRACKED_PARAMS:
+        if name in params:
+            reported[name] = params[name]
+        else:
+            params[name] = welcome.get(name, "")
+    for name, value in options.items():
+        if name in reported:         # a reported setting (search_path on PostgreSQL 18)
+            reported[name] = value
+    params = shared_params(params)
+    return (welcome, params, param_key(params, options),
+            b"".join([protocol.parameter_status(k, v) for k, v in reported.items()]))
+
+
 class Client(asyncio.Protocol):
     """One connection from an application to the pooler. Slots keep an idle client small."""
 
@@ -453,12 +476,16 @@ class Client(asyncio.Protocol):
             if exceeded:
                 self.fatal(protocol.PROTOCOL_VIOLATION, f"client connections exceeded ({exceeded})")
                 return
-        self.transport.write(protocol.AUTH_OK)
         if self.dbname == RESERVED_DATABASE:
+            self.transport.write(protocol.AUTH_OK)
             from .admin import start      # here, not above: the console imports this module
             start(self)
             return
         pool = self.app.get_pool(self.dbname, self.user)
+        welcome = pool.welcome
+        if welcome is None or self.replication or pool.login_failing():
+            self.transport.write(protocol.AUTH_OK)
+            welcome = None      # else AuthenticationOk goes out with the welcome below, in one write
         if self.replication and pool.transactional:
             self.fatal(protocol.FEATURE_NOT_SUPPORTED,
                        f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
@@ -480,8 +507,8 @@ class Client(asyncio.Protocol):
             self.state = LOGIN_WAIT
             Server(pool, dedicated=self).start()
             return
-        if pool.welcome is not None:
-            self.finish_login(pool.welcome)
+        if welcome is not None:
+            self.finish_login(welcome, protocol.AUTH_OK)
             return
         # The first client of a pool waits for a server to learn what to tell it (server_version, ...).
         self.state = LOGIN_WAIT
@@ -489,29 +516,26 @@ class Client(asyncio.Protocol):
         self.requested = True
         pool.acquire(self)
 
-    def finish_login(self, welcome: dict[str, str]) -> None:
+    def finish_login(self, welcome: dict[str, str], greeting: bytes = b"") -> None:
+        """Tell the client its parameters, its cancel key and that it is ready, after `greeting` (AuthenticationOk
+        when it has not gone out yet), in one write."""
         self.login_pending = False
         self.requested = False
-        reported = dict(welcome)
-        for name in TRACKED_PARAMS:
-            if name in self.params:
-                reported[name] = self.params[name]
-            else:
-                self.params[name] = welcome.get(name, "")
-        for name, value in self.options.items():
-            if name in reported:         # a reported setting (search_path on PostgreSQL 18)
-                reported[name] = value
-        self.params = shared_params(self.params)
-        self.param_key = param_key(self.params, self.options)
-        out = [protocol.parameter_status(k, v) for k, v in reported.items()]
+        greetings = self.pool.greetings
+        asked = param_key(self.params, self.options)    # None where the client set nothing
+        known = greetings.get(asked)
+        if known is None or known[0] is not welcome:
+            known = greetings[asked] = _welcome(welcome, self.params, self.options)
+            if len(greetings) > GREETINGS_KEPT:      # every client with an application_name of its own
+                greetings.clear()
+        _, self.params, self.param_key, parameters = known
         self.cancel_key = self.app.register_cancel_key(self)
-        out.append(protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff))
-        out.append(login_notice(self.app))
-        out.append(protocol.ready_for_query())
-        self.transport.write(b"".join(out))
+        self.transport.write(b"".join((
+            greeting, parameters, protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff),
+            login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.startup = b""
-        self.app.log_event(log, "login attempt: db=%s user=%s" % (self.dbname, self.user), self)
+        self.app.log_event(log, "login attempt: db=%s user=%s", self, self.dbname, self.user)
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
             pending, self.pending = self.pending, ()

@@ -35,10 +35,6 @@ class Limits:
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
 
-    def over(self) -> bool:
-        """More connections than the limit allows: it was lowered live, and the surplus must close."""
-        return 0 < self.max_connections < self.connections
-
 
 # Upper bounds, in seconds, of the client wait-time histogram's buckets.
 WAIT_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
@@ -78,6 +74,8 @@ class Pool:
         self.clients: set[Client] = set()
         self.connecting = 0
         self.welcome: dict[str, str] | None = None
+        # What clients are told at login, by what they asked for (client.finish_login); built from `welcome`.
+        self.greetings: dict[tuple, tuple] = {}
         self.scram_keys: tuple[bytes, bytes] | None = None   # from a client's SCRAM proof, for SCRAM pass-through
         self.queried_secret: str | None = None   # server_user's secret from auth_query, kept over a RELOAD
         self.last_connect_failure = 0.0     # when the last login failed; 0 once one succeeds
@@ -161,7 +159,7 @@ class Pool:
             self.serve_waiting()
             return
         if self.waiting:
-            server.assign(self.waiting.popleft())
+            server.assign(self.waiting.popleft(), now)
         else:
             server.park()
             self.idle.append(server)
@@ -202,7 +200,11 @@ class Pool:
         return size + (self.reserve_size if use_reserve else 0)
 
     def over_size(self) -> bool:
-        return len(self.servers) > self.max_servers or self.db_limits.over() or self.user_limits.over()
+        """More servers than the pool may keep, or than its database's or user's limit allows (lowered live):
+        the surplus must close. Runs at every release, hence the limits' comparisons inline."""
+        db, user = self.db_limits, self.user_limits
+        return (len(self.servers) > self.max_servers or 0 < db.max_connections < db.connections
+                or 0 < user.max_connections < user.connections)
 
     def may_open(self, use_reserve: bool = False) -> bool:
         return (len(self.servers) < self.capacity(use_reserve) and not self.db_limits.full()

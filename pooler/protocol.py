@@ -103,6 +103,9 @@ def ready_for_query(status: int = IDLE) -> bytes:
     return message(b"Z", bytes((status,)))
 
 
+READY_FOR_QUERY = ready_for_query()
+
+
 def query(sql: str) -> bytes:
     return message(b"Q", cstr(sql))
 

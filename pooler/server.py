@@ -25,6 +25,9 @@ log = logging.getLogger("maitred.server")
 
 _unpack_int = struct.Struct("!I").unpack_from
 _Z, _S, _E, _IDLE = 0x5A, 0x53, 0x45, protocol.IDLE
+_READ = bytearray(256)      # the message types the relay reads, not only forwards
+for _t in (_Z, _S, _E):
+    _READ[_t] = 1
 
 TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
                   "application_name")
@@ -37,7 +40,7 @@ def param_key(params: dict[str, str], options: dict[str, str] | None = None) -> 
     """The tracked parameters, and the settings from `options` when there are any, as one interned tuple:
     equal sets of values are the same object, so the hand-off compares a client and a server with `is`
     instead of six lookups."""
-    key = tuple(params.get(name) for name in TRACKED_PARAMS)
+    key = tuple(map(params.get, TRACKED_PARAMS))
     if options:
         key += (tuple(sorted(options.items())),)
     return _param_keys.setdefault(key, key)
@@ -285,13 +288,14 @@ class Server(asyncio.Protocol):
 
     # -- hand-off -------------------------------------------------------------------------------------
 
-    def assign(self, client: "Client") -> None:
-        """Link a client; bring the session parameters in line first when they differ."""
+    def assign(self, client: "Client", now: float = 0.0) -> None:
+        """Link a client; bring the session parameters in line first when they differ (`now`: the release's
+        clock reading, if taken)."""
         self.client = client
         pool = self.pool
         stats = pool.stats
         stats.assignments += 1
-        now = self.assigned_at = self.app.now()
+        now = self.assigned_at = now or self.app.now()
         if client.wait_started:
             waited = now - client.wait_started
             stats.wait_time += waited
@@ -447,16 +451,13 @@ class Server(asyncio.Protocol):
             scan = out = data
         pos = self.skip
         end = len(scan)
+        last = end - 5          # the last place a whole header can start
         released = False
         now = 0.0
-        while pos < end:
-            if end - pos < 5:
-                self.partial = scan[pos:]
-                pos = end
-                break
+        while pos <= last:
             kind = scan[pos]
             stop = pos + 1 + _unpack_int(scan, pos + 1)[0]
-            if kind == _Z or kind == _S or kind == _E:
+            if _READ[kind]:
                 if stop > end:
                     self.partial = scan[pos:]
                     pos = end
@@ -480,6 +481,9 @@ class Server(asyncio.Protocol):
                 elif tracker is not None:
                     stale_plan(self, scan[pos + 5:stop])
             pos = stop
+        if pos < end:           # a header cut short
+            self.partial = scan[pos:]
+            pos = end
         self.skip = pos - end
         self.forwarded_partial = len(self.partial)
         client.transport.write(out)

@@ -66,6 +66,20 @@ def test_transaction_mode_gives_each_client_its_own_reported_parameters(pooler_f
         b.close()
 
 
+def test_each_login_is_told_the_parameters_it_asked_for_when_others_asked_the_same_before(pooler_factory):
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    asked = [("alpha", "UTC"), ("beta", "UTC"), ("alpha", "UTC"), ("alpha", "Asia/Tokyo"), ("beta", "UTC")]
+    conns = [psycopg.connect(pooler.dsn(application_name=name), options=f"-c TimeZone={zone}", autocommit=True)
+             for name, zone in asked]
+    try:
+        told = [(c.info.parameter_status("application_name"), c.info.parameter_status("TimeZone")) for c in conns]
+        assert told == asked
+        assert len({c.info.backend_pid for c in conns}) == len(conns)    # each its own cancel key
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_transaction_mode_keeps_a_transaction_on_one_server_and_set_local_does_not_leak(pooler_factory):
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=2)
     with psycopg.connect(pooler.dsn()) as a, psycopg.connect(pooler.dsn(), autocommit=True) as b:
