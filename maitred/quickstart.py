@@ -420,7 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell that starts a command in the background hands SIGINT down ignored, and Python then
+    # leaves it ignored, so Ctrl-C (or a supervisor's SIGINT) would not stop the quick start.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupted)
     code = 0
     stack = contextlib.ExitStack()
