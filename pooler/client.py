@@ -14,7 +14,7 @@ import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from . import protocol
+from . import identity, protocol
 from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
@@ -371,7 +371,7 @@ class Client(asyncio.Protocol):
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
         # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).
         secret = app.user_secret(self.user)
-        if secret is None and self.dbname != RESERVED_DATABASE and app.auth_query.enabled(self.dbname):
+        if secret is None and app.auth_query.enabled(self.dbname):
             self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
             self.pause_reading("auth_query")
             app.spawn(self._query_secret())
@@ -394,10 +394,22 @@ class Client(asyncio.Protocol):
             self._login_data(b"")
 
     def _check_secret(self, secret: str | None, queried: bool = False) -> None:
-        method = self.app.config.get("auth_type")
+        method, rule = identity.choose(self)
+        if method is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, identity.LOGIN_REJECTED)
+            return
+        known = secret is not None or not (queried or self.app.has_auth_file())
         if method == "trust":
-            if (queried or self.app.has_auth_file()) and secret is None:
+            if not known:
                 self.fatal(protocol.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+                return
+            self._authenticated()
+            return
+        if method in ("cert", "peer"):
+            refusal = identity.refusal(method, rule, self, known)
+            if refusal:
+                self.app.log_event(log, f"login failed: {refusal}", self)
+                self.fatal(protocol.PROTOCOL_VIOLATION, identity.FAILED[method])
                 return
             self._authenticated()
             return
