@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pooler.hba import HbaError, parse_hba, parse_ident
@@ -212,3 +213,17 @@ def test_ident_maps_read_pgbouncers_subset():
                          ("include other.conf x", "include directives are not supported")):
         with pytest.raises(HbaError, match=re.escape(f"ident.conf:1: {reason}")):
             parse_ident(line, "ident.conf")
+
+
+def test_set_auth_type_hba_on_the_console_needs_a_usable_file_and_then_applies_it(pooler_factory, tmp_path):
+    hba = tmp_path / "hba.conf"
+    hba.write_text("host pgbouncer app 127.0.0.1/32 scram-sha-256\nhost app app 127.0.0.1/32 reject\n")
+    pooler = pooler_factory(admin_users="app")
+    with psycopg.connect(pooler.dsn(dbname="pgbouncer"), autocommit=True) as console:
+        with pytest.raises(psycopg.Error, match="auth_type = hba needs auth_hba_file"):
+            console.execute("SET auth_type = 'hba'")
+        assert attempt(pooler.port, "app", "app", PASSWORDS["app"])[0] == "ok"     # nothing changed
+        console.execute(f"SET auth_hba_file = '{hba}'")
+        console.execute("SET auth_type = 'hba'")
+    assert attempt(pooler.port, "app", "app", PASSWORDS["app"]) == REJECTED
+    assert attempt(pooler.port, "app", "pgbouncer", PASSWORDS["app"])[0] == "ok"
