@@ -156,9 +156,9 @@ def _quoted(line: str, start: int) -> tuple[str, int]:
         return "".join(parts), close + 1
 
 
-def parse_hba(text: str, path: str, maps: dict | None = None,
-              read: Callable[[str], str] | None = None) -> Access:
+def parse_hba(text: str, path: str, maps: dict | None = None, read: Callable[[str], str] | None = None) -> Access:
     """The rules of an HBA file; `read` opens the files that `@file` names (relative to this file's folder)."""
+    read = read or _read
     maps = maps or {}
     rules = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -235,7 +235,7 @@ def _names(field: list[Token], path: str, read, database: bool, depth: int = 0) 
 
 def _include(name: str, parent: str, read, database: bool, depth: int) -> Names:
     """The names of an @file: tokens separated by spaces, commas or lines; keywords as on the line."""
-    if depth >= MAX_INCLUDE_DEPTH or read is None:
+    if depth >= MAX_INCLUDE_DEPTH:
         raise ValueError(f"@{name}: included files nest deeper than {MAX_INCLUDE_DEPTH}")
     path = os.path.join(os.path.dirname(parent), name)
     try:
@@ -334,7 +334,7 @@ def load(config: Config) -> Access | None:
             raise HbaError("auth_type = hba needs auth_hba_file")
         try:
             maps = parse_ident(_read(ident_file), ident_file) if ident_file else {}
-            access = parse_hba(_read(hba_file), hba_file, maps, _read)
+            access = parse_hba(_read(hba_file), hba_file, maps)
         except (OSError, UnicodeError) as exc:
             raise HbaError(f"cannot read {getattr(exc, 'filename', None) or hba_file}: "
                            f"{getattr(exc, 'strerror', None) or exc}") from None
