@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import signal
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -100,7 +100,7 @@ CASES = {
 def hba_files():
     folder = shared_folder({"hba.conf": HBA, "users": USERS_FILE})
     yield folder
-    subprocess.run(["rm", "-rf", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["maitred", "pgbouncer"])
