@@ -139,3 +139,16 @@ def check(run: Run, pg, named_statements: bool) -> None:
 def test_psycopg2_with_sqlalchemy_queuepool_and_pre_ping(tx_pooler, pg):
     run = Run([sys.executable, str(DRIVERS / "psycopg2" / "client.py")], tx_pooler, pg, table(pg, "psycopg2"))
     check(run, pg, named_statements=False)
+
+
+def test_node_postgres_pool_with_named_statements(tx_pooler, pg):
+    node_modules = built("node-postgres", "node", "npm")
+    run = Run(["node", str(DRIVERS / "node-postgres" / "client.js")], tx_pooler, pg, table(pg, "node-postgres"),
+              env={"NODE_PATH": node_modules})
+    check(run, pg, named_statements=True)
+
+
+def test_pgjdbc_with_hikaricp_past_its_prepare_threshold(tx_pooler, pg):
+    jar = built("pgjdbc", "java", "mvn")
+    run = Run(["java", "-jar", jar], tx_pooler, pg, table(pg, "pgjdbc"))
+    check(run, pg, named_statements=True)
