@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def built(driver: str, *binaries: str) -> str:
     """The driver's cached build (scripts/build-drivers.sh makes it once, then finds it)."""
     for binary in binaries:
         require_binary(binary)
-    result = subprocess.run([str(BUILD), driver], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([str(BUILD), driver], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1]
 
@@ -77,28 +78,33 @@ class Run:
         env = {**os.environ, **(env or {}), "PGHOST": "127.0.0.1", "PGPORT": str(pooler.port), "PGUSER": "app",
                "PGPASSWORD": PASSWORDS["app"], "PGDATABASE": "app", "CLIENTS": str(CLIENTS),
                "ROUNDS": str(ROUNDS), "POOL_SIZE": str(POOL_SIZE), "TABLE": table}
-        proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(180, proc.kill)
-        watchdog.start()
-        try:
-            for line in proc.stdout:
-                step = json.loads(line)
-                self.steps[step["step"]] = step
-                if step["step"] == "awaiting-reconnect":
-                    self.clients = len(app_clients(pooler))
-                    self.servers_before = server_pids(pg)
-                    self.stats_before = app_stats(pooler)
-                    with console(pooler) as conn:
-                        conn.execute("RECONNECT")
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
-            self.stderr = proc.stderr.read()
-            self.returncode = proc.wait()
-        finally:
-            watchdog.cancel()
-            proc.kill()
+        with tempfile.TemporaryFile("w+") as stderr:
+            proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=stderr, text=True)
+            watchdog = threading.Timer(180, proc.kill)
+            watchdog.start()
+            try:
+                for line in proc.stdout:
+                    step = json.loads(line)
+                    self.steps[step["step"]] = step
+                    if step["step"] == "awaiting-reconnect":
+                        self.reconnect(pooler, pg)
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                self.returncode = proc.wait()
+            finally:
+                watchdog.cancel()
+                proc.kill()
+            stderr.seek(0)
+            self.stderr = stderr.read()
         self.stats_after = app_stats(pooler)
+
+    def reconnect(self, pooler, pg) -> None:
+        self.clients = len(app_clients(pooler))
+        self.servers_before = server_pids(pg)
+        self.stats_before = app_stats(pooler)
+        with console(pooler) as conn:
+            conn.execute("RECONNECT")
 
 
 def check(run: Run, pg, named_statements: bool) -> None:

@@ -59,10 +59,13 @@ async function main() {
     await client.query('ROLLBACK');
     report('rollback', { ids: await ids(client) });
 
+    // The failing statement is a named one prepared before the transaction.
+    const divide = (by) => ({ name: 'divide', text: 'SELECT 1 / $1::int', values: [by] });
+    await client.query(divide(1));
     await client.query('BEGIN');
     await client.query(insert, [3, 'lost']);
     const sqlstates = [
-      await sqlstate(client, { name: 'divide', text: 'SELECT 1 / $1::int', values: [0] }),
+      await sqlstate(client, divide(0)),
       await sqlstate(client, 'SELECT 1'),
     ];
     await client.query('ROLLBACK');

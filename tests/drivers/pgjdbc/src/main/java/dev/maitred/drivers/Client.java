@@ -110,11 +110,16 @@ public final class Client {
         return Map.of("ids", ids(conn));
     }
 
+    /** The failing statement is a named server-side one by then: used past the threshold beforehand. */
     private static Map<String, Object> error(Connection conn) throws SQLException {
-        conn.setAutoCommit(false);
-        insert(conn, 3, "lost");
         List<String> sqlstates = new ArrayList<>();
         try (PreparedStatement ps = conn.prepareStatement("SELECT 1 / ?::int")) {
+            ps.setInt(1, 1);
+            for (int i = 0; i < 6; i++) {
+                ps.executeQuery().close();
+            }
+            conn.setAutoCommit(false);
+            insert(conn, 3, "lost");
             ps.setInt(1, 0);
             ps.executeQuery().close();
         } catch (SQLException e) {
