@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.support import PASSWORDS, require_binary, server_connections
+from tests.test_admin_pgbouncer import PgBouncer
 
 DRIVERS = Path(__file__).parent / "drivers"
 BUILD = Path(__file__).parent.parent / "scripts" / "build-drivers.sh"
@@ -45,8 +46,9 @@ def built(driver: str, *binaries: str) -> str:
 
 
 def console(pooler) -> psycopg.Connection:
-    return psycopg.connect(pooler.dsn(user="admin", dbname="pgbouncer", password=ADMIN["admin"]),
-                           autocommit=True, prepare_threshold=None)
+    """The console of maitred or of PgBouncer, whichever listens on `pooler.port`."""
+    return psycopg.connect(host="127.0.0.1", port=pooler.port, user="admin", dbname="pgbouncer",
+                           password=ADMIN["admin"], autocommit=True, prepare_threshold=None)
 
 
 def show(pooler, what: str) -> list[dict]:
@@ -107,24 +109,25 @@ class Run:
             conn.execute("RECONNECT")
 
 
-def check(run: Run, pg, named_statements: bool) -> None:
-    """What every driver must get through maitred, and see of it."""
+def check(run: Run, pg, named_statements: bool, parse_counts: bool = True) -> None:
+    """What every driver must get through the pooler, and see of it; `parse_counts` where SHOW STATS has them
+    (maitred, PgBouncer 1.21+)."""
     assert run.returncode == 0, run.stderr[-4000:]
     expected_sum = CLIENTS * (CLIENTS - 1) // 2 * ROUNDS * (ROUNDS - 1) // 2
     concurrent = run.steps["concurrent"]
     assert concurrent["sum"] == expected_sum
     assert 1 <= len(concurrent["pids"]) <= 2, "a pool of 2 servers"
-    assert run.clients > 2, "the driver's own pool keeps more connections to maitred than maitred has servers"
+    assert run.clients > 2, "the driver's own pool keeps more connections to the pooler than it has servers"
     assert len(run.servers_before) <= 2
 
     prepared = run.steps["prepared"]
     assert prepared["values"] == [2 * i for i in range(8)]
     assert prepared["server_prepared"] is named_statements
-    if named_statements:
+    if parse_counts and named_statements:
         assert run.stats_before["total_server_parse_count"] > 0
         assert run.stats_before["total_bind_count"] > run.stats_before["total_client_parse_count"], \
             "named statements are bound again without a new Parse"
-    else:
+    elif parse_counts:
         assert run.stats_before["total_client_parse_count"] == 0
 
     assert run.steps["rollback"]["ids"] == [1]
@@ -136,7 +139,7 @@ def check(run: Run, pg, named_statements: bool) -> None:
     assert reconnected["sum"] == expected_sum
     assert 1 <= len(reconnected["pids"]) <= 2
     assert not set(reconnected["pids"]) & run.servers_before, "RECONNECT replaced every server"
-    if named_statements:
+    if named_statements and parse_counts:
         assert run.stats_after["total_server_parse_count"] > run.stats_before["total_server_parse_count"], \
             "the driver's statements were prepared again on the new servers"
     assert server_connections(pg) <= 2
@@ -145,6 +148,18 @@ def check(run: Run, pg, named_statements: bool) -> None:
 def test_psycopg2_with_sqlalchemy_queuepool_and_pre_ping(tx_pooler, pg):
     run = Run([sys.executable, str(DRIVERS / "psycopg2" / "client.py")], tx_pooler, pg, table(pg, "psycopg2"))
     check(run, pg, named_statements=False)
+
+
+def test_psycopg2_with_sqlalchemy_gets_the_same_through_pgbouncer(pg):
+    bouncer = PgBouncer(require_binary("pgbouncer"),
+                        {"listen_addr": "127.0.0.1", "unix_socket_dir": "", "auth_type": "scram-sha-256",
+                         "pool_mode": "transaction", "default_pool_size": 2, "admin_users": "admin"},
+                        {"app": f"host=127.0.0.1 port={pg.port} dbname=app"}, {**PASSWORDS, **ADMIN})
+    try:
+        run = Run([sys.executable, str(DRIVERS / "psycopg2" / "client.py")], bouncer, pg, table(pg, "psycopg2"))
+    finally:
+        bouncer.stop()
+    check(run, pg, named_statements=False, parse_counts=False)
 
 
 def test_node_postgres_pool_with_named_statements(tx_pooler, pg):
