@@ -10,6 +10,14 @@ mkdir -p "$cache"
 
 key() { cat "$@" | sha256sum | cut -c1-16; }
 
+# Runs a build command quietly; its output only when it fails.
+quiet() {
+  local log
+  log="$(mktemp)"
+  "$@" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; return 1; }
+  rm -f "$log"
+}
+
 node_postgres() {
   local src=tests/drivers/node-postgres out tmp
   out="$cache/node-postgres/$(key "$src/package.json" "$src/package-lock.json")"
@@ -17,7 +25,7 @@ node_postgres() {
     mkdir -p "$cache/node-postgres"
     tmp="$(mktemp -d "$out.XXXXXX")"
     cp "$src/package.json" "$src/package-lock.json" "$tmp/"
-    (cd "$tmp" && npm ci --omit=dev --no-audit --no-fund --loglevel=error) >/dev/null
+    quiet npm ci --prefix "$tmp" --omit=dev --no-audit --no-fund
     mv -T "$tmp" "$out" 2>/dev/null || rm -rf "$tmp"   # another run got there first
   fi
   echo "$out/node_modules"
@@ -29,7 +37,7 @@ pgjdbc() {
   if [ ! -f "$out/driver-pgjdbc.jar" ]; then
     mkdir -p "$cache/pgjdbc"
     tmp="$(mktemp -d "$out.XXXXXX")"
-    mvn -q -B -Dstyle.color=never -f "$src/pom.xml" -Dmaven.repo.local="$cache/m2" -Dbuild.dir="$tmp/target" package >&2
+    quiet mvn -B -f "$src/pom.xml" -Dmaven.repo.local="$cache/m2" -Dbuild.dir="$tmp/target" package
     mv "$tmp/target/driver-pgjdbc.jar" "$tmp/"
     rm -rf "$tmp/target"
     mv -T "$tmp" "$out" 2>/dev/null || rm -rf "$tmp"
