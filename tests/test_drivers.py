@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import PASSWORDS, require_binary, server_connections
+from tests.support import PASSWORDS, require_binary, server_connections, wait_for
 from tests.test_admin_pgbouncer import PgBouncer
 
 DRIVERS = Path(__file__).parent / "drivers"
@@ -102,7 +102,9 @@ class Run:
         self.stats_after = app_stats(pooler)
 
     def reconnect(self, pooler, pg) -> None:
-        self.clients = len(app_clients(pooler))
+        # The driver's own pool holds more connections to the pooler than the pooler has servers (HikariCP
+        # opens them in the background).
+        wait_for(lambda: len(app_clients(pooler)) > 2, message="more clients than servers")
         self.servers_before = server_pids(pg)
         self.stats_before = app_stats(pooler)
         with console(pooler) as conn:
@@ -117,7 +119,6 @@ def check(run: Run, pg, named_statements: bool, parse_counts: bool = True) -> No
     concurrent = run.steps["concurrent"]
     assert concurrent["sum"] == expected_sum
     assert 1 <= len(concurrent["pids"]) <= 2, "a pool of 2 servers"
-    assert run.clients > 2, "the driver's own pool keeps more connections to the pooler than it has servers"
     assert len(run.servers_before) <= 2
 
     prepared = run.steps["prepared"]
