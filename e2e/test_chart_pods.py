@@ -61,8 +61,9 @@ class Release:
             raise AssertionError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stderr}\n{self.logs()}")
         return out.stdout
 
-    def logs(self) -> str:
-        return self.cluster.kubectl("logs", "-n", self.namespace, f"deployment/{self.operator}", "--tail=60",
+    def logs(self, tail: int = 60) -> str:
+        """The operator pod's log, its last `tail` lines (-1: all)."""
+        return self.cluster.kubectl("logs", "-n", self.namespace, f"deployment/{self.operator}", f"--tail={tail}",
                                     check=False)
 
     def operator_pods(self) -> list[dict[str, Any]]:
@@ -186,13 +187,15 @@ def test_the_chart_operator_runs_as_a_pod_and_brings_a_postgrespooler_to_serving
     assert pod["spec"]["containers"][0]["image"] == pod_platform.image, "the chart's image is the pooler's"
     with tier.connect(pod) as conn:
         assert conn.execute("SELECT current_user, 42").fetchone() == (user, 42)
-    assert f"[{pod_namespace}/tier]" in release.logs(), "the chart's operator reconciled it"
+    assert f"[{pod_namespace}/tier]" in release.logs(tail=-1), "the chart's operator reconciled it"
     tier.kubectl("delete", "pgp", "tier", "--wait=true", "--timeout=60s")
 
 
-def test_an_annotated_pod_gets_the_sidecar_from_the_chart_operator_through_the_webhook_service(release, injected):
+def test_an_annotated_pod_gets_the_sidecar_from_the_chart_operator_through_the_webhook_service(
+        release, injected, pod_platform):
     assert injected["metadata"]["annotations"][INJECTED_ANNOTATION] == "tier"
     assert [c["name"] for c in injected["spec"]["initContainers"]] == [SIDECAR_NAME]
+    assert injected["spec"]["initContainers"][0]["image"] == pod_platform.image, "the chart's image, by default"
     assert sidecar_status(injected)["ready"]
 
     configuration = json.loads(release.cluster.kubectl("get", "mutatingwebhookconfiguration", CONFIGURATION_NAME,
