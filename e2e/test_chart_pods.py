@@ -229,6 +229,8 @@ def test_a_change_to_the_postgrespooler_reaches_the_running_sidecar_without_a_re
     after = sidecar_status(json.loads(cluster.kubectl("get", "pod", "app", "-n", namespace, "-o", "json")))
     assert (after["containerID"], after["restartCount"]) == (before["containerID"], before["restartCount"]) \
         and after["ready"], "the sidecar reloaded in place"
+    log = cluster.kubectl("logs", "app", "-c", SIDECAR_NAME, "-n", namespace)
+    assert "reloading config (" in log and "changed)" in log, "the new config came as a changed file, not a SET"
 
 
 def test_helm_uninstall_leaves_nothing_of_maitred_behind(release, opted_in):
