@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from maitred import __version__
 
-from . import control, protocol, stats
+from . import control, protocol, siblings, stats
 from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP, login_notice
 from .config import RESERVED_DATABASE, ConfigError
 from .settings import MAITRED_SETTINGS, SETTINGS
@@ -146,7 +146,7 @@ class Console(asyncio.Protocol):
         console_stats.xact_count += 1
         log.debug("got admin query: %s", sql)
         try:
-            result = execute(self, sql)
+            result = execute(self, sql) if self.app.worker is None else siblings.execute(self, sql)
         except ConsoleError as exc:
             self._reply(self._error(exc))
             return
@@ -838,7 +838,14 @@ def show_mem(app: "Pooler"):
 
 
 def show_peers(app: "Pooler"):
-    return columns("isii", "peer_id", "host", "port", "pool_size"), []
+    worker = app.worker
+    if worker is None:
+        peers = sorted(app.config.peers.values(), key=lambda p: p.peer_id)
+    else:
+        peers = [worker.peer(k, app.config.get("listen_port")) for k in worker.siblings()]
+    size = app.config.get("default_pool_size")
+    return columns("isii", "peer_id", "host", "port", "pool_size"), \
+        [(p.peer_id, p.host, p.port, p.pool_size or size) for p in peers]
 
 
 def show_peer_pools(app: "Pooler"):
