@@ -22,31 +22,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("maitred.http")
 
 
-async def start(app: "Pooler") -> asyncio.AbstractServer | None:
+async def start(app: "Pooler") -> list[asyncio.AbstractServer]:
     """The endpoint on http_port. With workers, each worker also serves its own /metrics on a socket in the run
     directory, and worker 1 alone the public endpoint, whose /metrics adds up every worker's."""
     port = app.config.get("http_port")
     if not port:
-        return None
+        return []
     registry = registry_for(app)
 
     async def own() -> bytes:
         return generate_latest(registry)
 
-    worker = app.worker
-    if worker is None:
-        return await _listen(_handler(app, own), app.config.get("http_addr") or None, port)
-    path = worker.http_path(worker.index)
-    if os.path.exists(path):
-        os.unlink(path)
-    await asyncio.start_unix_server(_handler(app, own), path)
-    if worker.index != 1:
-        return None
-
     async def total() -> bytes:
         return await siblings.metrics(app, generate_latest(registry))
 
-    return await _listen(_handler(app, total), app.config.get("http_addr") or None, port)
+    servers = []
+    worker = app.worker
+    if worker is not None:
+        path = worker.http_path(worker.index)
+        if os.path.exists(path):
+            os.unlink(path)
+        servers.append(await asyncio.start_unix_server(_handler(app, own), path))
+        if worker.index != 1:
+            return servers
+    public = await _listen(_handler(app, own if worker is None else total), app.config.get("http_addr") or None, port)
+    return servers + ([public] if public is not None else [])
 
 
 def _handler(app: "Pooler", metrics):

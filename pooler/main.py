@@ -129,8 +129,8 @@ async def serve(config, user: str = "", worker: Worker | None = None) -> None:
     if worker is None:
         log.info("process up: maitred pooler, pid %d", os.getpid())
     await app.stopped.wait()
-    if http is not None:
-        http.close()
+    for server in http:
+        server.close()
     log.info("shutdown complete")
 
 
