@@ -31,7 +31,6 @@ class Pooler:
     def __init__(self, config: Config, worker: Worker | None = None):
         self.config = config
         self.worker = worker           # one of `workers` processes (workers.py); None when the pooler is one
-        # peer_id cannot change while running: the cancel keys handed out carry it.
         self.peer_id = worker.index if worker is not None else config.get("peer_id")
         self.peer_listener: asyncio.AbstractServer | None = None   # a worker's own socket, for its siblings
         self.forwards: dict[int, asyncio.Semaphore] = {}            # per peer: cancels forwarded at once
