@@ -195,3 +195,17 @@ def test_console_shutdown_stops_every_worker(pooler_factory, command):
         except psycopg.OperationalError:
             pass                       # SHUTDOWN (immediate) answers with the end of the connection
     assert pooler.proc.wait(15) == 0
+
+
+def test_the_unix_socket_is_shared_and_outlives_a_worker(pooler_factory, tmp_path):
+    """Bound once by the supervisor, so it keeps taking clients while a worker is replaced; the pooler's own OS
+    user reaches the console there without a password, as with one process."""
+    pooler = start_workers(pooler_factory, unix_socket_dir=str(tmp_path))
+    dsn = f"host={tmp_path} port={pooler.port} user=app dbname=app password={USERS['app']}"
+    os.kill(worker_pids(pooler)[0], signal.SIGKILL)
+    for _ in range(8):
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as client:
+            assert client.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(f"host={tmp_path} port={pooler.port} user=pgbouncer dbname=pgbouncer", autocommit=True,
+                         prepare_threshold=None) as con:
+        assert show(con, "POOLS")
