@@ -15,6 +15,7 @@ from .config import Config, PeerEntry
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
+from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
 
@@ -239,7 +240,8 @@ class Pooler:
             path = self.worker.socket_path(self.worker.index, port)
             if os.path.exists(path):
                 os.unlink(path)
-            self.peer_listener = await self.loop.create_unix_server(lambda: Client(self), path, backlog=backlog)
+            self.peer_listener = await self.loop.create_unix_server(lambda: SiblingClient(self), path,
+                                                                    backlog=backlog)
             os.chmod(path, 0o777)       # the run directory, 0700, is what keeps others out
 
     @property
@@ -266,7 +268,7 @@ class Pooler:
 
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
-        if self.log_connections and logger.isEnabledFor(logging.INFO):
+        if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logger.info("%s %s", conn.describe(), text % args if args else text)
 
 

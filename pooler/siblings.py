@@ -16,6 +16,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from . import admin, merge, protocol
+from .client import Client
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -32,17 +33,21 @@ class SiblingError(Exception):
     pass
 
 
-def is_sibling(con: admin.Console) -> bool:
-    """The session comes from another worker: it is answered for this worker only, and is nobody's client."""
-    worker = con.app.worker
-    return con.transport.get_extra_info("sockname") == worker.socket_path(worker.index,
-                                                                           con.app.config.get("listen_port"))
+class SiblingClient(Client):
+    """A connection from another worker of this pooler, on this worker's own socket: a forwarded cancel or a
+    console command. It is nobody's client: not counted, listed, logged or waited for at shutdown, and read even
+    while SUSPEND holds every other connection (RESUME comes this way)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.unix = True
 
 
 def execute(con: admin.Console, sql: str) -> bytes | Awaitable[bytes] | None:
     """admin.execute for the whole pooler."""
-    if is_sibling(con):
-        con.app.clients.discard(con.client)      # not a client to count, list or wait for at shutdown
+    if isinstance(con.client, SiblingClient):       # a sibling asks this worker only
         return admin.execute(con, sql)
     word, arg = _command(sql)
     if word == "show" and (arg in merge.LISTED or arg in merge.KEYED):

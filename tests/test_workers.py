@@ -209,3 +209,15 @@ def test_the_unix_socket_is_shared_and_outlives_a_worker(pooler_factory, tmp_pat
     with psycopg.connect(f"host={tmp_path} port={pooler.port} user=pgbouncer dbname=pgbouncer", autocommit=True,
                          prepare_threshold=None) as con:
         assert show(con, "POOLS")
+
+
+def test_resume_reaches_every_worker_after_suspend(pooler_factory):
+    """SUSPEND leaves new connections unread on every worker; the RESUME that follows must still get through."""
+    pooler = start_workers(pooler_factory, log_connections=1)
+    with console(pooler) as con:
+        con.execute("SUSPEND")
+        con.execute("RESUME")
+    for _ in range(8):
+        with psycopg.connect(pooler.dsn(), autocommit=True, connect_timeout=5) as client:
+            assert client.execute("SELECT 1").fetchone() == (1,)
+    assert "pgbouncer access from unix socket" not in pooler.log_text()     # the workers' own chatter
