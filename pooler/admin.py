@@ -838,11 +838,8 @@ def show_mem(app: "Pooler"):
 
 
 def show_peers(app: "Pooler"):
-    worker = app.worker
-    if worker is None:
-        peers = sorted(app.config.peers.values(), key=lambda p: p.peer_id)
-    else:
-        peers = [worker.peer(k, app.config.get("listen_port")) for k in worker.siblings()]
+    siblings = app.worker.sibling_peers(app.config.get("listen_port")) if app.worker is not None else []
+    peers = siblings + sorted(app.config.peers.values(), key=lambda p: p.peer_id)
     size = app.config.get("default_pool_size")
     return columns("isii", "peer_id", "host", "port", "pool_size"), \
         [(p.peer_id, p.host, p.port, p.pool_size or size) for p in peers]

@@ -32,7 +32,7 @@ class Pooler:
     def __init__(self, config: Config, worker: Worker | None = None):
         self.config = config
         self.worker = worker           # one of `workers` processes (workers.py); None when the pooler is one
-        self.peer_id = worker.index if worker is not None else config.get("peer_id")
+        self.peer_id = worker.peer_id if worker is not None else config.get("peer_id")
         self.peer_listener: asyncio.AbstractServer | None = None   # a worker's own socket, for its siblings
         self.forwards: dict[int, asyncio.Semaphore] = {}            # per peer: cancels forwarded at once
         self.loop = asyncio.get_running_loop()
@@ -175,9 +175,8 @@ class Pooler:
 
     def peer(self, peer_id: int) -> PeerEntry | None:
         """Where the pooler process with `peer_id` listens: a sibling worker, else a [peers] entry."""
-        if self.worker is not None:
-            return self.worker.peer(peer_id, self.config.get("listen_port"))
-        return self.config.peers.get(peer_id)
+        sibling = self.worker.peer(peer_id, self.config.get("listen_port")) if self.worker is not None else None
+        return sibling or self.config.peers.get(peer_id)
 
     def _forward_cancel(self, key: int) -> None:
         owner = peers.owner(key)

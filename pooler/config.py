@@ -321,15 +321,14 @@ def _peer_entry(where: tuple[str, int, str], conninfo: str, warnings: list[str])
 
 
 def _check_peering(config: "Config") -> None:
-    """What the loader cannot say line by line: the peer id's range, and workers beside peering."""
-    if config.get("peer_id") > MAX_PEER_ID:
-        raise ConfigError(f"invalid value for peer_id: {config.get('peer_id')} is above {MAX_PEER_ID}",
-                          config.path, key="peer_id")
-    if config.get("workers") < 1:
+    """What the loader cannot say line by line: the peer ids in use (workers take one each) stay in range."""
+    workers = config.get("workers")
+    if workers < 1:
         raise ConfigError("invalid value for workers: at least 1", config.path, key="workers")
-    if config.get("workers") > 1 and (config.get("peer_id") or config.peers):
-        raise ConfigError("workers > 1 peers its own workers with each other: peer_id and [peers] need "
-                          "workers = 1", config.path, key="workers")
+    last = (config.get("peer_id") or (1 if workers > 1 else 0)) + workers - 1
+    if last > MAX_PEER_ID:
+        raise ConfigError(f"invalid value for peer_id: the peer ids in use would go up to {last}, above "
+                          f"{MAX_PEER_ID}", config.path, key="peer_id")
 
 
 def load_config(path: str | Path) -> Config:

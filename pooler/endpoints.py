@@ -43,6 +43,7 @@ async def start(app: "Pooler") -> list[asyncio.AbstractServer]:
         if os.path.exists(path):
             os.unlink(path)
         servers.append(await asyncio.start_unix_server(_handler(app, own), path))
+        os.chmod(path, 0o777)       # reachable after -u switches user; the run directory keeps others out
         if worker.index != 1:
             return servers
     public = await _listen(_handler(app, own if worker is None else total), app.config.get("http_addr") or None, port)

@@ -115,6 +115,8 @@ async def serve(config, user: str = "", worker: Worker | None = None) -> None:
     http = await endpoints.start(app)
     if user:
         change_user(user)
+    if worker is not None:          # after change_user, which would clear it
+        die_with_parent()
     app.spawn(janitor.run(app))
     app.spawn(stats.run(app))
     app.spawn(watch.run(app))
@@ -170,8 +172,6 @@ def run(path: str, switches: Switches = Switches()) -> int:
 
 def serve_process(config, user: str, worker: Worker | None = None) -> int:
     """Run one pooler process (the only one, or a worker) until it stops; 1 when it could not start."""
-    if worker is not None:
-        die_with_parent()
     try:
         import uvloop
         uvloop.run(serve(config, user, worker))

@@ -70,7 +70,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("ignore_startup_parameters", "list", (), "Startup parameters to ignore instead of refusing the client."),
     _S("peer_id", "int", 0,
        "This process's id among peered poolers (1-16383), carried in every cancel key so that a cancel "
-       "arriving at another peer is forwarded here; 0 disables peering."),
+       "arriving at another peer is forwarded here; 0 disables peering. With workers, the first worker's id "
+       "(0 counts as 1): worker k has peer_id + k - 1."),
     _S("disable_pqexec", "bool", False, "Refuse the simple query protocol (only extended protocol clients work).",
        reloadable=False),
     _S("application_name_add_host", "bool", False, "Append the client address and port to application_name."),

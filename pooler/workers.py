@@ -3,8 +3,9 @@
 The supervisor binds the Unix socket once (every worker inherits it and accepts on it), forks the workers, and
 does nothing else but pass signals on and replace a worker that dies. Each worker binds the TCP port itself with
 SO_REUSEPORT, so the kernel spreads connections over them, and is a peer of the others (peers.py): worker k
-gives out cancel keys with peer id k and listens on a socket of its own in a private run directory, where its
-siblings forward the cancels meant for it and ask it console commands (siblings.py).
+gives out cancel keys with peer id `peer_id + k - 1` (peer_id 0 counts as 1) and listens on a socket of its own
+in a private run directory, where its siblings forward the cancels meant for it and ask it console commands
+(siblings.py). A cancel for a peer id outside its own range goes to `[peers]`, as with one process.
 
 A worker that exits 0 was told to stop (SHUTDOWN, SIGTERM): it is not replaced, and once one has, none is. A
 worker that cannot start (exit 1: a port in use, a bad certificate) stops the whole pooler, since its
@@ -38,10 +39,15 @@ STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 class Worker:
     """What a worker process knows of the others: its number, how many they are, where each listens."""
 
-    index: int                                 # 1..count; also its peer id
+    index: int                                 # 1..count
     count: int
     run_dir: str
     unix_socket: socket.socket | None = None   # the shared Unix socket, bound by the supervisor
+    first_peer_id: int = 1                     # worker k has peer id first_peer_id + k - 1
+
+    @property
+    def peer_id(self) -> int:
+        return self.first_peer_id + self.index - 1
 
     def socket_path(self, index: int, port: int) -> str:
         return os.path.join(self.run_dir, str(index), f".s.PGSQL.{port}")
@@ -49,13 +55,18 @@ class Worker:
     def http_path(self, index: int) -> str:
         return os.path.join(self.run_dir, str(index), "http")
 
-    def peer(self, index: int, port: int) -> PeerEntry | None:
+    def peer(self, peer_id: int, port: int) -> PeerEntry | None:
+        """The worker with that peer id, reached on its socket in the run directory; None for another's id."""
+        index = peer_id - self.first_peer_id + 1
         if not 1 <= index <= self.count:
             return None
-        return PeerEntry(peer_id=index, host=os.path.join(self.run_dir, str(index)), port=port)
+        return PeerEntry(peer_id=peer_id, host=os.path.join(self.run_dir, str(index)), port=port)
 
     def siblings(self) -> list[int]:
         return [k for k in range(1, self.count + 1) if k != self.index]
+
+    def sibling_peers(self, port: int) -> list[PeerEntry]:
+        return [self.peer(self.first_peer_id + k - 1, port) for k in self.siblings()]
 
 
 def bind_unix_socket(config: Config) -> socket.socket | None:
@@ -119,7 +130,7 @@ class Supervisor:
         return self.status
 
     def _start(self, index: int) -> None:
-        worker = Worker(index, self.count, self.run_dir, self.unix_socket)
+        worker = Worker(index, self.count, self.run_dir, self.unix_socket, self.config.get("peer_id") or 1)
         pid = os.fork()
         if pid == 0:
             for signum in FORWARDED:

@@ -43,8 +43,8 @@ def test_the_peers_section_is_read_as_pgbouncer_writes_it(tmp_path):
     ("[peers]\n0 = host=/tmp/p\n", "invalid peer id '0'"),
     ("[peers]\n16384 = host=/tmp/p\n", "invalid peer id '16384'"),
     ("[peers]\n2 = port=6432\n", "peer 2 has no host"),
-    ("[pgbouncer]\npeer_id = 16384\n", "peer_id: 16384 is above 16383"),
-    ("[pgbouncer]\npeer_id = 1\n[maitred]\nworkers = 2\n", "peer_id and [peers] need workers = 1"),
+    ("[pgbouncer]\npeer_id = 16384\n", "peer ids in use would go up to 16384, above 16383"),
+    ("[pgbouncer]\npeer_id = 16383\n[maitred]\nworkers = 2\n", "peer ids in use would go up to 16384"),
 ])
 def test_a_wrong_peer_setting_stops_the_load_saying_why(tmp_path, text, error):
     path = tmp_path / "pooler.ini"
@@ -126,3 +126,39 @@ def folder(tmp_path, peer_id: int) -> str:
     path = tmp_path / f"peer{peer_id}"
     path.mkdir(exist_ok=True)
     return str(path)
+
+
+def test_rolling_restart_of_poolers_with_workers_keeps_cancels_working(pooler_factory, pg, tmp_path):
+    """Two workers each: the old pooler's workers have peer ids 1 and 2, the new one's 3 and 4, and each lists
+    the other's ids at the other's Unix socket. A cancel for the old pooler's client reaches a new worker, goes
+    to the old pooler's socket, lands on either old worker and, if need be, on to its sibling."""
+    port = free_port()
+    common = dict(pool_mode="transaction", so_reuseport=1, userlist=USERS, admin_users="admin", port=port,
+                  maitred={"workers": 2})
+    old = pooler_factory(peer_id=1, unix_socket_dir=folder(tmp_path, 1), expect_alive=False,
+                         peers={n: f"host={folder(tmp_path, 3)} port={port}" for n in (3, 4)}, **common)
+    wait_for(lambda: old.log_text().count(f"listening on 127.0.0.1:{port}") == 2, message="the old workers")
+    clients = [psycopg.connect(old.dsn(), autocommit=True) for _ in range(4)]    # on either old worker
+    new = pooler_factory(peer_id=3, unix_socket_dir=folder(tmp_path, 3),
+                         peers={n: f"host={folder(tmp_path, 1)} port={port}" for n in (1, 2)}, **common)
+    wait_for(lambda: new.log_text().count(f"listening on 127.0.0.1:{port}") == 2, message="the new workers")
+    with psycopg.connect(f"host={folder(tmp_path, 1)} port={port} user=pgbouncer dbname=pgbouncer",
+                         autocommit=True, prepare_threshold=None) as con:
+        con.execute("SHUTDOWN WAIT_FOR_CLIENTS")
+    for client in clients:
+        canceled = []
+
+        def sleep() -> None:
+            try:
+                client.execute("SELECT pg_sleep(60)")
+            except psycopg.errors.QueryCanceled as exc:
+                canceled.append(exc)
+
+        thread = threading.Thread(target=sleep)
+        thread.start()
+        wait_until_sleeping(pg)
+        client.cancel()                  # only the new pooler's workers accept on the port now
+        thread.join(30)
+        assert canceled, "a cancel did not reach the old pooler's worker"
+        client.close()
+    wait_for(lambda: not old.alive(), timeout=10, message="the old pooler to exit once its clients left")
