@@ -781,7 +781,7 @@ def show_lists(app: "Pooler"):
     servers = sum(len(pool.servers) for pool in app.pools.values())
     logins = sum(1 for c in app.clients if c.state in (STARTUP, AUTH))
     return LISTS, [("databases", len(_databases_in_use(app)) + 1), ("users", len(_user_names(app))),
-                   ("peers", 0), ("pools", len(app.pools) + 1), ("peer_pools", 0), ("free_clients", 0),
+                   ("peers", len(show_peers(app)[1])), ("pools", len(app.pools) + 1), ("peer_pools", 0), ("free_clients", 0),
                    ("used_clients", len(app.clients)), ("login_clients", logins), ("free_servers", 0),
                    ("used_servers", servers), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
                    ("dns_pending", 0)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import urllib.request
 
@@ -221,3 +222,24 @@ def test_resume_reaches_every_worker_after_suspend(pooler_factory):
         with psycopg.connect(pooler.dsn(), autocommit=True, connect_timeout=5) as client:
             assert client.execute("SELECT 1").fetchone() == (1,)
     assert "pgbouncer access from unix socket" not in pooler.log_text()     # the workers' own chatter
+
+
+def test_a_worker_that_cannot_start_stops_the_pooler(pooler_factory):
+    """A port held by a process without SO_REUSEPORT: every worker would fail alike, so none is retried."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        pooler = pooler_factory(port=holder.getsockname()[1], expect_alive=False, maitred={"workers": WORKERS})
+        assert pooler.proc.wait(15) == 1
+        assert "cannot start" in pooler.log_text() and "could not start: stopping the pooler" in pooler.log_text()
+    finally:
+        holder.close()
+
+
+def test_show_peers_lists_the_other_workers(pooler_factory):
+    pooler = start_workers(pooler_factory, count=3)
+    with console(pooler) as con:
+        rows = show(con, "PEERS")
+        assert len(rows) == 2 and len({row["peer_id"] for row in rows}) == 2
+        assert {row["items"] for row in show(con, "LISTS") if row["list"] == "peers"} == {2}
