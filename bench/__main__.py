@@ -9,6 +9,7 @@ and connection count. Prints a Markdown table and writes it with a JSON file to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Callable
 
-from . import autotune_scale, processes, report, scenarios, targets
+from . import autotune_scale, processes, report, scenarios, targets, tls
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -40,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, help="seconds per pgbench run (default 15)")
     p.add_argument("--idle-clients", type=int, help="idle clients held open in S4 (default 10000)")
     p.add_argument("--scenarios", type=_csv(list(scenarios.SCENARIOS)), default=list(scenarios.SCENARIOS),
-                   help="comma-separated, from S1,S2,S3,S4,S5 (default all)")
-    p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.TARGETS),
-                   help="comma-separated, from direct,pgbouncer,maitred (default all)")
+                   help="comma-separated, from S1,...,S7 (default all)")
+    p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.DEFAULT_TARGETS),
+                   help="comma-separated, from direct,pgbouncer,maitred,maitred-w2 (maitred with workers = 2) "
+                        "(default direct,pgbouncer,maitred)")
     p.add_argument("--auth", choices=("scram-sha-256", "md5"), default="scram-sha-256",
                    help="auth_type of both poolers (PostgreSQL itself always uses scram-sha-256)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for bench-<date>.md and .json (default bench/results)")
@@ -74,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     # on SIGTERM unwind like Ctrl-C does, so the poolers and PostgreSQL are stopped and their folders removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = datetime.now(timezone.utc)
-    with targets.bench_postgres() as pg:
+    with contextlib.ExitStack() as stack:
+        cert = stack.enter_context(tls.certificate(targets.unprivileged())) \
+            if {"S6", "S7"} & set(args.scenarios) else None
+        ssl = {"ssl": "on", "ssl_cert_file": f"'{cert.cert}'", "ssl_key_file": f"'{cert.key}'"} if cert else {}
+        pg = stack.enter_context(targets.bench_postgres(ssl))
         chosen = targets.make_targets(args.targets, pg)
         versions = {"PostgreSQL": _short(targets.Direct(pg).version()),
                     "pgbench": _short(targets.version_line(["pgbench", "--version"]))}
-        versions.update({t.label: t.version() for t in chosen if t.name != "direct"})
-        results = scenarios.run(chosen, args.scenarios, scale, args.auth)
+        versions.update({t.label: t.version() for t in chosen if t.name not in ("direct", "maitred-w2")})
+        results = scenarios.run(chosen, args.scenarios, scale, args.auth, tls=cert)
     summary = report.summarize(results, scale=scale, auth_type=args.auth, versions=versions,
                                cores=os.cpu_count(), started=started)
     md_path, json_path = report.write(summary, args.out, started)

@@ -75,7 +75,7 @@ def failure_reason(returncode: int, stdout: str, stderr: str) -> str | None:
 
 def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connect_per_tx: bool = False,
         prepared: bool = False, log_latencies: bool = False, script: str | None = None,
-        slack: float = 60.0) -> PgbenchResult:
+        slack: float = 60.0, sslmode: str = "disable") -> PgbenchResult:
     """pgbench for `duration` seconds, select-only or the custom `script` file; killed after
     `duration + slack` seconds at the latest."""
     argv = ["pgbench", "-n", *(["-f", script] if script else ["-S"]), "-c", str(clients),
@@ -91,7 +91,8 @@ def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connec
             argv += ["--log", f"--log-prefix={prefix}"]
         argv.append(endpoint.database)
         try:
-            proc = subprocess.run(argv, env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.run(argv, env=dict(client_env(), PGSSLMODE=sslmode), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE,
                                   text=True, timeout=duration + slack)
         except subprocess.TimeoutExpired as exc:
             raise PgbenchFailed(f"pgbench still running {duration + slack:.0f} s after start; killed") from exc

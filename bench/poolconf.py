@@ -7,9 +7,10 @@ from __future__ import annotations
 
 
 def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type: str, auth_file: str,
-                    pool_size: int, max_client_conn: int) -> dict[str, dict[str, str]]:
-    """The settings both poolers get, section by section."""
-    return {
+                    pool_size: int, max_client_conn: int, tls=None) -> dict[str, dict[str, str]]:
+    """The settings both poolers get, section by section; with `tls` (a TlsFiles), TLS on both sides: offered to
+    clients (`allow`, so the readiness probe may still log in in plain text) and required towards PostgreSQL."""
+    settings = {
         "databases": {database: f"host=127.0.0.1 port={pg_port} dbname={database}"},
         "pgbouncer": {
             "listen_addr": "127.0.0.1",
@@ -21,8 +22,13 @@ def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type:
             "max_client_conn": str(max_client_conn),
             "log_connections": "0",
             "log_disconnections": "0",
+            "server_tls_sslmode": "disable",
         },
     }
+    if tls is not None:
+        settings["pgbouncer"].update({"client_tls_sslmode": "allow", "client_tls_cert_file": tls.cert,
+                                      "client_tls_key_file": tls.key, "server_tls_sslmode": "require"})
+    return settings
 
 
 def for_pgbouncer(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[str, dict[str, str]]:
@@ -32,12 +38,12 @@ def for_pgbouncer(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[
     return out
 
 
-def for_maitred(settings: dict[str, dict[str, str]], *, logfile: str) -> dict[str, dict[str, str]]:
+def for_maitred(settings: dict[str, dict[str, str]], *, logfile: str, workers: int = 1) -> dict[str, dict[str, str]]:
     """maitred's file: its own log file as PgBouncer's (both run with -q), no HTTP metrics endpoint, as
-    PgBouncer has none, and no port for runs to collide on."""
+    PgBouncer has none, and no port for runs to collide on; `workers` processes."""
     out = {section: dict(values) for section, values in settings.items()}
     out["pgbouncer"]["logfile"] = logfile
-    out["maitred"] = {"http_port": "0"}
+    out["maitred"] = {"http_port": "0", **({"workers": str(workers)} if workers > 1 else {})}
     return out
 
 

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from .scenarios import SCENARIOS, Scale
 
-LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred"}
-RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"))
+LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2"}
+RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"))
 
 
 def cell(outcomes: list[dict], key: str) -> dict:

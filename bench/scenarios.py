@@ -8,6 +8,7 @@ from typing import Callable
 
 from . import idle_clients, pgbench, processes
 from .targets import Endpoint, PoolSettings, TargetError
+from .tls import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ SCENARIOS = {s.id: s for s in (
              lambda s: f"{s.idle_clients:,} idle logged-in clients, pooler RSS per client"),
     Scenario("S5", "cost", "steady", (Metric("cpu_ms_per_1000_tx", "ms CPU", "lower"),),
              lambda s: "pooler CPU time (user + system) per 1,000 transactions of S1"),
+    Scenario("S6", "tls", "tls", (TPS,),
+             lambda s: f"pgbench -S -c {s.steady_clients} -j {s.threads} with TLS on both sides of the pooler "
+                       "(sslmode=require, server_tls_sslmode=require), where one PgBouncer process is CPU-bound"),
+    Scenario("S7", "tls cost", "tls", (Metric("cpu_ms_per_1000_tx", "ms CPU", "lower"),),
+             lambda s: "pooler CPU time (user + system, every process) per 1,000 transactions of S6"),
 )}
 
 
@@ -79,19 +85,31 @@ def not_applicable(reason: str) -> dict:
 # -- one measured run per load, returning an outcome per scenario ---------------------------------------
 
 
-def _steady(ep: Endpoint, scale: Scale) -> dict[str, dict]:
+def _measured(ep: Endpoint, **pgbench_args) -> tuple[pgbench.PgbenchResult, dict]:
+    """A pgbench run, and the CPU the pooler's processes spent per 1,000 of its transactions."""
     tree = processes.process_tree(ep.pid) if ep.pid else []
     cpu_before = processes.cpu_seconds(tree)
-    res = pgbench.run(ep, clients=scale.steady_clients, threads=scale.threads, duration=scale.duration,
-                      log_latencies=True)
+    res = pgbench.run(ep, **pgbench_args)
     if ep.pid:
         # workers started since are counted from zero: they did not exist at `cpu_before`
         cpu = processes.cpu_seconds(processes.process_tree(ep.pid)) - cpu_before
         cost = ok(cpu_ms_per_1000_tx=cpu * 1000 / res.transactions * 1000)
     else:
         cost = not_applicable("no pooler process")
+    return res, cost
+
+
+def _steady(ep: Endpoint, scale: Scale) -> dict[str, dict]:
+    res, cost = _measured(ep, clients=scale.steady_clients, threads=scale.threads, duration=scale.duration,
+                          log_latencies=True)
     return {"S1": ok(tps=res.tps, latency_mean_ms=res.latency_mean_ms, latency_p99_ms=res.latency_p99_ms),
             "S5": cost}
+
+
+def _tls(ep: Endpoint, scale: Scale) -> dict[str, dict]:
+    res, cost = _measured(ep, clients=scale.steady_clients, threads=scale.threads, duration=scale.duration,
+                          sslmode="require")
+    return {"S6": ok(tps=res.tps), "S7": cost}
 
 
 def _churn(ep: Endpoint, scale: Scale) -> dict[str, dict]:
@@ -111,10 +129,10 @@ def _idle(ep: Endpoint, scale: Scale) -> dict[str, dict]:
     return {"S4": ok(rss_kib_per_client=per_client / 1024)}
 
 
-LOADS = {"steady": _steady, "churn": _churn, "prepared": _prepared, "idle": _idle}
+LOADS = {"steady": _steady, "churn": _churn, "prepared": _prepared, "idle": _idle, "tls": _tls}
 
 
-def run_load(load: str, target, scale: Scale, auth_type: str) -> dict[str, dict]:
+def run_load(load: str, target, scale: Scale, auth_type: str, tls: TlsFiles | None = None) -> dict[str, dict]:
     """One measured run of `load` on `target`, started fresh; an outcome for each scenario of that load."""
     ids = [s.id for s in SCENARIOS.values() if s.load == load]
     if load == "idle" and target.name == "direct":
@@ -123,7 +141,8 @@ def run_load(load: str, target, scale: Scale, auth_type: str) -> dict[str, dict]
     reason = target.unavailable()
     if reason:
         return {sid: failed(reason) for sid in ids}
-    settings = PoolSettings(pool_size=scale.pool_size, max_client_conn=scale.max_client_conn, auth_type=auth_type)
+    settings = PoolSettings(pool_size=scale.pool_size, max_client_conn=scale.max_client_conn, auth_type=auth_type,
+                            tls=tls if load == "tls" else None)
     try:
         with target.serve(settings) as ep:
             return LOADS[load](ep, scale)
@@ -133,15 +152,15 @@ def run_load(load: str, target, scale: Scale, auth_type: str) -> dict[str, dict]
 
 def run(targets: list, scenario_ids: list[str], scale: Scale, auth_type: str,
         say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
-        ) -> dict[str, dict[str, list[dict]]]:
-    """results[scenario][target] = one outcome per round."""
+        tls: TlsFiles | None = None) -> dict[str, dict[str, list[dict]]]:
+    """results[scenario][target] = one outcome per round; `tls`: the certificate S6 needs."""
     results: dict[str, dict[str, list[dict]]] = {sid: {t.name: [] for t in targets} for sid in scenario_ids}
     loads = list(dict.fromkeys(SCENARIOS[sid].load for sid in scenario_ids))
     for load in loads:
         wanted = [sid for sid in scenario_ids if SCENARIOS[sid].load == load]
         for round_no in range(1, scale.rounds + 1):
             for target in targets:
-                outcomes = run_load(load, target, scale, auth_type)
+                outcomes = run_load(load, target, scale, auth_type, tls)
                 for sid in wanted:
                     results[sid][target.name].append(outcomes[sid])
                     say(f"{sid} round {round_no}/{scale.rounds} {target.name}: {_brief(outcomes[sid])}")

@@ -23,6 +23,7 @@ from typing import Iterator
 from maitred.local.postgres import LocalPostgres, free_port
 
 from . import pgclient, poolconf
+from .tls import TlsFiles
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGBOUNCER = "/usr/sbin/pgbouncer"
@@ -55,9 +56,10 @@ class PoolSettings:
     pool_size: int
     max_client_conn: int
     auth_type: str
+    tls: TlsFiles | None = None       # TLS on both sides of the pooler (S6)
 
 
-def _unprivileged() -> str | None:
+def unprivileged() -> str | None:
     """PgBouncer refuses to run as root; when we are root it runs as Debian's `postgres` account."""
     return "postgres" if os.geteuid() == 0 else None
 
@@ -154,7 +156,7 @@ class _Pooler:
             shared = poolconf.shared_settings(pg_port=self.pg.port, listen_port=port, database=DATABASE,
                                               auth_type=settings.auth_type, auth_file=auth_file,
                                               pool_size=settings.pool_size,
-                                              max_client_conn=settings.max_client_conn)
+                                              max_client_conn=settings.max_client_conn, tls=settings.tls)
             config_path = os.path.join(run_dir, f"{self.name}.ini")
             self._write(config_path, poolconf.render_ini(self.config(shared, run_dir)))
             log_path = os.path.join(run_dir, "output.log")
@@ -220,7 +222,7 @@ class PgBouncer(_Pooler):
 
     name: str = "pgbouncer"
     label: str = "PgBouncer"
-    run_as: str | None = field(default_factory=_unprivileged)
+    run_as: str | None = field(default_factory=unprivileged)
 
     def unavailable(self) -> str | None:
         return None if os.access(PGBOUNCER, os.X_OK) else f"{PGBOUNCER} not found (Debian package pgbouncer)"
@@ -265,9 +267,21 @@ class Maitred(_Pooler):
         return poolconf.for_maitred(settings, logfile=os.path.join(run_dir, "maitred.log"))
 
 
-TARGETS = ("direct", "pgbouncer", "maitred")
+@dataclass
+class MaitredWorkers(Maitred):
+    """maitred with `[maitred] workers = 2`: two pooler processes on the port, under one supervisor."""
+
+    name: str = "maitred-w2"
+    label: str = "maitred workers=2"
+
+    def config(self, settings, run_dir):
+        return poolconf.for_maitred(settings, logfile=os.path.join(run_dir, "maitred.log"), workers=2)
+
+
+TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2")
+DEFAULT_TARGETS = ("direct", "pgbouncer", "maitred")
 
 
 def make_targets(names: list[str], pg: LocalPostgres) -> list:
-    kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred}
+    kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers}
     return [kinds[name](pg) for name in names]

@@ -9,7 +9,8 @@ from pooler_operator.autotune.cli import add_arguments as add_autotune_arguments
 
 REBOOT_REFUSED = ("-R (online restart) is not supported, and PgBouncer deprecates it: restart without dropping "
                   "clients with a rolling restart instead: start the new pooler on the same port with "
-                  "so_reuseport = 1, then stop the old one with SIGTERM (it finishes its clients' work first)")
+                  "so_reuseport = 1, then stop the old one with SIGTERM (it finishes its clients' work first); "
+                  "give each its own peer_id and unix_socket_dir, and [peers], so that cancels reach either")
 
 
 def _pooler(args: argparse.Namespace) -> int:

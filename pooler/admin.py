@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from maitred import __version__
 
-from . import control, protocol, stats
+from . import control, protocol, siblings, stats
 from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP, login_notice
 from .config import RESERVED_DATABASE, ConfigError
 from .settings import MAITRED_SETTINGS, SETTINGS
@@ -146,7 +146,7 @@ class Console(asyncio.Protocol):
         console_stats.xact_count += 1
         log.debug("got admin query: %s", sql)
         try:
-            result = execute(self, sql)
+            result = execute(self, sql) if self.app.worker is None else siblings.execute(self, sql)
         except ConsoleError as exc:
             self._reply(self._error(exc))
             return
@@ -781,7 +781,7 @@ def show_lists(app: "Pooler"):
     servers = sum(len(pool.servers) for pool in app.pools.values())
     logins = sum(1 for c in app.clients if c.state in (STARTUP, AUTH))
     return LISTS, [("databases", len(_databases_in_use(app)) + 1), ("users", len(_user_names(app))),
-                   ("peers", 0), ("pools", len(app.pools) + 1), ("peer_pools", 0), ("free_clients", 0),
+                   ("peers", len(show_peers(app)[1])), ("pools", len(app.pools) + 1), ("peer_pools", 0), ("free_clients", 0),
                    ("used_clients", len(app.clients)), ("login_clients", logins), ("free_servers", 0),
                    ("used_servers", servers), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
                    ("dns_pending", 0)]
@@ -838,7 +838,11 @@ def show_mem(app: "Pooler"):
 
 
 def show_peers(app: "Pooler"):
-    return columns("isii", "peer_id", "host", "port", "pool_size"), []
+    siblings = app.worker.sibling_peers(app.config.get("listen_port")) if app.worker is not None else []
+    peers = siblings + sorted(app.config.peers.values(), key=lambda p: p.peer_id)
+    size = app.config.get("default_pool_size")
+    return columns("isii", "peer_id", "host", "port", "pool_size"), \
+        [(p.peer_id, p.host, p.port, p.pool_size or size) for p in peers]
 
 
 def show_peer_pools(app: "Pooler"):

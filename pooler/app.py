@@ -8,18 +8,20 @@ import socket
 import time
 from typing import TYPE_CHECKING, Awaitable
 
-from . import hba
+from . import hba, peers
 from .auth_query import AuthQuery
 from .client import Client
-from .config import Config
+from .config import Config, PeerEntry
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
+from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
 
 if TYPE_CHECKING:
     from .server import Server
+    from .workers import Worker
 
 log = logging.getLogger("maitred")
 
@@ -27,8 +29,12 @@ log = logging.getLogger("maitred")
 class Pooler:
     """Everything one pooler process knows; the clients, servers and pools all hang off it."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker: Worker | None = None):
         self.config = config
+        self.worker = worker           # one of `workers` processes (workers.py); None when the pooler is one
+        self.peer_id = worker.peer_id if worker is not None else config.get("peer_id")
+        self.peer_listener: asyncio.AbstractServer | None = None   # a worker's own socket, for its siblings
+        self.forwards: dict[int, asyncio.Semaphore] = {}            # per peer: cancels forwarded at once
         self.loop = asyncio.get_running_loop()
         self.now = time.monotonic      # microsecond resolution; uvloop's loop.time() has milliseconds
         self.userlist: dict[str, str] = {}
@@ -131,13 +137,22 @@ class Pooler:
         """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
         while True:
             key = int.from_bytes(os.urandom(8), "big") & 0x7fffffffffffffff
+            if self.peer_id:
+                key = peers.stamp(key, self.peer_id)
             if key not in self.cancel_keys:
                 self.cancel_keys[key] = client
                 return key
 
     def cancel(self, pid: int, key: int) -> None:
-        """Forward a CancelRequest to the server running that client's query, and to nothing else."""
-        client = self.cancel_keys.get(pid << 32 | key)
+        """Forward a CancelRequest to the server running that client's query, and to nothing else; with
+        peering, a key another peer gave out goes to that peer."""
+        key = pid << 32 | key
+        if self.peer_id:
+            if peers.owner(key) != self.peer_id:
+                self._forward_cancel(key)
+                return
+            key |= peers.TTL_MASK        # a forwarded request arrives with its TTL spent in part
+        client = self.cancel_keys.get(key)
         server = client.server if client is not None else None
         if server is None or not server.ready:
             return
@@ -159,16 +174,50 @@ class Pooler:
         finally:
             server.pool.cancel_resolved(server)
 
+    def peer(self, peer_id: int) -> PeerEntry | None:
+        """Where the pooler process with `peer_id` listens: a sibling worker, else a [peers] entry."""
+        sibling = self.worker.peer(peer_id, self.config.get("listen_port")) if self.worker is not None else None
+        return sibling or self.config.peers.get(peer_id)
+
+    def _forward_cancel(self, key: int) -> None:
+        owner = peers.owner(key)
+        peer = self.peer(owner)
+        if not peers.ttl(key):
+            log.warning("cancel request for peer %d dropped: its TTL is exhausted", owner)
+        elif peer is None:
+            log.warning("cancel request for peer %d dropped: no such peer", owner)
+        else:
+            self.spawn(self._send_forward(peer, key - 1))
+
+    async def _send_forward(self, peer: PeerEntry, key: int) -> None:
+        limit = self.forwards.get(peer.peer_id)
+        if limit is None:
+            size = peer.pool_size or self.config.get("default_pool_size") or 1 << 16
+            limit = self.forwards[peer.peer_id] = asyncio.Semaphore(size)
+        address = peers.address(peer)
+        async with limit:
+            try:
+                await asyncio.wait_for(_cancel_exchange(address, key >> 32, key & 0xffffffff),
+                                       self.config.get("cancel_wait_timeout") or None)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("forwarding a cancel request to peer %d at %s failed: %s", peer.peer_id, address,
+                            exc or "no answer")
+
     # -- listening ---------------------------------------------------------------------------------------
 
     async def listen(self) -> None:
         cfg = self.config
         port = cfg.get("listen_port")
         backlog = cfg.get("listen_backlog")
-        reuse_port = bool(cfg.get("so_reuseport"))
+        reuse_port = bool(cfg.get("so_reuseport")) or self.worker is not None
         # The Unix socket first, with its mode set: once TCP accepts, every listener is ready.
         sock_dir = cfg.get("unix_socket_dir")
-        if sock_dir:
+        shared = self.worker.unix_socket if self.worker is not None else None
+        if shared is not None:          # bound once by the supervisor: every worker accepts on it
+            server = await self.loop.create_unix_server(lambda: Client(self), sock=shared, backlog=backlog)
+            self.listeners.append(server)
+            self.unix_listener = server
+        elif sock_dir:
             path = os.path.join(sock_dir, f".s.PGSQL.{port}")
             if os.path.exists(path):
                 os.unlink(path)
@@ -187,6 +236,13 @@ class Pooler:
                 log.info("listening on %s", _address(sock))
         if not self.listeners:
             raise RuntimeError("nothing to listen on: set listen_addr or unix_socket_dir")
+        if self.worker is not None:     # open until the process exits, so cancels reach a draining worker
+            path = self.worker.socket_path(self.worker.index, port)
+            if os.path.exists(path):
+                os.unlink(path)
+            self.peer_listener = await self.loop.create_unix_server(lambda: SiblingClient(self), path,
+                                                                    backlog=backlog)
+            os.chmod(path, 0o777)       # the run directory, 0700, is what keeps others out
 
     @property
     def ready(self) -> bool:
@@ -212,7 +268,7 @@ class Pooler:
 
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
-        if self.log_connections and logger.isEnabledFor(logging.INFO):
+        if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logger.info("%s %s", conn.describe(), text % args if args else text)
 
 

@@ -19,7 +19,8 @@ from pooler.settings import (
     DATABASE_KEY_ALIASES,
     DATABASE_KEYS,
     MAITRED_SETTINGS,
-    PEERS_REFUSED,
+    MAX_PEER_ID,
+    PEER_KEYS,
     SETTINGS,
     UNSUPPORTED_CHOICES,
     USER_KEYS,
@@ -96,6 +97,16 @@ class UserEntry:
     client_idle_timeout: float | None = None
 
 
+@dataclass(frozen=True)
+class PeerEntry:
+    """One [peers] entry: where the pooler with that peer id listens, for the cancels meant for it."""
+
+    peer_id: int
+    host: str | None = None
+    port: int = 6432
+    pool_size: int | None = None
+
+
 @dataclass
 class Config:
     path: str
@@ -103,6 +114,7 @@ class Config:
     maitred: dict[str, object]
     databases: dict[str, DatabaseEntry] = field(default_factory=dict)
     users: dict[str, UserEntry] = field(default_factory=dict)
+    peers: dict[int, PeerEntry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> object:
@@ -294,6 +306,31 @@ def _user_entry(where: tuple[str, int, str], conninfo: str, warnings: list[str])
     return UserEntry(name=where[2], **_entry_fields(USER_KEYS, "user", where, conninfo, warnings))
 
 
+def _peer_entry(where: tuple[str, int, str], conninfo: str, warnings: list[str]) -> PeerEntry:
+    file, line, name = where
+    try:
+        peer_id = _parse_int(name)
+    except ValueError:
+        peer_id = -1
+    if not 0 < peer_id <= MAX_PEER_ID:
+        raise ConfigError(f"invalid peer id {name!r}: a number from 1 to {MAX_PEER_ID}", file, line, name)
+    fields = _entry_fields(PEER_KEYS, "peer", where, conninfo, warnings)
+    if not fields.get("host"):
+        raise ConfigError(f"peer {name} has no host", file, line, name)
+    return PeerEntry(peer_id=peer_id, **fields)
+
+
+def _check_peering(config: "Config") -> None:
+    """What the loader cannot say line by line: the peer ids in use (workers take one each) stay in range."""
+    workers = config.get("workers")
+    if workers < 1:
+        raise ConfigError("invalid value for workers: at least 1", config.path, key="workers")
+    last = (config.get("peer_id") or (1 if workers > 1 else 0)) + workers - 1
+    if last > MAX_PEER_ID:
+        raise ConfigError(f"invalid value for peer_id: the peer ids in use would go up to {last}, above "
+                          f"{MAX_PEER_ID}", config.path, key="peer_id")
+
+
 def load_config(path: str | Path) -> Config:
     """Read a pgbouncer.ini-style file; raises ConfigError naming file, line and key of the first problem."""
     path = str(path)
@@ -304,9 +341,7 @@ def load_config(path: str | Path) -> Config:
     for file, line, header, key, raw in _read_ini(path):
         if header is not None:
             section = header
-            if section == "peers":
-                raise ConfigError(f"section [peers] is refused: {PEERS_REFUSED}", file, line)
-            if section not in (*catalogues, "databases", "users"):
+            if section not in (*catalogues, "databases", "users", "peers"):
                 config.warnings.append(
                     f"{file}:{line}: section [{section}] is not supported, its keys are ignored")
         elif section is None:
@@ -315,6 +350,9 @@ def load_config(path: str | Path) -> Config:
             config.databases[key] = _database_entry((file, line, key), raw, config.warnings)
         elif section == "users":
             config.users[key] = _user_entry((file, line, key), raw, config.warnings)
+        elif section == "peers":
+            entry = _peer_entry((file, line, key), raw, config.warnings)
+            config.peers[entry.peer_id] = entry
         elif section in catalogues:
             known, values = catalogues[section]
             if key not in known:
@@ -325,4 +363,5 @@ def load_config(path: str | Path) -> Config:
                 except ValueError as exc:
                     raise ConfigError(f"invalid value for {key}: {exc}", file, line, key) from None
     config.settings["conffile"] = config.settings["conffile"] or path
+    _check_peering(config)
     return config

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from . import siblings
 from .metrics import registry_for
 
 if TYPE_CHECKING:
@@ -21,12 +22,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("maitred.http")
 
 
-async def start(app: "Pooler") -> asyncio.AbstractServer | None:
+async def start(app: "Pooler") -> list[asyncio.AbstractServer]:
+    """The endpoint on http_port. With workers, each worker also serves its own /metrics on a socket in the run
+    directory, and worker 1 alone the public endpoint, whose /metrics adds up every worker's."""
     port = app.config.get("http_port")
     if not port:
-        return None
+        return []
     registry = registry_for(app)
 
+    async def own() -> bytes:
+        return generate_latest(registry)
+
+    async def total() -> bytes:
+        return await siblings.metrics(app, generate_latest(registry))
+
+    servers = []
+    worker = app.worker
+    if worker is not None:
+        path = worker.http_path(worker.index)
+        if os.path.exists(path):
+            os.unlink(path)
+        servers.append(await asyncio.start_unix_server(_handler(app, own), path))
+        os.chmod(path, 0o777)       # reachable after -u switches user; the run directory keeps others out
+        if worker.index != 1:
+            return servers
+    public = await _listen(_handler(app, own if worker is None else total), app.config.get("http_addr") or None, port)
+    return servers + ([public] if public is not None else [])
+
+
+def _handler(app: "Pooler", metrics):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -35,7 +59,7 @@ async def start(app: "Pooler") -> asyncio.AbstractServer | None:
             if method not in ("GET", "HEAD"):
                 status, body, ctype = "405 Method Not Allowed", b"method not allowed\n", "text/plain"
             elif path == "/metrics":
-                status, body, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE_LATEST
+                status, body, ctype = "200 OK", await metrics(), CONTENT_TYPE_LATEST
             elif path == "/healthz":
                 status, body, ctype = "200 OK", b"ok\n", "text/plain"
             elif path == "/readyz":
@@ -55,7 +79,7 @@ async def start(app: "Pooler") -> asyncio.AbstractServer | None:
         finally:
             writer.close()
 
-    return await _listen(handle, app.config.get("http_addr") or None, port)
+    return handle
 
 
 async def _listen(handle, addr: str | None, port: int) -> asyncio.AbstractServer | None:

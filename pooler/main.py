@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import control, endpoints, janitor, stats, watch
 from .app import Pooler
 from .config import ConfigError, load_config
+from .workers import CANNOT_START, Supervisor, Worker
 
 log = logging.getLogger("maitred")
 
@@ -108,12 +109,14 @@ def change_user(name: str) -> None:
     log.info("switched to user %s", name)
 
 
-async def serve(config, user: str = "") -> None:
-    app = Pooler(config)
+async def serve(config, user: str = "", worker: Worker | None = None) -> None:
+    app = Pooler(config, worker)
     await app.listen()
     http = await endpoints.start(app)
     if user:
         change_user(user)
+    if worker is not None:          # after change_user, which would clear it
+        die_with_parent()
     app.spawn(janitor.run(app))
     app.spawn(stats.run(app))
     app.spawn(watch.run(app))
@@ -125,10 +128,11 @@ async def serve(config, user: str = "") -> None:
     loop.add_signal_handler(signal.SIGHUP, watch.reload_and_log, app, "SIGHUP")
     loop.add_signal_handler(signal.SIGUSR1, lambda: app.spawn(control.pause(app, None)))
     loop.add_signal_handler(signal.SIGUSR2, control.resume, app, None)
-    log.info("process up: maitred pooler, pid %d", os.getpid())
+    if worker is None:
+        log.info("process up: maitred pooler, pid %d", os.getpid())
     await app.stopped.wait()
-    if http is not None:
-        http.close()
+    for server in http:
+        server.close()
     log.info("shutdown complete")
 
 
@@ -154,15 +158,38 @@ def run(path: str, switches: Switches = Switches()) -> int:
     if pidfile:
         with open(pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
+    user = switches.user or config.get("user")
     try:
-        import uvloop
-        uvloop.run(serve(config, switches.user or config.get("user")))
-    except (OSError, ConfigError) as exc:      # a port in use, an unusable TLS certificate, ...
+        if config.get("workers") > 1:
+            return Supervisor(config, user, lambda worker: serve_process(config, user, worker)).run()
+        return serve_process(config, user)
+    except OSError as exc:         # the supervisor could not bind the Unix socket
         log.error("cannot start: %s", exc)
-        return 1
+        return CANNOT_START
     finally:
         _remove(pidfile)
+
+
+def serve_process(config, user: str, worker: Worker | None = None) -> int:
+    """Run one pooler process (the only one, or a worker) until it stops; 1 when it could not start."""
+    try:
+        import uvloop
+        uvloop.run(serve(config, user, worker))
+    except (OSError, ConfigError) as exc:      # a port in use, an unusable TLS certificate, ...
+        log.error("cannot start: %s", exc)
+        return CANNOT_START
     return 0
+
+
+def die_with_parent() -> None:
+    """A worker gets SIGTERM (a drain) when its supervisor is gone, however it went (Linux's PR_SET_PDEATHSIG);
+    and it leaves the terminal's process group, so that Ctrl-C reaches it once, through the supervisor."""
+    os.setpgid(0, 0)
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _remove(pidfile: str) -> None:

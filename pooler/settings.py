@@ -31,8 +31,6 @@ _S = Setting
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 POOL_MODES = ("session", "transaction", "statement")
 _NO_EFFECT = "Accepted for PgBouncer compatibility, no effect in maitred."
-PEERS_REFUSED = ("peering ([peers], peer_id) is not supported: a cancel reaches only the process that has its "
-                 "client, so do not share a port between poolers")
 TLS13_REFUSED = "Python's ssl module cannot restrict TLS 1.3 cipher suites; OpenSSL's defaults are used"
 
 # auth_type values PgBouncer knows that maitred refuses, so the error can say "unsupported", not "invalid".
@@ -71,8 +69,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Reported parameters, besides the built-in ones, kept per client and restored on the server.",
        reloadable=False),
     _S("ignore_startup_parameters", "list", (), "Startup parameters to ignore instead of refusing the client."),
-    _S("peer_id", "int", 0, "Refused unless 0: maitred has no [peers] cancel forwarding.",
-       refused=PEERS_REFUSED),
+    _S("peer_id", "int", 0,
+       "This process's id among peered poolers (1-16383), carried in every cancel key so that a cancel "
+       "arriving at another peer is forwarded here; 0 disables peering. With workers, the first worker's id "
+       "(0 counts as 1): worker k has peer_id + k - 1."),
     _S("disable_pqexec", "bool", False, "Refuse the simple query protocol (only extended protocol clients work).",
        reloadable=False),
     _S("application_name_add_host", "bool", False, "Append the client address and port to application_name."),
@@ -184,7 +184,10 @@ MAITRED_SETTINGS: dict[str, Setting] = _catalogue(
        "Port of the HTTP endpoint; 0 disables it. When it is in use, a free port is taken and logged.",
        reloadable=False),
     _S("shutdown_timeout", "float_seconds", 30.0, "On shutdown, how long clients may finish before being closed."),
-    _S("workers", "int", 1, "Pooler processes sharing the port with SO_REUSEPORT.", reloadable=False),
+    _S("workers", "int", 1,
+       "Pooler processes sharing the port (SO_REUSEPORT for TCP, one inherited Unix socket), supervised by one "
+       "process that restarts a worker that dies. The console, SIGTERM and /metrics speak for all of them; "
+       "pool sizes are per worker.", reloadable=False),
     _S("config_watch", "bool", False,
        "Reload when the config file changes, as on SIGHUP. Off by default, as PgBouncer, where an edit waits for "
        "RELOAD; the operator turns it on, for ConfigMap updates."),
@@ -226,6 +229,15 @@ DATABASE_KEYS: dict[str, Setting] = _catalogue(
 )
 
 DATABASE_KEY_ALIASES = {"reserve_pool": "reserve_pool_size"}
+
+MAX_PEER_ID = 16383      # the peer id is 14 bits of the cancel key, as PgBouncer's
+
+# [peers] keys: `peer_id = host=... port=...`, where to forward a cancel whose key carries that peer id.
+PEER_KEYS: dict[str, Setting] = _catalogue(
+    _S("host", "str", None, "The peer's host, or the directory of its Unix socket (a path starting with /)."),
+    _S("port", "int", 6432, "The peer's port."),
+    _S("pool_size", "int", None, "Cancels forwarded to this peer at once; not set: default_pool_size."),
+)
 
 # [users] keys, with the same None and -1 meaning "inherit".
 USER_KEYS: dict[str, Setting] = _catalogue(

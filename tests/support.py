@@ -66,11 +66,13 @@ class PoolerProcess:
 
     def __init__(self, pg: LocalPostgres, workdir: Path, databases: dict[str, str] | None = None,
                  users: dict[str, str] | None = None, userlist: dict[str, str] | None = None,
-                 maitred: dict[str, object] | None = None, expect_alive: bool = True, **settings):
+                 maitred: dict[str, object] | None = None, expect_alive: bool = True,
+                 peers: dict[int, str] | None = None, port: int | None = None, **settings):
         self.pg = pg
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()     # a given port: shared with another pooler (so_reuseport)
+        self.peers = peers or {}
         self.expect_alive = expect_alive
         self.databases = databases if databases is not None else {
             "app": f"host=127.0.0.1 port={pg.port} dbname=app"}
@@ -97,6 +99,8 @@ class PoolerProcess:
             lines += ["", "[users]"] + [f"{k} = {v}" for k, v in self.users.items()]
         lines += ["", "[pgbouncer]"] + [f"{k} = {v}" for k, v in self.settings.items()]
         lines += ["", "[maitred]"] + [f"{k} = {v}" for k, v in self.maitred.items()]
+        if self.peers:
+            lines += ["", "[peers]"] + [f"{k} = {v}" for k, v in self.peers.items()]
         return "\n".join(lines) + "\n"
 
     def write_config(self) -> None:

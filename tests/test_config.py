@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pooler.config import ConfigError, load_config, parse_value
-from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, SETTINGS, USER_KEYS
+from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, PEER_KEYS, SETTINGS, USER_KEYS
 from tests.support import require_binary
 
 
@@ -98,7 +98,7 @@ def test_settings_pgbouncer_does_not_reload_are_not_reloadable():
     assert {s.name for s in SETTINGS.values() if not s.reloadable} == PGBOUNCER_NOT_RELOADABLE
 
 
-@pytest.mark.parametrize("catalogue", [SETTINGS, MAITRED_SETTINGS, DATABASE_KEYS, USER_KEYS])
+@pytest.mark.parametrize("catalogue", [SETTINGS, MAITRED_SETTINGS, DATABASE_KEYS, USER_KEYS, PEER_KEYS])
 def test_every_setting_has_a_kind_a_typed_default_and_one_line_of_doc(catalogue):
     for name, setting in catalogue.items():
         assert setting.name == name

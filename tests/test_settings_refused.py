@@ -12,7 +12,6 @@ from tests.test_pooler_cli import run_pooler, write_config
 REFUSED = {
     "client_tls13_ciphers = TLS_AES_128_GCM_SHA256": "Python's ssl module cannot restrict TLS 1.3 cipher suites",
     "server_tls13_ciphers = TLS_AES_256_GCM_SHA384": "Python's ssl module cannot restrict TLS 1.3 cipher suites",
-    "peer_id = 1": "peering ([peers], peer_id) is not supported",
 }
 
 
@@ -27,15 +26,8 @@ def test_a_refused_setting_stops_the_pooler_at_start_saying_why(tmp_path, pg, li
 
 def test_the_default_of_a_refused_setting_is_accepted(tmp_path):
     path = tmp_path / "pooler.ini"
-    path.write_text("[pgbouncer]\nclient_tls13_ciphers =\nserver_tls13_ciphers =\npeer_id = 0\n")
-    assert load_config(path).get("peer_id") == 0
-
-
-def test_a_peers_section_stops_the_pooler_at_start(tmp_path, pg):
-    path, number = write_config(tmp_path, pg, "[peers]\n1 = host=/tmp/pooler1\n2 = host=/tmp/pooler2\n")
-    result = run_pooler(path)
-    assert result.returncode != 0
-    assert f"{path}:{number}: section [peers] is refused: peering" in result.stderr, result.stderr
+    path.write_text("[pgbouncer]\nclient_tls13_ciphers =\nserver_tls13_ciphers =\n")
+    assert load_config(path).get("client_tls13_ciphers") == ""
 
 
 def test_a_host_list_is_refused_naming_the_database(tmp_path):
@@ -51,10 +43,8 @@ def test_set_refuses_a_refused_setting_and_keeps_the_running_value(pooler_factor
     with console(pooler) as con:
         with pytest.raises(psycopg.Error, match="is refused: Python's ssl module cannot restrict TLS 1.3"):
             con.execute("SET client_tls13_ciphers = 'TLS_AES_128_GCM_SHA256'")
-        with pytest.raises(psycopg.Error, match="is refused: peering"):
-            con.execute("SET peer_id = 2")
         config = {row[0]: row[1] for row in con.execute("SHOW CONFIG").fetchall()}
-        assert (config["client_tls13_ciphers"], config["peer_id"]) == ("", "0")
+        assert config["client_tls13_ciphers"] == ""
 
 
 def test_reload_refuses_a_file_with_a_refused_setting(pooler_factory):

@@ -1,0 +1,190 @@
+"""`[maitred] workers = N`: one supervising process and N pooler processes sharing the port.
+
+The supervisor binds the Unix socket once (every worker inherits it and accepts on it), forks the workers, and
+does nothing else but pass signals on and replace a worker that dies. Each worker binds the TCP port itself with
+SO_REUSEPORT, so the kernel spreads connections over them, and is a peer of the others (peers.py): worker k
+gives out cancel keys with peer id `peer_id + k - 1` (peer_id 0 counts as 1) and listens on a socket of its own
+in a private run directory, where its siblings forward the cancels meant for it and ask it console commands
+(siblings.py). A cancel for a peer id outside its own range goes to `[peers]`, as with one process.
+
+A worker that exits 0 was told to stop (SHUTDOWN, SIGTERM): it is not replaced, and once one has, none is. A
+worker that cannot start (exit 1: a port in use, a bad certificate) stops the whole pooler, since its
+replacement would fail alike. Any other end (a crash, SIGKILL, the OOM killer) is replaced at once, or after
+RESTART_DELAY when the worker had not lived that long.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import Config, PeerEntry
+
+log = logging.getLogger("maitred")
+
+CANNOT_START = 1
+RESTART_DELAY = 1.0
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+@dataclass
+class Worker:
+    """What a worker process knows of the others: its number, how many they are, where each listens."""
+
+    index: int                                 # 1..count
+    count: int
+    run_dir: str
+    unix_socket: socket.socket | None = None   # the shared Unix socket, bound by the supervisor
+    first_peer_id: int = 1                     # worker k has peer id first_peer_id + k - 1
+
+    @property
+    def peer_id(self) -> int:
+        return self.first_peer_id + self.index - 1
+
+    def socket_path(self, index: int, port: int) -> str:
+        return os.path.join(self.run_dir, str(index), f".s.PGSQL.{port}")
+
+    def http_path(self, index: int) -> str:
+        return os.path.join(self.run_dir, str(index), "http")
+
+    def peer(self, peer_id: int, port: int) -> PeerEntry | None:
+        """The worker with that peer id, reached on its socket in the run directory; None for another's id."""
+        index = peer_id - self.first_peer_id + 1
+        if not 1 <= index <= self.count:
+            return None
+        return PeerEntry(peer_id=peer_id, host=os.path.join(self.run_dir, str(index)), port=port)
+
+    def siblings(self) -> list[int]:
+        return [k for k in range(1, self.count + 1) if k != self.index]
+
+    def sibling_peers(self, port: int) -> list[PeerEntry]:
+        return [self.peer(self.first_peer_id + k - 1, port) for k in self.siblings()]
+
+
+def bind_unix_socket(config: Config) -> socket.socket | None:
+    """The pooler's Unix socket, as Pooler.listen makes it, bound once for all workers."""
+    sock_dir = config.get("unix_socket_dir")
+    if not sock_dir:
+        return None
+    path = os.path.join(sock_dir, f".s.PGSQL.{config.get('listen_port')}")
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, config.get("unix_socket_mode"))
+    sock.listen(config.get("listen_backlog"))
+    log.info("listening on unix:%s (shared by %d workers)", path, config.get("workers"))
+    return sock
+
+
+def make_run_dir(count: int, user: str) -> str:
+    """A private directory with one folder per worker, for the sockets only the workers use."""
+    run_dir = tempfile.mkdtemp(prefix="maitred-workers-")
+    for index in range(1, count + 1):
+        os.mkdir(os.path.join(run_dir, str(index)), 0o700)
+    if user and os.geteuid() == 0:        # the workers switch to `user` (-u) and must still reach each other
+        account = pwd.getpwnam(user)
+        for folder in [run_dir] + [os.path.join(run_dir, str(k)) for k in range(1, count + 1)]:
+            os.chown(folder, account.pw_uid, account.pw_gid)
+    return run_dir
+
+
+class Supervisor:
+    """Starts the workers, replaces those that die, passes signals on; `run` returns the exit status."""
+
+    def __init__(self, config: Config, user: str, work: Callable[[Worker], int]):
+        self.config = config
+        self.count = config.get("workers")
+        self.work = work
+        self.run_dir = make_run_dir(self.count, user)
+        self.unix_socket = bind_unix_socket(config)
+        self.children: dict[int, tuple[int, float]] = {}    # pid: (worker index, start time)
+        self.stopping = False
+        self.status = 0
+
+    def run(self) -> int:
+        for signum in FORWARDED:
+            signal.signal(signum, self._signal)
+        try:
+            for index in range(1, self.count + 1):
+                self._start(index)
+            log.info("process up: maitred pooler supervisor, pid %d, %d workers", os.getpid(), self.count)
+            while self.children:
+                pid, wait_status = os.wait()
+                index, started = self.children.pop(pid, (0, 0.0))
+                if index:
+                    self._ended(index, started, wait_status)
+        finally:
+            if self.unix_socket is not None:
+                self.unix_socket.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        log.info("all workers stopped")
+        return self.status
+
+    def _start(self, index: int) -> None:
+        worker = Worker(index, self.count, self.run_dir, self.unix_socket, self.config.get("peer_id") or 1)
+        pid = os.fork()
+        if pid == 0:
+            for signum in FORWARDED:
+                signal.signal(signum, signal.SIG_DFL)
+            status = 70
+            try:
+                status = self.work(worker)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        self.children[pid] = (index, time.monotonic())
+        log.info("worker %d started, pid %d", index, pid)
+
+    def _ended(self, index: int, started: float, wait_status: int) -> None:
+        code = os.waitstatus_to_exitcode(wait_status)
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if code == 0 or self.stopping:
+            log.info("worker %d stopped (%s)", index, how)
+            self._stop()
+            return
+        if code == CANNOT_START:
+            log.error("worker %d could not start: stopping the pooler", index)
+            self.status = CANNOT_START
+            self._stop(signal.SIGQUIT)
+            return
+        log.warning("worker %d died (%s): starting another", index, how)
+        if time.monotonic() - started < RESTART_DELAY:
+            time.sleep(RESTART_DELAY)
+        if not self.stopping:
+            self._start(index)
+
+    def _signal(self, signum: int, _frame) -> None:
+        if signum in STOPPING:
+            self.stopping = True
+            self._close_unix_socket()
+        self._send(signum)
+
+    def _stop(self, signum: int | None = None) -> None:
+        """No more workers; the supervisor's copy of the Unix socket goes, so it stops taking connections."""
+        self.stopping = True
+        self._close_unix_socket()
+        if signum is not None:
+            self._send(signum)
+
+    def _close_unix_socket(self) -> None:
+        if self.unix_socket is not None:
+            self.unix_socket.close()
+            self.unix_socket = None
+
+    def _send(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
