@@ -20,7 +20,7 @@ from maitred.local.prometheus import CPU_QUERY, LocalPrometheus
 from pooler_operator.autotune.loop import (Autotuner, ConsoleTarget, PostgresTarget, PrometheusTarget, TierReport,
                                            TierTarget)
 from pooler_operator.autotune.model import PolicyParams
-from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary
+from tests.support import PASSWORDS, PoolerProcess, PoolerSet, require_binary, wait_for
 from tests.test_admin import USERS
 from tests.test_autotune_console import config_of
 
@@ -252,3 +252,24 @@ def test_cpu_from_prometheus_at_the_high_water_mark_holds_then_shrinks(small_pg,
     assert first.decision.direction == "hold" and "cpu" in first.decision.reason and first.to_size == 10
     assert second.decision.direction == "shrink" and second.to_size < 10 and second.applied
     assert config_of(pooler.port)[0] == second.to_size
+
+
+def test_a_pooler_with_workers_is_one_console_counted_as_each_of_its_processes(poolers, small_pg):
+    """`workers = 2`: one console answers for two processes, each holding the pool size on its own; the tier is
+    not held for a missing console, and what both may open together stays within the budget."""
+    busy = poolers(maitred={"workers": 2})
+    wait_for(lambda: busy.log_text().count(f"listening on 127.0.0.1:{busy.port}") >= 2,
+             message="two workers to listen")
+    tiers = [replace(tier(busy, small_pg), expected_processes=2)]
+    tuner = Autotuner(timeout=3)
+    with Sampler(small_pg) as sampler:
+        during = through_burst(tuner, tiers, busy, seconds=6,
+                               enough=lambda h: any(r.decision.direction == "grow" for r in of(h, tiers[0].tier)))
+        history = during + asyncio.run(run_ticks(tuner, tiers, lambda h: False, limit=4))
+    reports = of(history, tiers[0].tier)
+    assert all(r.signals is None or (r.signals.processes, r.signals.reachable) == (2, 2) for r in reports)
+    assert not any("console" in problem for r in reports for problem in r.errors), [r.line() for r in reports]
+    grew = [r for r in reports if r.decision.direction == "grow"]
+    assert grew and grew[0].applied, [r.line() for r in reports]
+    assert all(r.allocation.connections == 2 * r.allocation.per_process_cap for r in reports if r.allocation)
+    assert_within_budget(history, sampler)

@@ -250,7 +250,8 @@ async def sample(host: str, port: int, user: str, password: str | None, *, timeo
         return ProcessSample(endpoint=endpoint, error=f"{endpoint}: SHOW CONFIG has no default_pool_size")
     return ProcessSample(endpoint=endpoint, pools=pools, default_pool_size=_int(size),
                          max_db_connections=_int(config.get("max_db_connections")),
-                         reserve_pool_size=_int(config.get("reserve_pool_size")), server_pids=pids, **stats)
+                         reserve_pool_size=_int(config.get("reserve_pool_size")), server_pids=pids,
+                         processes=max(1, _int(config.get("workers")) or 1), **stats)
 
 
 async def set_settings(host: str, port: int, user: str, password: str | None, settings: dict[str, int], *,

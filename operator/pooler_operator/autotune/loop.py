@@ -155,7 +155,8 @@ class Autotuner:
         self.timeout = timeout
         self.history: dict[str, History] = {}
         self.totals: dict[str, Totals] = {}
-        self.caps: dict[str, int] = {}
+        self.caps: dict[str, int] = {}           # per process, by console
+        self.workers: dict[str, int] = {}        # processes behind each console, as last reported
         self.pids: dict[str, frozenset[int]] = {}
         self.sizes: dict[str, int] = {}
         self.limited: dict[str, set[str]] = {}     # server -> tiers the budget limited last tick
@@ -205,6 +206,7 @@ class Autotuner:
                 self.totals[s.endpoint] = Totals.of(s, at)
                 self.pids[s.endpoint] = s.server_pids
                 self.caps[s.endpoint] = _cap_in_force(s)
+                self.workers[s.endpoint] = s.processes
         return work
 
     async def _sample(self, c: ConsoleTarget) -> ProcessSample:
@@ -252,9 +254,10 @@ class Autotuner:
         budget = budgeting.server_budget(group[0].database, frozenset(pids), headroom)
         demands = []
         for t in group:
-            pinned = sum(self.caps.get(s.endpoint, 0) for s in t.samples if not s.reachable)
+            pinned = sum(self.caps.get(s.endpoint, 0) * self._workers(s) for s in t.samples if not s.reachable)
             known = t.signals.pool_size if t.signals else self.sizes.get(t.target.tier, 0)
-            t.demand = Demand(t.target.tier, processes=max(t.target.expected_processes, len(t.samples)),
+            processes = sum(self._workers(s) for s in t.samples)
+            t.demand = Demand(t.target.tier, processes=max(t.target.expected_processes, processes),
                               pools=t.signals.pools if t.signals else 1,
                               wanted=t.decision.size if t.signals else known,
                               floor=t.target.params.min_pool_size, pinned=pinned)
@@ -284,7 +287,7 @@ class Autotuner:
         growing = {label: v for t in live for label, v in t.settings.items() if v and label not in shrinking}
         failures = await self._send(consoles, shrinking)
         if growing and shrinking:     # a shrink that failed or has not closed its surplus yet holds every grow
-            shrunk = {s.endpoint: (t.caps[s.endpoint], self.pids.get(s.endpoint, frozenset()), t.target.postgres.dsn)
+            shrunk = {s.endpoint: (t.caps[s.endpoint] * self._workers(s), self.pids.get(s.endpoint, frozenset()), t.target.postgres.dsn)
                       for t in live for s in t.samples if s.endpoint in shrinking and s.endpoint not in failures}
             late = [label for label in shrinking if label in failures] + await self._settle(consoles, shrunk)
             if late:
@@ -298,6 +301,10 @@ class Autotuner:
                 self.caps.update({label: cap for label, cap in t.caps.items() if label not in failures})
             t.applied = not t.target.dry_run and any(t.settings.values()) and \
                 not any(label in failures for label in t.settings)
+
+    def _workers(self, s: ProcessSample) -> int:
+        """Processes behind a console; one that does not answer counts as many as it last reported."""
+        return s.processes if s.reachable else self.workers.get(s.endpoint, 1)
 
     async def _send(self, consoles: dict[str, ConsoleTarget], settings: dict[str, dict[str, int]]) -> dict[str, str]:
         async def one(label: str, values: dict[str, int]) -> str | None:
@@ -317,7 +324,7 @@ class Autotuner:
 
     async def _settle(self, consoles: dict[str, ConsoleTarget], shrunk: dict[str, tuple[int, frozenset[int], str]]
                       ) -> list[str]:
-        """Wait (up to the timeout) until each shrunk process holds no more servers than its cap and the
+        """Wait (up to the timeout) until each shrunk console's processes hold no more servers than their caps and the
         backends it let go have left PostgreSQL; the processes that did not get there."""
         async def settled(label: str, cap: int, before: frozenset[int], dsn: str) -> bool:
             c = consoles[label]

@@ -42,6 +42,9 @@ class ProcessSample:
     query_time_us: int = 0
     wait_time_us: int = 0
     server_pids: frozenset[int] = frozenset()   # remote_pid of every server connection (SHOW SERVERS)
+    # Worker processes behind this console (maitred's `workers`; 1 for PgBouncer): one console answers for all
+    # of them, its SHOW rows summed, and each holds `default_pool_size` per pool on its own.
+    processes: int = 1
 
     @property
     def reachable(self) -> bool:

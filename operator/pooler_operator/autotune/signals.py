@@ -199,7 +199,7 @@ def tier_signals(samples: list[ProcessSample], previous: dict[str, Totals], at: 
     read = database is not None and database.error is None
     servers = frozenset().union(*(s.server_pids for s in reachable))
     return TierSignals(
-        processes=max(expected, len(samples)), reachable=len(reachable),
+        processes=max(expected, sum(s.processes for s in samples)), reachable=sum(s.processes for s in reachable),
         pool_size=max(s.default_pool_size or 0 for s in reachable),
         pools=max(1, max(len(s.pools) for s in reachable)),
         cl_waiting=sum(p.cl_waiting for p in pools), cl_active=sum(p.cl_active for p in pools),
