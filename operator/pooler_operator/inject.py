@@ -28,7 +28,8 @@ VOLUME_NAMES = {"config": "maitred-config", "tmp": "maitred-tmp"}
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 # What the chart puts on the operator's pods (and the webhook's objectSelector keeps out).
 OPERATOR_LABELS = {"app.kubernetes.io/name": "maitred", "app.kubernetes.io/component": "operator"}
-_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A PostgresPooler's name (a DNS subdomain) that also fits the label value maitred.dev/pooler=<name>: at most 63.
+_POOLER_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 Pod = dict[str, Any]
 
@@ -54,10 +55,15 @@ def refusal(pod: Pod, namespace: str) -> str | None:
     if INJECTED_ANNOTATION in (meta.get("annotations") or {}) or \
             any(c.get("name") == SIDECAR_NAME for c in _all_containers(pod)):
         return "already injected"
-    if not _DNS_1123.match(name.strip()):
-        return (f"{INJECT_ANNOTATION}: {name!r} is not a PostgresPooler name (lowercase letters, digits and '-', "
-                "at most 63 characters)")
+    if not _POOLER_NAME.match(name.strip()):
+        return (f"{INJECT_ANNOTATION}: {_shown(name)} is not a PostgresPooler name (lowercase letters, digits, "
+                "'-' and '.', at most 63 characters)")
     return None
+
+
+def _shown(value: str, most: int = 80) -> str:
+    """A value quoted for a message, cut short: a warning the API server passes on stays readable."""
+    return repr(value) if len(value) <= most else f"{value[:most]!r}… ({len(value)} characters)"
 
 
 def pooler_refusal(pooler: PostgresPooler | None, name: str, namespace: str) -> str | None:
