@@ -15,15 +15,15 @@ import re
 from typing import Any
 
 from .api import PostgresPooler
-from .objects import LISTEN_PORT, POOLER_LABEL, pooler_container, projected_sources
+from .objects import LISTEN_PORT, POOLER_LABEL, SIDECAR_PORT_NAMES, pooler_container, projected_sources
 
 INJECT_ANNOTATION = "maitred.dev/inject"
 INJECTED_ANNOTATION = "maitred.dev/injected"     # the pooler injected: a pod is never injected twice
 NAMESPACE_LABEL = "maitred.dev/injection"        # a namespace opts in with the value "enabled"
 SIDECAR_NAME = "maitred-pooler"
 DSN_ENV = "MAITRED_DATABASE_URL"
-# The app's own ports and volumes keep their names: the sidecar's are prefixed (port names: 15 characters).
-PORT_NAMES = {"postgres": "maitred-pg", "http": "maitred-http"}
+# The app's own ports and volumes keep their names: the sidecar's are prefixed.
+PORT_NAMES = SIDECAR_PORT_NAMES
 VOLUME_NAMES = {"config": "maitred-config", "tmp": "maitred-tmp"}
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 # What the chart puts on the operator's pods (and the webhook's objectSelector keeps out).
