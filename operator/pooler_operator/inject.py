@@ -76,7 +76,10 @@ def pooler_refusal(pooler: PostgresPooler | None, name: str, namespace: str) -> 
     return None
 
 
-MISSED = "created without the maitred sidecar: the webhook did not answer; delete the pod to have it injected"
+# The operator sees only that the pod lacks its sidecar: either the webhook did not answer, or the pod was
+# refused (and told why) before its PostgresPooler existed in mode sidecar.
+MISSED = ("created without the maitred sidecar: the webhook did not answer, or the PostgresPooler was not yet in "
+          "mode sidecar when the pod was created; delete the pod to have it injected")
 
 
 def missed_injection(pod: Pod, namespace: str, namespace_labels: dict[str, str],
