@@ -168,8 +168,11 @@ NON_DEFAULT = {
 
 
 @pytest.mark.parametrize("values", [None, NON_DEFAULT, {"replicas": 2}, {"rbac": {"create": False},
-                                    "serviceAccount": {"create": False, "name": "mine"}}],
-                         ids=["default", "non-default", "peering", "bring-your-own-account"])
+                                    "serviceAccount": {"create": False, "name": "mine"}},
+                                    {"webhook": {"certificates": "cert-manager"}, "prometheusRule": {"enabled": True},
+                                     "podMonitor": {"enabled": True}}],
+                         ids=["default", "non-default", "peering", "bring-your-own-account",
+                              "cert-manager-and-monitoring"])
 def test_chart_lints_strictly(helm, values):
     helm.run("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), values=values)
 
@@ -370,7 +373,13 @@ def test_cert_manager_makes_the_certificate_the_operator_mounts_and_injects_the_
     docs = helm.template({"webhook": {"certificates": "cert-manager"}})
     certificate = one(docs, "Certificate", "maitred-webhook")
     assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": "maitred-webhook"}
-    assert one(docs, "Issuer", "maitred-webhook")["spec"] == {"selfSigned": {}}
+    # The serving certificate is signed by a CA of the chart's own, so that its renewal leaves the caBundle as
+    # it is (a self-signed serving certificate would be its own caBundle, changed at every renewal).
+    ca_secret = one(docs, "Issuer", "maitred-webhook")["spec"]["ca"]["secretName"]
+    (ca,) = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == ca_secret]
+    assert ca["spec"]["isCA"] is True
+    assert one(docs, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"] == {"selfSigned": {}}
+    assert parse_duration(ca["spec"]["duration"]) > parse_duration(certificate["spec"]["duration"])
     assert "maitred-webhook.maitred-system.svc" in certificate["spec"]["dnsNames"]
     annotations = one(docs, "MutatingWebhookConfiguration")["metadata"]["annotations"]
     assert annotations == {"cert-manager.io/inject-ca-from": "maitred-system/maitred-webhook"}
@@ -379,6 +388,12 @@ def test_cert_manager_makes_the_certificate_the_operator_mounts_and_injects_the_
     assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
     (mount,) = [m for m in container(docs)["volumeMounts"] if m["name"] == "webhook-tls"]
     assert operator_args(container(docs)).webhook_cert_dir == mount["mountPath"]
+
+
+def parse_duration(text: str) -> int:
+    """Hours of a cert-manager duration written in hours ("8760h")."""
+    assert text.endswith("h"), text
+    return int(text[:-1])
 
 
 def test_a_namespaced_operator_may_keep_its_webhook_secret_and_the_webhook_can_be_left_out(helm):

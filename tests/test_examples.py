@@ -1,18 +1,23 @@
 """examples/: the kustomization renders with kubectl's kustomize (from e2e/build-binaries.sh, as helm) into the
 CRDs, the operator and a PostgresPooler the operator accepts; install.yaml is the chart's default render; the
-Argo CD Application points at the kustomization."""
+Argo CD Application points at the kustomization; sidecar.yaml's app pods are what the webhook injects."""
 from __future__ import annotations
 
+import base64
 import difflib
 import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonpatch
 import pytest
 import yaml
 
+from pooler_operator.admission import review
+from pooler_operator.inject import DSN_ENV, INJECT_ANNOTATION, NAMESPACE_LABEL, SIDECAR_NAME
 from pooler_operator.render import render_documents
 from tests.support import missing
 # helm is a fixture; pytestmark gives a cold cache the time to build it (and kubectl), as in test_chart.py.
@@ -50,6 +55,8 @@ def test_kustomization_renders_the_crds_the_operator_and_the_example_tier(kubect
     tier = [d for d in docs if d["metadata"].get("namespace") == "shop"]
     manifests, _ = render_documents(tier, image="maitred:test", warn=io.StringIO())
     assert {"Deployment", "Service", "ConfigMap"} <= {m["kind"] for m in manifests}
+    (shop,) = [d for d in docs if d["kind"] == "Namespace" and d["metadata"]["name"] == "shop"]
+    assert shop["metadata"]["labels"][NAMESPACE_LABEL] == "enabled", "sidecar.yaml's pods could not be injected"
 
 
 def test_every_listed_resource_is_a_file_here():
@@ -89,3 +96,25 @@ def test_readme_render_diff_is_what_render_prints(tmp_path):
 
     diff = list(difflib.unified_diff(render(before), render(after), lineterm=""))[2:]
     assert diff == shown
+
+
+def test_the_sidecar_examples_app_pods_are_injected_and_connect_through_the_dsn_they_get():
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "sidecar.yaml").read_text()) if d]
+    manifests, problems = render_documents(docs, image="maitred:test", warn=io.StringIO())
+    assert problems == [] and "Deployment" not in {m["kind"] for m in manifests}, "sidecar mode runs no Deployment"
+    (pooler,) = [d for d in docs if d["kind"] == "PostgresPooler"]
+    (app,) = [d for d in docs if d["kind"] == "Deployment"]
+    template = app["spec"]["template"]
+    assert template["metadata"]["annotations"][INJECT_ANNOTATION] == pooler["metadata"]["name"]
+    request = {"uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+               "namespace": "shop", "object": template}
+    answer = review({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request},
+                    lambda namespace, name: pooler if (namespace, name) == ("shop", "shop-sidecar") else None,
+                    "maitred:test")
+    response = answer.body["response"]
+    assert "warnings" not in response, response["warnings"]
+    pod = jsonpatch.apply_patch(template, json.loads(base64.b64decode(response["patch"])))
+    assert pod["spec"]["initContainers"][0]["name"] == SIDECAR_NAME
+    (container,) = pod["spec"]["containers"]
+    assert {"name": DSN_ENV, "value": "postgresql://127.0.0.1:5432/shop"} in container["env"]
+    assert f"${DSN_ENV}" in " ".join(container["command"])

@@ -112,6 +112,22 @@ def test_pods_that_are_never_injected_say_why(pod, namespace, why):
     assert why in refusal(pod, namespace)
 
 
+@pytest.mark.parametrize("name", ["web", " web ", "orders.v2", "a" * 63])
+def test_any_name_a_postgrespooler_may_have_and_its_label_may_carry_is_asked_for(name):
+    assert refusal({"metadata": {"annotations": {INJECT_ANNOTATION: name}}}, "shop") is None
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "web.", ".web", "web..v2", "web_db", "Web"])
+def test_a_name_no_postgrespooler_could_have_is_refused_with_what_a_name_is(name):
+    why = refusal({"metadata": {"annotations": {INJECT_ANNOTATION: name}}}, "shop")
+    assert why.endswith("is not a PostgresPooler name (lowercase letters, digits, '-' and '.', at most 63 characters)")
+
+
+def test_a_huge_annotation_is_cut_short_in_the_refusal():
+    why = refusal({"metadata": {"annotations": {INJECT_ANNOTATION: "x" * 100_000}}}, "shop")
+    assert "(100000 characters)" in why and len(why) < 300
+
+
 def test_an_injected_pod_is_never_injected_twice():
     pod = injected(WEB)
     assert refusal(pod, "shop") == "already injected"

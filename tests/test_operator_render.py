@@ -10,12 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 import yaml
 
 from pooler.config import load_config
 from pooler.userlist import load_userlist
 from pooler_operator.api import parse_pooler
+from pooler_operator.inject import sidecar_patch
 from pooler_operator.objects import (RESTART_HASH_ANNOTATION, MissingSecret, render, selector_labels, to_yaml)
 from pooler_operator.render import render_documents, run
 
@@ -166,6 +168,30 @@ def test_sidecar_mode_renders_only_config_and_auth_file():
     r = rendered("sidecar")
     assert [m["kind"] for m in r.manifests] == ["Secret", "ConfigMap"]
     assert r.budget is None
+
+
+# An app pod as it reaches the webhook: no labels of maitred's, one container.
+POD = {"metadata": {"name": "app-1", "labels": {"app": "shop"}}, "spec": {"containers": [{"name": "app", "image": "app"}]}}
+
+
+def test_a_monitored_sidecar_tier_gets_a_pod_monitor_of_the_pods_the_webhook_injects():
+    """Its alerts and dashboard read the sidecars' /metrics: the monitor selects the label and port the patch adds."""
+    r = rendered("sidecar", monitoring={"enabled": True})
+    monitor = manifest(r, "PodMonitor")
+    pooler = pooler_of("sidecar")
+    pod = jsonpatch.apply_patch(POD, sidecar_patch(POD, pooler, "img"))
+    labels = pod["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (sidecar,) = pod["spec"]["initContainers"]
+    assert endpoint["port"] in [p["name"] for p in sidecar["ports"]] and endpoint["path"] == "/metrics"
+    assert sidecar["readinessProbe"]["httpGet"]["port"] == endpoint["port"]     # the port /metrics is served on
+
+
+def test_a_sidecar_tier_has_no_service_for_a_service_monitor_and_says_so():
+    r = rendered("sidecar", monitoring={"enabled": True, "kind": "ServiceMonitor"})
+    assert r.by_kind("ServiceMonitor") is None and r.by_kind("PodMonitor") is None
+    assert any("kind PodMonitor scrapes the injected pods" in w for w in r.warnings)
 
 
 def test_a_sidecar_serves_only_the_console_beyond_loopback_and_a_deployment_pod_everything(tmp_path):

@@ -203,3 +203,38 @@ def test_the_secret_is_owned_by_the_webhook_service_so_that_removing_the_service
     WebhookServer(WebhookOptions(port=0, url="https://127.0.0.1:9443/mutate", namespace="maitred-system"),
                   kube=lambda: unowned, image=lambda: "maitred:1", clock=lambda: NOW)._managed_certificates()
     assert "ownerReferences" not in unowned.get("v1", "Secret", "maitred-system", "maitred-webhook-tls")["metadata"]
+
+
+def test_with_cert_managers_files_the_server_serves_them_reads_a_renewal_live_and_leaves_the_ca_bundle(tmp_path):
+    """webhook.certificates=cert-manager: the mounted Secret's files are served and read again when they change;
+    the operator makes no Secret and never patches the caBundle (cert-manager's CA injector owns it)."""
+    def mount(files: dict[str, str]) -> None:
+        for name in (certs.CA_CERT, certs.TLS_CERT, certs.TLS_KEY):   # what cert-manager's Secret holds
+            (tmp_path / name).write_text(files[name])
+
+    async def scenario():
+        kube = MemoryKube()
+        kube._store(webhook_configuration(service_client_config("maitred-system", "maitred-webhook", 443)))
+        now = dt.datetime.now(dt.timezone.utc)
+        first, _ = certs.renewed({}, NAMES, now - dt.timedelta(days=340))
+        mount(first)
+        port = free_port()
+        server = WebhookServer(WebhookOptions(port=port, host="127.0.0.1", service="maitred-webhook",
+                                              namespace="maitred-system", cert_dir=str(tmp_path)),
+                               kube=lambda: kube, image=lambda: "maitred:1")
+        await server.start()
+        try:
+            before, answer = await served_certificate(port, first[certs.CA_CERT])
+            assert answer["status"] == 200
+            assert before == f"{certs.not_after(first[certs.TLS_CERT]):%b %e %H:%M:%S %Y GMT}"
+            renewed, decision = certs.renewed(first, NAMES, now)           # cert-manager renews, same CA
+            assert decision.serving and not decision.ca
+            mount(renewed)
+            await server.check()
+            after, _ = await served_certificate(port, first[certs.CA_CERT])
+            assert after == f"{certs.not_after(renewed[certs.TLS_CERT]):%b %e %H:%M:%S %Y GMT}" != before
+        finally:
+            await server.stop()
+        assert kube.get("v1", "Secret", "maitred-system", "maitred-webhook-tls") is None
+        assert kube.patches == [] and current_ca(kube.get(*CONFIGURATION, None, CONFIGURATION_NAME)) is None
+    asyncio.run(scenario())

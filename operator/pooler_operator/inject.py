@@ -15,20 +15,21 @@ import re
 from typing import Any
 
 from .api import PostgresPooler
-from .objects import LISTEN_PORT, POOLER_LABEL, pooler_container, projected_sources
+from .objects import LISTEN_PORT, POOLER_LABEL, SIDECAR_PORT_NAMES, pooler_container, projected_sources
 
 INJECT_ANNOTATION = "maitred.dev/inject"
 INJECTED_ANNOTATION = "maitred.dev/injected"     # the pooler injected: a pod is never injected twice
 NAMESPACE_LABEL = "maitred.dev/injection"        # a namespace opts in with the value "enabled"
 SIDECAR_NAME = "maitred-pooler"
 DSN_ENV = "MAITRED_DATABASE_URL"
-# The app's own ports and volumes keep their names: the sidecar's are prefixed (port names: 15 characters).
-PORT_NAMES = {"postgres": "maitred-pg", "http": "maitred-http"}
+# The app's own ports and volumes keep their names: the sidecar's are prefixed.
+PORT_NAMES = SIDECAR_PORT_NAMES
 VOLUME_NAMES = {"config": "maitred-config", "tmp": "maitred-tmp"}
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 # What the chart puts on the operator's pods (and the webhook's objectSelector keeps out).
 OPERATOR_LABELS = {"app.kubernetes.io/name": "maitred", "app.kubernetes.io/component": "operator"}
-_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A PostgresPooler's name (a DNS subdomain) that also fits the label value maitred.dev/pooler=<name>: at most 63.
+_POOLER_NAME = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 Pod = dict[str, Any]
 
@@ -54,10 +55,15 @@ def refusal(pod: Pod, namespace: str) -> str | None:
     if INJECTED_ANNOTATION in (meta.get("annotations") or {}) or \
             any(c.get("name") == SIDECAR_NAME for c in _all_containers(pod)):
         return "already injected"
-    if not _DNS_1123.match(name.strip()):
-        return (f"{INJECT_ANNOTATION}: {name!r} is not a PostgresPooler name (lowercase letters, digits and '-', "
-                "at most 63 characters)")
+    if not _POOLER_NAME.match(name.strip()):
+        return (f"{INJECT_ANNOTATION}: {_shown(name)} is not a PostgresPooler name (lowercase letters, digits, "
+                "'-' and '.', at most 63 characters)")
     return None
+
+
+def _shown(value: str, most: int = 80) -> str:
+    """A value quoted for a message, cut short: a warning the API server passes on stays readable."""
+    return repr(value) if len(value) <= most else f"{value[:most]!r}… ({len(value)} characters)"
 
 
 def pooler_refusal(pooler: PostgresPooler | None, name: str, namespace: str) -> str | None:
@@ -70,7 +76,10 @@ def pooler_refusal(pooler: PostgresPooler | None, name: str, namespace: str) -> 
     return None
 
 
-MISSED = "created without the maitred sidecar: the webhook did not answer; delete the pod to have it injected"
+# The operator sees only that the pod lacks its sidecar: either the webhook did not answer, or the pod was
+# refused (and told why) before its PostgresPooler existed in mode sidecar.
+MISSED = ("created without the maitred sidecar: the webhook did not answer, or the PostgresPooler was not yet in "
+          "mode sidecar when the pod was created; delete the pod to have it injected")
 
 
 def missed_injection(pod: Pod, namespace: str, namespace_labels: dict[str, str],

@@ -31,6 +31,8 @@ LISTEN_PORT = 5432
 HTTP_PORT = int(MAITRED_SETTINGS["http_port"].default)
 RESTART_HASH_ANNOTATION = "maitred.dev/restart-hash"
 POOLER_LABEL = "maitred.dev/pooler"
+# The injected sidecar's port names: prefixed, so that the app's own ports keep theirs (at most 15 characters).
+SIDECAR_PORT_NAMES = {"postgres": "maitred-pg", "http": "maitred-http"}
 MANAGED_BY = "maitred-operator"
 CONSOLE_USER = "maitred_autotune"
 """The admin user the operator's autotuner logs into the pooler consoles as (SET needs admin_users)."""
@@ -496,6 +498,9 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
         http_port=HTTP_PORT,
         projected_sources=_projected_sources(pooler, names),
         metrics_on_service=spec.monitoring.enabled and spec.monitoring.kind == "ServiceMonitor",
+        # A sidecar tier's pods are the injected ones: the label the webhook gives them, the sidecar's port.
+        monitor_selector=selector_labels(pooler.name) if spec.mode == "deployment" else {POOLER_LABEL: pooler.name},
+        monitor_port="http" if spec.mode == "deployment" else SIDECAR_PORT_NAMES["http"],
     )
 
     kinds = ["serviceaccount", "secret", "configmap"] + (["console-secret"] if console_password else [])
@@ -503,14 +508,17 @@ def render(pooler: PostgresPooler, secrets: dict[str, dict[str, str]], *, image:
         kinds += ["service", "deployment"]
         if spec.replicas > 1 and spec.pod_disruption_budget.enabled:
             kinds.append("poddisruptionbudget")
-        if spec.monitoring.enabled:
-            if monitoring_available:
-                kinds.append("monitor")
-            else:
-                warnings.append(f"spec.monitoring: the {spec.monitoring.kind} CRD (monitoring.coreos.com) is not "
-                                "installed; no monitor was made")
     if spec.mode == "sidecar":
         kinds = ["secret", "configmap"] + (["console-secret"] if console_password else [])
+    if spec.monitoring.enabled:
+        if spec.mode == "sidecar" and spec.monitoring.kind == "ServiceMonitor":
+            warnings.append("spec.monitoring: a sidecar tier has no Service for a ServiceMonitor; kind PodMonitor "
+                            "scrapes the injected pods")
+        elif monitoring_available:
+            kinds.append("monitor")
+        else:
+            warnings.append(f"spec.monitoring: the {spec.monitoring.kind} CRD (monitoring.coreos.com) is not "
+                            "installed; no monitor was made")
     manifests = [yaml.safe_load(_ENV.get_template(f"{kind}.yaml.j2").render(**context)) for kind in kinds]
 
     return Rendered(manifests=manifests, config=config, ini=ini, config_hash=digest(ini),
