@@ -49,6 +49,11 @@ def login_notice(app: "Pooler") -> bytes:
     return protocol.notice_response(text) if text else b""
 
 
+def auth_failure(method: str) -> str:
+    """What PgBouncer tells a client whose credentials are wrong: the detail stays in the log."""
+    return "SASL authentication failed" if method == "scram-sha-256" else "password authentication failed"
+
+
 GREETINGS_KEPT = 1000
 
 
@@ -395,16 +400,22 @@ class Client(asyncio.Protocol):
 
     def _check_secret(self, secret: str | None, queried: bool = False) -> None:
         method = self.app.config.get("auth_type")
+        if queried and secret is None:      # PgBouncer has no mock login after auth_query, and says so
+            self.app.log_event(log, "login failed: db=%s", self, self.dbname)
+            self.fatal(protocol.PROTOCOL_VIOLATION, "no such user")
+            return
         if method == "trust":
-            if (queried or self.app.has_auth_file()) and secret is None:
-                self.fatal(protocol.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+            if self.app.has_auth_file() and secret is None:
+                log.info("%s no such user: %s", self.describe(), self.user)
+                self.fatal(protocol.PROTOCOL_VIOLATION, '"trust" authentication failed')
                 return
             self._authenticated()
             return
         try:
             self.auth = ClientAuth(method, self.user, secret)
         except AuthFailed as exc:
-            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            self.app.log_event(log, f"login failed: {exc}", self)
+            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(method))
             return
         self.state = AUTH
         self.transport.write(self.auth.start())
@@ -453,7 +464,7 @@ class Client(asyncio.Protocol):
             reply, done = self.auth.feed(body)
         except AuthFailed as exc:
             self.app.log_event(log, f"login failed: {exc}", self)
-            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(self.auth.method))
             return False
         if reply:
             self.transport.write(reply)
@@ -582,7 +593,7 @@ class Client(asyncio.Protocol):
         if self.server is server:
             self.server = None
         self.requested = False
-        self.fatal(protocol.CONNECTION_FAILURE, reason)
+        self.fatal(protocol.PROTOCOL_VIOLATION, reason)     # PgBouncer's disconnect_client: 08P01
 
     def statement_mode_violation(self, server: "Server") -> None:
         server.client = None
