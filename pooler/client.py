@@ -20,6 +20,7 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
+from .objects import next_socket_id
 from .server import TRACKED_PARAMS, Server, param_key, shared_params
 
 if TYPE_CHECKING:
@@ -85,10 +86,11 @@ class Client(asyncio.Protocol):
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
                  "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted", "wait_notified",
-                 "__weakref__")
+                 "id", "__weakref__")
 
     def __init__(self, app: "Pooler"):
         self.app = app
+        self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
         self.closed = False
@@ -223,9 +225,7 @@ class Client(asyncio.Protocol):
                     self.pool.acquire(self)
                 if self.pending_bytes > PENDING_LIMIT:
                     self.pause_reading("waiting")
-            pool = self.pool
-            pool.stats.bytes_received += len(data)
-            pool.stats.query_count += syncs
+            self.pool.stats.bytes_received += len(data)
 
     def _start_tracking(self, scan: bytes, forwarded: int, pos: int, syncs: int) -> None:
         """The first extended-protocol message: what came before goes as it is, the rest is tracked."""

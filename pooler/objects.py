@@ -6,6 +6,7 @@ Clients wait FIFO.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -34,6 +35,10 @@ class Limits:
 
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
+
+
+# PgBouncer's socket ids: one sequence for clients and servers, taken when the connection is made.
+next_socket_id = itertools.count(1).__next__
 
 
 # Upper bounds, in seconds, of the client wait-time histogram's buckets.
@@ -112,7 +117,8 @@ class Pool:
         # Servers beyond this many close as they come back (a smaller pool, or the reserve no longer needed).
         self.max_servers = self.size + self.reserve_size if self.size > 0 else 1 << 30
         check_query = cfg.get("server_check_query")
-        self.check_query = " " if check_query == "<empty>" else check_query   # 1.25's default: empty query
+        # None: no check; "" is PgBouncer 1.25's default, an empty Query, the cheapest round trip there is.
+        self.check_query = "" if check_query == "<empty>" else check_query or None
         self.check_delay = cfg.get("server_check_delay")
         self.transactional = self.mode != "session"
         # Named prepared statements need tracking only when a client's statements may land on any server.

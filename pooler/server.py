@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
-from .objects import WAIT_BUCKETS
+from .objects import WAIT_BUCKETS, next_socket_id
 from .prepare import ServerCache, server_data, stale_plan
 from .tls import SSL_REQUEST
 
@@ -86,10 +86,11 @@ class Server(asyncio.Protocol):
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
                  "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
                  "query_started", "xact_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
-                 "login_timer", "__weakref__")
+                 "login_timer", "id", "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
+        self.id = next_socket_id()      # SHOW SERVERS' id
         # A replication client this server was opened for: outside the pool's count, never reused.
         self.dedicated = dedicated
         self.app = pool.app
@@ -306,7 +307,7 @@ class Server(asyncio.Protocol):
             client.finish_login(pool.welcome)
             pool.release(self)
             return
-        stale = pool.check_query and now - self.last_used > pool.check_delay
+        stale = pool.check_query is not None and now - self.last_used > pool.check_delay
         if client.param_key is not self.param_key or stale:
             checks = [pool.check_query] if stale else []
             params = self.params
@@ -350,8 +351,10 @@ class Server(asyncio.Protocol):
             client.drain_if_idle()
 
     def start_query(self, now: float) -> None:
-        """A client's query goes out while none is owed; from an idle server, it starts a transaction."""
+        """A client's query goes out while none is owed; from an idle server, it starts a transaction. As in
+        PgBouncer, queries pipelined behind it count with it: one query per stretch the server is busy."""
         self.query_started = now
+        self.pool.stats.query_count += 1
         if self.status == _IDLE:
             self.xact_started = now
 
