@@ -51,6 +51,7 @@ class Pooler:
         self.shutdown_mode = ""        # control.SHUTDOWN_MODES, once shutting down
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
+        self.log_disconnections = bool(config.get("log_disconnections"))
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.load_userlist()
@@ -76,6 +77,8 @@ class Pooler:
         key = (dbname, server_user)
         pool = self.pools.get(key)
         if pool is None:
+            if dbname not in self.config.databases and dbname not in self.db_limits:
+                log.info("registered new auto-database: db=%s", dbname)     # from the `*` entry
             password = db.password if db.user else None
             if password is None:
                 password = self.userlist.get(server_user)
@@ -212,6 +215,11 @@ class Pooler:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
         if self.log_connections and logger.isEnabledFor(logging.INFO):
             logger.info("%s %s", conn.describe(), text % args if args else text)
+
+    def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
+        """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
+        if self.log_disconnections and logger.isEnabledFor(logging.INFO):
+            logger.info("%s closing because: %s (age=%ds)", conn.describe(), reason, self.now() - conn.connected_at)
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

@@ -142,7 +142,7 @@ class Client(asyncio.Protocol):
             self.pause_reading("suspend")
 
     def connection_lost(self, exc) -> None:
-        self._gone("client closed the connection" if exc is None else f"client connection lost: {exc}")
+        self._gone("client unexpected eof")      # PgBouncer's words, for a close without Terminate
 
     def data_received(self, data: bytes) -> None:
         if self.state != ACTIVE:
@@ -201,7 +201,7 @@ class Client(asyncio.Protocol):
             self.partial = partial if terminate < len(partial) else b""
         self._forward(data, syncs)
         if terminate >= 0:
-            self._gone("client sent Terminate")
+            self._gone("client close request")
 
     def _forward(self, data: bytes, syncs: int) -> None:
         """Send bytes as they are to the server, or queue them and ask the pool for one."""
@@ -245,7 +245,7 @@ class Client(asyncio.Protocol):
         try:
             if server is not None:
                 if client_data(self, server, data):
-                    self._gone("client sent Terminate")
+                    self._gone("client close request")
                 return
             tracker = self.tracker
             tracker.held += data
@@ -546,7 +546,7 @@ class Client(asyncio.Protocol):
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.startup = b""
-        self.app.log_event(log, "login attempt: db=%s user=%s", self, self.dbname, self.user)
+        self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
             pending, self.pending = self.pending, ()
@@ -645,7 +645,7 @@ class Client(asyncio.Protocol):
         """Tell the client why, then close it."""
         if self.closed:
             return
-        self.app.log_event(log, f"closing because: {text}", self)
+        self.app.log_closing(log, self, text)
         if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
             self.transport.write(protocol.fatal(sqlstate, text))
         self.close()
@@ -662,12 +662,14 @@ class Client(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        self._gone("closed by the pooler")
+        self._gone()
 
-    def _gone(self, reason: str) -> None:
-        """Release everything this client held, exactly once."""
+    def _gone(self, reason: str | None = None) -> None:
+        """Release everything this client held, exactly once; `reason`, when the client chose to go, is logged."""
         if self.closed:
             return
+        if reason is not None:
+            self.app.log_closing(log, self, reason)
         self.closed = True
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
@@ -697,7 +699,15 @@ class Client(asyncio.Protocol):
             server.detach()
 
     def describe(self) -> str:
-        return f"C-{id(self) & 0xffffff:06x} {self.dbname}/{self.user}@{self.peer}"
+        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port`."""
+        return f"C-{id(self):#x}: {self.dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer}"
+
+    def tls_info(self) -> str:
+        """`no`, or the protocol and cipher, as PgBouncer's login line has them."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if ssl_object is None:
+            return "no"
+        return f"{ssl_object.version()}/{ssl_object.cipher()[0]}"
 
     @property
     def peer(self) -> str:

@@ -60,6 +60,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
                 messages.append(f"{name} changed from {before!r} to {after!r}")
     app.config = new
     app.log_connections = bool(new.get("log_connections"))
+    app.log_disconnections = bool(new.get("log_disconnections"))
     app.load_userlist()
     if contexts is not None:
         app.tls = contexts

@@ -225,6 +225,8 @@ class Pool:
                 self.probe(use_reserve)
             return
         while self.connecting < len(self.waiting) and (self.may_open(use_reserve) or self.evict(use_reserve)):
+            if len(self.servers) >= self.capacity():
+                log.warning("%s taking connection from reserve_pool", self.waiting[0].describe())
             self.open_server()
 
     def probe(self, use_reserve: bool = False) -> None:

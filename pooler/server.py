@@ -166,6 +166,11 @@ class Server(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport
+        if self.address.startswith("unix:"):
+            self.app.log_event(log, "new connection to server", self)
+        else:
+            local = transport.get_extra_info("sockname")
+            self.app.log_event(log, "new connection to server (from %s:%s)", self, *local[:2])
         if self.app.tls.server is not None and not self.address.startswith("unix:"):
             self.tls_requested = True     # the StartupMessage waits for the answer, and the handshake
             transport.write(SSL_REQUEST)
@@ -259,7 +264,6 @@ class Server(asyncio.Protocol):
     def _logged_in(self) -> None:
         self.ready = True
         self._stop_login_timer()
-        self.app.log_event(log, "new server connection", self)
         if self.dedicated is not None:
             self.dedicated.replication_ready(self)
         else:
@@ -272,8 +276,7 @@ class Server(asyncio.Protocol):
         self._stop_login_timer()
         if self.closed:
             return
-        log.warning("S-%s %s/%s@%s: %s", id(self) & 0xffff, self.pool.name, self.pool.server_user,
-                    self.address or "?", reason)
+        log.warning("%s %s", self.describe(), reason)
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -547,7 +550,7 @@ class Server(asyncio.Protocol):
             return
         self.closed = True
         self._stop_login_timer()
-        self.app.log_event(log, f"closing because: {reason}", self)
+        self.app.log_closing(log, self, reason)
         if self.transport is not None:
             if self.ready and self.internal is None:
                 self.transport.write(protocol.TERMINATE)
@@ -566,4 +569,5 @@ class Server(asyncio.Protocol):
                 self.close("server conn crashed?")
 
     def describe(self) -> str:
-        return f"S-{id(self) & 0xffffff:06x} {self.pool.name}/{self.pool.server_user}@{self.address}"
+        """PgBouncer's log prefix for a server: `S-0x…: db/user@host:port`."""
+        return f"S-{id(self):#x}: {self.pool.name}/{self.pool.server_user}@{self.address or '?'}"
