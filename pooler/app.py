@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Awaitable
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config
+from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
@@ -39,6 +40,7 @@ class Pooler:
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
+        self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
         self.unix_listener: asyncio.AbstractServer | None = None

@@ -11,6 +11,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .hosts import choice_for
 from .protocol import ADMIN_SHUTDOWN, CONNECTION_FAILURE
 
 if TYPE_CHECKING:
@@ -288,7 +289,11 @@ class Pool:
         if login_failed:
             self.connecting -= 1
             self.stats.login_failures += 1
-            self.last_connect_failure = self.app.now()
+            now = self.app.now()
+            if transient and choice_for(self.app, self.db).another_left(now, self.app.config.get("server_login_retry")):
+                self.serve_waiting()        # another host of the list is tried at once
+                return
+            self.last_connect_failure = now
             self.login_error = (sqlstate, reason)
             if not transient and not any(s.ready for s in self.servers):
                 self.fail_waiting(reason, sqlstate)

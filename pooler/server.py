@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
+from .hosts import Target, choice_for
 from .objects import WAIT_BUCKETS, next_socket_id
 from .prepare import ServerCache, server_data, stale_plan
 from .tls import SSL_REQUEST
@@ -86,7 +87,7 @@ class Server(asyncio.Protocol):
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
                  "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
                  "query_started", "xact_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
-                 "login_timer", "id", "__weakref__")
+                 "login_timer", "id", "target", "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
@@ -130,6 +131,7 @@ class Server(asyncio.Protocol):
         self.cancels = 0              # cancel requests sent to PostgreSQL for this server, not yet answered
         self.being_canceled = False   # released while a cancel was in flight: held out of the pool until it ends
         self.login_timer: asyncio.TimerHandle | None = None   # server_connect_timeout, connect and login together
+        self.target: Target | None = None    # the entry of the database's host list it connects to
 
     # -- connecting and logging in ----------------------------------------------------------------------
 
@@ -146,16 +148,19 @@ class Server(asyncio.Protocol):
 
     async def _connect(self) -> None:
         db = self.pool.db
+        app = self.app
         loop = asyncio.get_running_loop()
-        timeout = self.app.config.get("server_connect_timeout") or None
+        timeout = app.config.get("server_connect_timeout") or None
+        target = self.target = choice_for(app, db).pick(db.load_balance_hosts or "round-robin", app.now(),
+                                                        app.config.get("server_login_retry"))
         try:
-            if not db.host or db.host.startswith("/"):
-                path = f"{db.host or self.app.config.get('unix_socket_dir')}/.s.PGSQL.{db.port}"
+            if target.unix:
+                path = f"{target.host or app.config.get('unix_socket_dir')}/.s.PGSQL.{target.port}"
                 self.address = f"unix:{path}"
                 coro = loop.create_unix_connection(lambda: self, path)
             else:
-                self.address = f"{db.host}:{db.port}"
-                coro = loop.create_connection(lambda: self, db.host, db.port)
+                self.address = f"{target.host}:{target.port}"
+                coro = loop.create_connection(lambda: self, target.host, target.port)
             await asyncio.wait_for(coro, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
@@ -203,7 +208,7 @@ class Server(asyncio.Protocol):
     async def _tls_connect(self) -> None:
         try:
             self.transport = await self.app.loop.start_tls(
-                self.transport, self, self.app.tls.server, server_hostname=self.pool.db.host,
+                self.transport, self, self.app.tls.server, server_hostname=self.target.host,
                 ssl_handshake_timeout=self.app.config.get("server_connect_timeout") or None)
         except Exception as exc:      # a certificate that does not verify, no common version, the server left
             self._login_failed(f"server TLS handshake failed: {exc}")
@@ -263,6 +268,7 @@ class Server(asyncio.Protocol):
 
     def _logged_in(self) -> None:
         self.ready = True
+        choice_for(self.app, self.pool.db).succeeded(self.target)
         self._stop_login_timer()
         if self.dedicated is not None:
             self.dedicated.replication_ready(self)
@@ -278,6 +284,8 @@ class Server(asyncio.Protocol):
             return
         log.warning("%s %s", self.describe(), reason)
         self.closed = True
+        if transient and self.target is not None:      # skipped in its host list for server_login_retry
+            choice_for(self.app, self.pool.db).failed(self.target, self.app.now())
         if self.transport is not None:
             self.transport.close()
         if self.dedicated is not None:        # PostgreSQL's refusal goes to its one client, as it is
