@@ -342,7 +342,7 @@ class Client(asyncio.Protocol):
         app = self.app
         self.user = sys.intern(params.pop("user", ""))     # shared by every client of that user
         if not self.user:
-            self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
+            self.fatal(protocol.PROTOCOL_VIOLATION, "no username supplied")
             return
         self.dbname = sys.intern(params.pop("database", "") or self.user)
         cfg = app.config

@@ -98,7 +98,7 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
         elif query_timeout and waited > query_timeout:
             pool.cancel_wait(client)
             client.requested = False
-            client.fatal(protocol.QUERY_CANCELED, "query_timeout")
+            client.fatal(protocol.PROTOCOL_VIOLATION, "query_timeout")     # a waiting client: PgBouncer's words
     if pool.waiting:
         use_reserve = pool.reserve_size > 0 and pool.oldest_wait(now) > cfg.get("reserve_pool_timeout")
         pool.grow(use_reserve)

@@ -63,6 +63,8 @@ CASES = {
                                      script=("BEGIN", 2.5, "SELECT 1")),
     "client_idle_timeout": Case({"client_idle_timeout": 1}, ("FATAL", "08P01", "client_idle_timeout"),
                                 script=("SELECT 1", 2.5, "SELECT 1")),
+    "query_timeout while waiting": Case({"query_timeout": 1, "default_pool_size": 1, "max_db_connections": 1},
+                                        ("FATAL", "08P01", "query_timeout"), script=("hold", "SELECT 1")),
     "query_wait_timeout": Case({"query_wait_timeout": 1, "default_pool_size": 1, "max_db_connections": 1},
                                ("FATAL", "08P01", "query_wait_timeout"), script=("hold", "SELECT 1")),
 }
