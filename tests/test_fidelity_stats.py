@@ -45,12 +45,16 @@ def run_workload(port: int) -> None:
         assert wire.closed_by_peer(5)
 
 
-def app_stats(port: int) -> dict:
+def show(port: int, command: str) -> list[dict]:
     dsn = f"host=127.0.0.1 port={port} user=admin dbname=pgbouncer password={USERS['admin']}"
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-        cur = conn.execute("SHOW STATS")
+        cur = conn.execute(f"SHOW {command}")
         names = [d.name for d in cur.description]
-        return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}["app"]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def app_stats(port: int) -> dict:
+    return {row["database"]: row for row in show(port, "STATS")}["app"]
 
 
 def test_show_stats_counts_the_same_workload_as_pgbouncer_does(pooler_factory, pg):
@@ -70,14 +74,6 @@ def test_show_stats_counts_the_same_workload_as_pgbouncer_does(pooler_factory, p
         assert ours[name] > 0 and theirs[name] > 0, name
     assert ours["total_query_time"] <= ours["total_xact_time"]
 
-
-
-def show(port: int, command: str) -> list[dict]:
-    dsn = f"host=127.0.0.1 port={port} user=admin dbname=pgbouncer password={USERS['admin']}"
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-        cur = conn.execute(f"SHOW {command}")
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 def test_clients_and_servers_are_numbered_from_one_sequence_in_the_order_they_came(pooler_factory, pg):
