@@ -85,7 +85,7 @@ class Server(asyncio.Protocol):
     __slots__ = ("pool", "app", "transport", "client", "dedicated", "ready", "closed", "close_needed", "params",
                  "options", "param_key", "backend_pid", "backend_key", "expected", "status", "z_count", "z_seen",
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
-                 "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
+                 "buffer", "login", "connected_at", "idle_since", "last_used", "active",
                  "query_started", "xact_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
                  "login_timer", "id", "target", "__weakref__")
 
@@ -122,7 +122,6 @@ class Server(asyncio.Protocol):
         self.idle_since = self.connected_at
         self.last_used = self.connected_at
         self.active = False           # saw traffic since the janitor last looked
-        self.assigned_at = 0.0        # when the linked client got this server
         self.query_started = 0.0      # when the oldest ReadyForQuery still owed was asked for
         self.xact_started = 0.0       # when the transaction (or lone statement) under way started
         self.reading_paused = False
@@ -307,7 +306,7 @@ class Server(asyncio.Protocol):
         pool = self.pool
         stats = pool.stats
         stats.assignments += 1
-        now = self.assigned_at = now or self.app.now()
+        now = now or self.app.now()
         if client.wait_started:
             waited = now - client.wait_started
             stats.wait_time += waited
@@ -354,7 +353,6 @@ class Server(asyncio.Protocol):
         if client is not None and client.server is self:
             client.server = None
         now = self.last_used = now or self.app.now()
-        self.pool.stats.xact_time += now - self.assigned_at
         if self.reading_paused:
             self.resume_reading()
         self.pool.release(self, now)
@@ -483,8 +481,12 @@ class Server(asyncio.Protocol):
                     if expected <= 0:
                         self.expected = 0
                         now = self.app.now()
-                        self.pool.stats.query_time += now - self.query_started
+                        stats = self.pool.stats
+                        stats.query_time += now - self.query_started
                         released = status == _IDLE
+                        if released:      # as PgBouncer: from the transaction's first query to its end
+                            stats.xact_count += 1
+                            stats.xact_time += now - self.xact_started
                         if status != _IDLE and self.pool.statement:
                             client.statement_mode_violation(self)
                             return
@@ -502,21 +504,23 @@ class Server(asyncio.Protocol):
         self.forwarded_partial = len(self.partial)
         client.transport.write(out)
         pool = self.pool
-        stats = pool.stats
-        stats.bytes_sent += len(out)
-        if released:
-            stats.xact_count += 1
-            if pool.transactional and client.at_boundary():
-                self.detach(now)
+        pool.stats.bytes_sent += len(out)
+        if released and pool.transactional and client.at_boundary():
+            self.detach(now)
 
     def _tracked_data(self, client: "Client", data: bytes) -> None:
         finished, status = server_data(self, client, data)
-        if finished and status == _IDLE:
-            self.pool.stats.xact_count += 1
-            self.pool.stats.query_time += self.app.now() - self.query_started
+        if not finished:
+            return
+        now = self.app.now()
+        stats = self.pool.stats
+        stats.query_time += now - self.query_started
+        if status == _IDLE:
+            stats.xact_count += 1
+            stats.xact_time += now - self.xact_started
             if self.pool.transactional and client.at_boundary():
-                self.detach()
-        elif finished and self.pool.statement:
+                self.detach(now)
+        elif self.pool.statement:
             client.statement_mode_violation(self)
 
     def _slow_path(self) -> None:

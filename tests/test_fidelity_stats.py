@@ -88,3 +88,20 @@ def test_clients_and_servers_are_numbered_from_one_sequence_in_the_order_they_ca
             servers = [row["id"] for row in show(maitred.port, "SERVERS")]
     assert len(clients) == 2 and len(servers) == 1
     assert clients[0] < servers[0] < clients[1]
+
+
+def test_xact_time_covers_transactions_not_the_session_holding_the_server(pooler_factory, pg):
+    """PgBouncer counts a transaction's time from its first query to its end: in session mode the idle time of a
+    client holding its server is not transaction time."""
+    settings = {**SETTINGS, "pool_mode": "session"}
+    maitred = pooler_factory(userlist=USERS, databases={"app": f"host=127.0.0.1 port={pg.port} dbname=app"},
+                             **settings)
+    with Wire(maitred.port) as wire:
+        wire.login(user="app", password=USERS["app"])
+        wire.query("SELECT 1")
+        time.sleep(1.5)
+        wire.query("SELECT 2")
+    time.sleep(2.5)          # the next stats_period
+    stats = app_stats(maitred.port)
+    assert stats["total_xact_count"] == 2
+    assert 0 < stats["total_xact_time"] < 1_000_000, stats["total_xact_time"]
