@@ -248,6 +248,9 @@ class Client(asyncio.Protocol):
                     self._gone("client close request")
                 return
             tracker = self.tracker
+            if data == protocol.TERMINATE and not tracker.held:     # a goodbye needs no server
+                self._gone("client close request")
+                return
             tracker.held += data
             if not self.requested:
                 self.requested = True

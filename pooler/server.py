@@ -305,7 +305,6 @@ class Server(asyncio.Protocol):
         self.client = client
         pool = self.pool
         stats = pool.stats
-        stats.assignments += 1
         now = now or self.app.now()
         if client.wait_started:
             waited = now - client.wait_started
@@ -317,6 +316,7 @@ class Server(asyncio.Protocol):
             client.finish_login(pool.welcome)
             pool.release(self)
             return
+        stats.assignments += 1      # as PgBouncer: a client linked to a server, not a first login waiting
         stale = pool.check_query is not None and now - self.last_used > pool.check_delay
         if client.param_key is not self.param_key or stale:
             checks = [pool.check_query] if stale else []
