@@ -11,6 +11,8 @@ import pytest
 from maitred.local.postgres import SUPERUSER, SUPERUSER_PASSWORD, LocalPostgres, free_port
 from pooler.config import ConfigError, load_config
 from pooler.hosts import Target, choose, parse_hosts
+from tests.support import require_binary
+from tests.test_admin_pgbouncer import PgBouncer
 
 USERLIST = {SUPERUSER: SUPERUSER_PASSWORD}
 
@@ -58,15 +60,29 @@ def second_pg():
     cluster.destroy()
 
 
-def ports_serving(pooler, clients: int) -> list[int]:
-    """The PostgreSQL port behind each of `clients` sessions held open at once (one server each)."""
-    conns = [psycopg.connect(pooler.dsn(user=SUPERUSER, dbname="postgres", password=SUPERUSER_PASSWORD),
-                             autocommit=True) for _ in range(clients)]
+@pytest.fixture(scope="module")
+def twin_pg(pg):
+    """A second PostgreSQL on the session one's port, at 127.0.0.2: a host list PgBouncer 1.18 can use too."""
+    cluster = LocalPostgres(port=pg.port, hba=["local all all trust", "host all all 127.0.0.0/8 scram-sha-256"],
+                            settings={"listen_addresses": "'127.0.0.2'"})
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+def serving(port: int, clients: int, what: str = "current_setting('port')::int") -> list:
+    """What `what` says on the server behind each of `clients` sessions held open at once (one server each)."""
+    dsn = f"host=127.0.0.1 port={port} user={SUPERUSER} dbname=postgres password={SUPERUSER_PASSWORD}"
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(clients)]
     try:
-        return [int(c.execute("SELECT current_setting('port')").fetchone()[0]) for c in conns]
+        return [c.execute(f"SELECT {what}").fetchone()[0] for c in conns]
     finally:
         for conn in conns:
             conn.close()
+
+
+def ports_serving(pooler, clients: int) -> list[int]:
+    return serving(pooler.port, clients)
 
 
 def start(pooler_factory, host: str, **settings):
@@ -77,6 +93,20 @@ def start(pooler_factory, host: str, **settings):
 def test_round_robin_spreads_new_servers_over_the_hosts(pooler_factory, pg, second_pg):
     pooler = start(pooler_factory, f"127.0.0.1:{pg.port},127.0.0.1:{second_pg.port}")
     assert sorted(ports_serving(pooler, 4)) == sorted([pg.port, pg.port, second_pg.port, second_pg.port])
+
+
+def test_round_robin_walks_the_list_as_pgbouncer_does(pooler_factory, pg, twin_pg):
+    settings = {"pool_mode": "session", "auth_type": "scram-sha-256"}
+    databases = {"postgres": f"host=127.0.0.1,127.0.0.2 port={pg.port} dbname=postgres"}
+    maitred = pooler_factory(userlist=USERLIST, databases=databases, **settings)
+    bouncer = PgBouncer(require_binary("pgbouncer"), {"listen_addr": "127.0.0.1", "unix_socket_dir": "", **settings},
+                        databases, USERLIST)
+    try:
+        theirs = serving(bouncer.port, 4, "host(inet_server_addr())")
+    finally:
+        bouncer.stop()
+    assert theirs == ["127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2"]
+    assert serving(maitred.port, 4, "host(inet_server_addr())") == theirs
 
 
 def test_disable_keeps_new_servers_on_one_host(pooler_factory, pg, second_pg):
