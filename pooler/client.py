@@ -649,6 +649,8 @@ class Client(asyncio.Protocol):
         if self.closed:
             return
         self.app.log_closing(log, self, text)
+        if self.app.config.get("log_pooler_errors"):
+            log.warning("%s pooler error: %s", self.describe(), text)
         if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
             self.transport.write(protocol.fatal(sqlstate, text))
         self.close()

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import PASSWORDS, require_binary, wait_for
 from tests.test_admin_pgbouncer import PgBouncer
-from tests.wire import TERMINATE, Wire
+from tests.wire import TERMINATE, ServerError, Wire
 
 USERS = {"app": PASSWORDS["app"]}
 SETTINGS = {"auth_type": "scram-sha-256", "pool_mode": "transaction", "log_connections": 1, "log_disconnections": 1}
@@ -54,6 +54,11 @@ def reserve_pool(port: int) -> None:
         holder.close()
 
 
+def unknown_database(port: int) -> None:
+    with pytest.raises(ServerError):
+        login(port, "nowhere")
+
+
 def auto_database(port: int) -> None:
     with login(port, "postgres") as wire:
         wire.query("SELECT 1")
@@ -73,6 +78,8 @@ EVENTS = {
     "taking connection from reserve_pool": (
         {"default_pool_size": 1, "reserve_pool_size": 1, "reserve_pool_timeout": 1}, {}, reserve_pool,
         CLIENT + "taking connection from reserve_pool"),
+    "pooler error": ({}, {}, unknown_database,       # PgBouncer 1.18 names the database (nodb) here
+                     CLIENT.replace("app/app", r"\S+/app") + "pooler error: no such database: nowhere"),
     "registered new auto-database": ({}, {"*": "host=127.0.0.1 port={pg_port}"}, auto_database,
                                      "registered new auto-database: db=postgres"),
 }
