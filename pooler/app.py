@@ -8,6 +8,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Awaitable
 
+from . import hba
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config
@@ -56,6 +57,7 @@ class Pooler:
         self.log_disconnections = bool(config.get("log_disconnections"))
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
+        self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload
         self.load_userlist()
 
     # -- configuration ---------------------------------------------------------------------------------

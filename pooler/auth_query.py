@@ -14,6 +14,10 @@ and querying together. Answers are cached, a secret for FOUND_TTL seconds and "n
 password" for MISSING_TTL, and logins of one user while its lookup runs wait for that same query, so a burst
 of logins makes one query; a password changed in PostgreSQL counts at the pooler once FOUND_TTL has passed.
 Failures are not cached: the next login asks again. RELOAD forgets every answer and closes the connections.
+
+Logins to the admin console (PgBouncer 1.25) are looked up too, with the global auth_user and auth_query, in
+the global auth_dbname: the console has no database to run the query in, so without auth_dbname its logins of
+users missing from the auth_file end in `bouncer config error`. admin_users and stats_users decide afterwards.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import asyncpg
 
 from . import protocol
 from .auth import secret_kind
+from .config import RESERVED_DATABASE
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -81,14 +86,17 @@ class AuthQuery:
         self._generation = 0     # answers to lookups started before a RELOAD are not cached
 
     def enabled(self, dbname: str) -> bool:
-        """Whether users missing from the auth_file are looked up for clients of `dbname`."""
+        """Whether users missing from the auth_file are looked up for clients of `dbname` (the console's, with
+        the global auth_user)."""
+        if dbname == RESERVED_DATABASE:
+            return bool(self.app.config.get("auth_user"))
         db = self.app.config.database_for(dbname)
         return db is not None and bool(db.auth_user or self.app.config.get("auth_user"))
 
     async def secret(self, dbname: str, user: str) -> str | None:
         """`user`'s secret for a client of `dbname`: None when no such user, "" when no password logs in."""
-        if self.app.config.database_for(dbname) is None:     # gone in a RELOAD: a mock login, as unknown ones get
-            return None
+        if dbname != RESERVED_DATABASE and self.app.config.database_for(dbname) is None:
+            return None     # gone in a RELOAD: a mock login, as unknown ones get
         target, query = self._target(dbname)
         key = (target, query, user)
         cached = self._cache.get(key)
@@ -113,11 +121,17 @@ class AuthQuery:
     # -- where -------------------------------------------------------------------------------------------
 
     def _target(self, dbname: str) -> tuple[Target, str]:
+        """As PgBouncer: the console has no [databases] entry of its own, so its logins use the global auth_user,
+        auth_query and auth_dbname, and without auth_dbname there is nowhere to run the query."""
         cfg = self.app.config
-        db = cfg.database_for(dbname)
-        auth_user = db.auth_user or cfg.get("auth_user")
-        query = db.auth_query or cfg.get("auth_query")
-        auth_dbname = db.auth_dbname or cfg.get("auth_dbname")
+        db = cfg.database_for(dbname) if dbname != RESERVED_DATABASE else None
+        auth_user = (db and db.auth_user) or cfg.get("auth_user")
+        query = (db and db.auth_query) or cfg.get("auth_query")
+        auth_dbname = (db and db.auth_dbname) or cfg.get("auth_dbname")
+        if db is None and not auth_dbname:
+            log.error('auth_query: cannot use the reserved "%s" database as an auth_dbname: set auth_dbname for '
+                      'console logins of users missing from the auth_file', RESERVED_DATABASE)
+            raise LookupFailed()
         if auth_dbname:
             db = cfg.database_for(auth_dbname)
             if db is None:

@@ -14,7 +14,7 @@ import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from . import protocol
+from . import identity, protocol
 from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
@@ -85,8 +85,8 @@ class Client(asyncio.Protocol):
                  "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted", "wait_notified",
-                 "id", "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted",
+                 "wait_notified", "id", "__weakref__")
 
     def __init__(self, app: "Pooler"):
         self.app = app
@@ -379,7 +379,7 @@ class Client(asyncio.Protocol):
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
         # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).
         secret = app.user_secret(self.user)
-        if secret is None and self.dbname != RESERVED_DATABASE and app.auth_query.enabled(self.dbname):
+        if secret is None and app.auth_query.enabled(self.dbname):
             self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
             self.pause_reading("auth_query")
             app.spawn(self._query_secret())
@@ -402,15 +402,27 @@ class Client(asyncio.Protocol):
             self._login_data(b"")
 
     def _check_secret(self, secret: str | None, queried: bool = False) -> None:
-        method = self.app.config.get("auth_type")
+        method, rule = identity.choose(self)
+        if method is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, identity.LOGIN_REJECTED)
+            return
         if queried and secret is None:      # PgBouncer has no mock login after auth_query, and says so
             self.app.log_event(log, "login failed: db=%s", self, self.dbname)
             self.fatal(protocol.PROTOCOL_VIOLATION, "no such user")
             return
+        known = secret is not None or not self.app.has_auth_file()
         if method == "trust":
-            if self.app.has_auth_file() and secret is None:
+            if not known:
                 log.info("%s no such user: %s", self.describe(), self.user)
                 self.fatal(protocol.PROTOCOL_VIOLATION, '"trust" authentication failed')
+                return
+            self._authenticated()
+            return
+        if method in ("cert", "peer"):
+            refusal = identity.refusal(method, rule, self, known)
+            if refusal:
+                self.app.log_event(log, f"login failed: {refusal}", self)
+                self.fatal(protocol.PROTOCOL_VIOLATION, identity.FAILED[method])
                 return
             self._authenticated()
             return

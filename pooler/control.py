@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from . import protocol, tls
+from . import hba, protocol, tls
 from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .objects import Limits
@@ -47,6 +47,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     server_tls_changed = tls.changed(old, new, tls.SERVER_SETTINGS) and contexts is not app.tls
     if contexts is None and (server_tls_changed or tls.changed(old, new, tls.CLIENT_SETTINGS)):
         contexts = tls.build(new)
+    access = hba.load(new)      # auth_hba_file and auth_ident_file are read again; a bad line changes nothing
     messages = []
     for section, catalogue in ((new.settings, SETTINGS), (new.maitred, MAITRED_SETTINGS)):
         for name, setting in catalogue.items():
@@ -62,6 +63,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     app.log_connections = bool(new.get("log_connections"))
     app.log_disconnections = bool(new.get("log_disconnections"))
     app.load_userlist()
+    app.hba = access
     if contexts is not None:
         app.tls = contexts
     if server_tls_changed:      # as PgBouncer: no server keeps a connection the new TLS settings would refuse

@@ -36,7 +36,8 @@ PEERS_REFUSED = ("peering ([peers], peer_id) is not supported: a cancel reaches 
 TLS13_REFUSED = "Python's ssl module cannot restrict TLS 1.3 cipher suites; OpenSSL's defaults are used"
 
 # auth_type values PgBouncer knows that maitred refuses, so the error can say "unsupported", not "invalid".
-UNSUPPORTED_CHOICES: dict[str, tuple[str, ...]] = {"auth_type": ("any", "cert", "hba", "ldap", "pam")}
+UNSUPPORTED_CHOICES: dict[str, tuple[str, ...]] = {"auth_type": ("any", "ldap", "pam")}
+PASSWORD_AUTH_TYPES = ("trust", "plain", "md5", "scram-sha-256")     # the ones that need no file but auth_file
 
 SETTINGS: dict[str, Setting] = _catalogue(
     # Generic
@@ -84,10 +85,13 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("scram_iterations", "int", 4096, "SCRAM-SHA-256 iterations used when hashing a plain-text password."),
     # Authentication
     _S("auth_type", "enum", "md5",
-       "Client authentication: trust, plain, md5 or scram-sha-256 (md5 uses SCRAM when the secret is SCRAM).",
-       choices=("trust", "plain", "md5", "scram-sha-256")),
-    _S("auth_hba_file", "path", "", _NO_EFFECT + " (auth_type hba is not supported.)"),
-    _S("auth_ident_file", "path", "", _NO_EFFECT + " (auth_type hba is not supported.)"),
+       "Client authentication: trust, plain, md5 or scram-sha-256 (md5 uses SCRAM when the secret is SCRAM); "
+       "cert (a client certificate whose CommonName is the user); hba (per line of auth_hba_file).",
+       choices=PASSWORD_AUTH_TYPES + ("cert", "hba")),
+    _S("auth_hba_file", "path", "",
+       "pg_hba.conf-style rules for auth_type hba: local/host/hostssl/hostnossl, trust, reject, md5, password, "
+       "scram-sha-256, cert, peer."),
+    _S("auth_ident_file", "path", "", "Ident maps (map-name system-user database-user) for map= on hba lines."),
     _S("auth_file", "path", "", "File of user names and passwords or secrets (PgBouncer's userlist.txt format)."),
     _S("auth_user", "str", "", "User that runs auth_query for users missing from auth_file; not set disables."),
     _S("auth_query", "str",

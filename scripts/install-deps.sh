@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus (with
-# promtool), node-exporter and Lua 5.1 packages, what the real node runs on (containerd, runc, the CNI
-# plugins, buildah, debootstrap, iptables), the Python distribution with its test and benchmark extras in the
-# checkout's own virtual environment .venv, and the Kubernetes binaries the e2e tests run. Quiet, and safe
-# to run again.
+# promtool), node-exporter and Lua 5.1 packages, a JDK, Maven, Node.js and npm for the driver tests (whose
+# npm and Maven dependencies scripts/build-drivers.sh fetches once into ~/.cache/maitred/drivers), what the
+# real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap, iptables), the Python
+# distribution with its test and benchmark extras in the checkout's own virtual environment .venv, and the
+# Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ has iptables || need_apt+=(iptables)
 has prometheus || need_apt+=(prometheus)
 has prometheus-node-exporter || need_apt+=(prometheus-node-exporter)
 has lua5.1 || need_apt+=(lua5.1)   # runs the chart's Argo CD health check (Argo CD's Lua is 5.1)
+has java && has javac || need_apt+=(default-jdk-headless)   # pgjdbc and HikariCP (tests/drivers/pgjdbc)
+has mvn || need_apt+=(maven)
+has node || need_apt+=(nodejs)                               # node-postgres (tests/drivers/node-postgres)
+has npm || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -50,6 +55,8 @@ if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test,bench]"
   touch .venv/.installed
 fi
+
+scripts/build-drivers.sh >/dev/null
 
 # etcd, the Kubernetes binaries and helm for the e2e tests and the quick start: built once from e2e/k8s with
 # Go (about 15 minutes on 2 cores), then reused from ~/.cache/maitred.

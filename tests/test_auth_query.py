@@ -103,6 +103,35 @@ def test_per_database_auth_user_overrides_the_global_one(pooler_factory, pg, loo
     assert 'auth_query for user "app"' in pooler.log_text() and "aq_nobody" in pooler.log_text()
 
 
+# -- the console -----------------------------------------------------------------------------------------
+
+def test_console_logins_are_looked_up_in_auth_dbname_then_admin_and_stats_users_decide(
+        pooler_factory, pg, lookup_function):
+    """PgBouncer 1.25: the console's logins use the global auth_user and auth_query, run in auth_dbname."""
+    pooler = query_pooler(pooler_factory, pg, lookup_function, auth_type="md5", auth_dbname="app",
+                          admin_users="app", stats_users="md5_role")     # md5: md5_role's secret is an md5 hash
+    with psycopg.connect(pooler.dsn(dbname="pgbouncer"), autocommit=True) as admin:
+        admin.execute("PAUSE app")          # an admin command: app is in admin_users
+        admin.execute("RESUME app")
+    with psycopg.connect(pooler.dsn(user="md5_role", dbname="pgbouncer"), autocommit=True) as stats:
+        assert stats.execute("SHOW POOLS").fetchall() is not None
+    wrong = login_error(pooler, user="app", password="wrong", database="pgbouncer")
+    assert wrong.message == "SASL authentication failed"     # app's secret is SCRAM: md5 moves to SCRAM
+    refused = login_error(pooler, user="plain_role", password=PASSWORDS["plain_role"], database="pgbouncer")
+    assert (refused.sqlstate, refused.message) == ("08P01", "not allowed")        # found, but in neither list
+    assert lookups(pg, "md5_role") >= 1
+
+
+def test_console_logins_without_auth_dbname_get_bouncer_config_error(pooler_factory, pg, lookup_function):
+    pooler = query_pooler(pooler_factory, pg, lookup_function, admin_users="app")
+    before = lookups(pg, "app")
+    refused = login_error(pooler, user="app", password=PASSWORDS["app"], database="pgbouncer")
+    assert (refused.sqlstate, refused.message) == ("08P01", "bouncer config error")
+    assert 'cannot use the reserved "pgbouncer" database as an auth_dbname' in pooler.log_text()
+    assert lookups(pg, "app") == before
+    assert current_user(pooler) == "app"            # the other databases' logins are looked up as before
+
+
 # -- refusals --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("auth_type,user", [("scram-sha-256", "app"), ("md5", "md5_role")])

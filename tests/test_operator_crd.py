@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pooler.settings import POOL_MODES, SETTINGS, SSLMODES
+from pooler.settings import PASSWORD_AUTH_TYPES, POOL_MODES, SETTINGS, SSLMODES
 from pooler_operator import api
 from pooler_operator.crd import crd_yaml, custom_resource_definition
 
@@ -91,7 +91,7 @@ def test_nested_objects_default_to_empty_so_their_own_defaults_apply():
 def test_enums_come_from_the_pooler_catalogue():
     props = schema()["properties"]["spec"]["properties"]
     assert props["poolMode"]["enum"] == list(POOL_MODES)
-    assert props["auth"]["properties"]["type"]["enum"] == list(SETTINGS["auth_type"].choices)
+    assert props["auth"]["properties"]["type"]["enum"] == list(PASSWORD_AUTH_TYPES)   # no hba, cert files
     assert props["tls"]["properties"]["client"]["properties"]["sslmode"]["enum"] == list(SSLMODES)
 
 

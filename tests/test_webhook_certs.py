@@ -186,3 +186,20 @@ def test_a_secret_written_by_another_replica_first_is_used_as_it_is():
     server = WebhookServer(WebhookOptions(port=0, service="maitred-webhook", namespace="maitred-system"),
                            kube=lambda: kube, image=lambda: "maitred:1", clock=lambda: NOW)
     assert server._managed_certificates() == theirs == kube.secret_files()
+
+
+def test_the_secret_is_owned_by_the_webhook_service_so_that_removing_the_service_removes_it():
+    kube = MemoryKube()
+    kube._store({"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "maitred-webhook", "namespace": "maitred-system", "uid": "u-1"}})
+    server = WebhookServer(WebhookOptions(port=0, service="maitred-webhook", namespace="maitred-system"),
+                           kube=lambda: kube, image=lambda: "maitred:1", clock=lambda: NOW)
+    server._managed_certificates()
+    secret = kube.get("v1", "Secret", "maitred-system", "maitred-webhook-tls")
+    assert secret["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Service", "name": "maitred-webhook", "uid": "u-1"}]
+
+    unowned = MemoryKube()      # --webhook-url: no Service to belong to
+    WebhookServer(WebhookOptions(port=0, url="https://127.0.0.1:9443/mutate", namespace="maitred-system"),
+                  kube=lambda: unowned, image=lambda: "maitred:1", clock=lambda: NOW)._managed_certificates()
+    assert "ownerReferences" not in unowned.get("v1", "Secret", "maitred-system", "maitred-webhook-tls")["metadata"]

@@ -57,6 +57,7 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
     "endpointslice-controller",
+    "endpoints-controller",  # kube-apiserver finds a webhook Service's pods by its Endpoints (aggregator routing)
     "node-lifecycle-controller",  # a registered node's not-ready taint goes once it is Ready
     "pod-garbage-collector-controller",
 )
@@ -487,6 +488,8 @@ class ControlPlane(Cluster):
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--endpoint-reconciler-type=none",
+            # No kube-proxy here, so no Service IP leads anywhere: a webhook's Service is reached at its pods.
+            "--enable-aggregator-routing=true",
             "--kubelet-preferred-address-types=InternalIP",  # a node's name resolves nowhere
             "--profiling=false",
         ])

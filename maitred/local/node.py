@@ -4,7 +4,9 @@ containerd, runc and the CNI plugins are Debian's; kubelet is built with the con
 Everything the node keeps lives in its own work directory: containerd's config, root, state and socket, the
 network namespaces of its pods, the kubelet's root, and the CNI network's addresses. Pods sit on a bridge of
 their own with a /24 no route on this machine uses, so their addresses are this run's own test hosts; the
-bridge's address (`gateway`) is how pods reach this machine, e.g. a PostgreSQL listening there.
+bridge's address (`gateway`) is how pods reach this machine, e.g. a PostgreSQL listening there. In-cluster clients
+reach the API server at the `kubernetes` Service's ClusterIP, which the node sends to 127.0.0.1 (a DNAT rule on its
+bridge, as kube-proxy would); the API server reaches webhook Services at their pods' addresses (controlplane.py).
 
 What these machines need, found by trying: cgroupfs rather than systemd for cgroups (cgroup v1, no systemd),
 no negative oom_score_adj (`restrict_oom_score_adj`), no swap check, no local-storage accounting (the root
@@ -13,7 +15,7 @@ disk's stats are not readable), and no registry: the sandbox image and every ima
     cp = ControlPlane.start(binaries, scheduler=True)
     node = Node.start(cp, binaries["kubelet"], pause_image(), [maitred_image()])
     ...
-    node.stop(); cp.stop()      # node.leftovers() is then empty: no process, mount, netns or bridge
+    node.stop(); cp.stop()      # node.leftovers() is then empty: no process, mount, netns, bridge or rule
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,7 +40,7 @@ from maitred.local.image import Image
 CNI_BIN = Path("/usr/lib/cni")
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links to its containers' logs: not configurable
 NODE_PREFIX = "maitred-node-"
-COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "ip")
+COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "ip", "iptables")
 
 
 def missing_parts() -> list[str]:
@@ -185,6 +188,7 @@ class Node:
         subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self._serve_kubernetes_service()
 
         cni_conf = work / "cni" / "net.d"
         cni_conf.mkdir(parents=True)
@@ -229,6 +233,16 @@ class Node:
         except TimeoutError:
             raise StartFailed(f"node {self.name} not Ready after {timeout:.0f}s:\n{proc.tail(40)}") from None
 
+    def _serve_kubernetes_service(self) -> None:
+        """What kube-proxy would do for the one Service pods need before any other: `kubernetes` (its ClusterIP is
+        what in-cluster clients such as the chart's operator dial) leads to the API server on 127.0.0.1, for packets
+        from this node's bridge only."""
+        service = json.loads(self.cp.kubectl("get", "service", "kubernetes", "-n", "default", "-o", "json"))
+        port = urlsplit(self.cp.server).port
+        Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet").write_text("1")
+        subprocess.run(["iptables", "-t", "nat", "-A", "PREROUTING",
+                        *api_server_dnat(self.bridge, service["spec"]["clusterIP"], 443, port)], check=True)
+
     # -- stopping -----------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -255,6 +269,7 @@ class Node:
             _kill(pid)
         for target in reversed(self._mounts()):
             subprocess.run(["umount", "-l", target], capture_output=True)
+        _delete_nat_rules(self.bridge)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         for link in self._log_links():
             link.unlink(missing_ok=True)
@@ -282,6 +297,7 @@ class Node:
         found += [f"log link {link}" for link in self._log_links()]
         if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode == 0:
             found.append(f"bridge {self.bridge}")
+        found += [f"iptables rule {rule}" for rule in _nat_rules(self.bridge)]
         if self.workdir.exists():
             found.append(f"directory {self.workdir}")
         return found
@@ -316,6 +332,26 @@ class Node:
             if target.startswith(prefix):
                 mounts.append(target)
         return mounts
+
+
+def api_server_dnat(bridge: str, cluster_ip: str, service_port: int, api_server_port: int) -> list[str]:
+    """The iptables rule (nat table, PREROUTING) that sends the bridge's packets for the `kubernetes` Service to
+    the API server on 127.0.0.1 (the bridge needs route_localnet for that)."""
+    return ["-i", bridge, "-d", f"{cluster_ip}/32", "-p", "tcp", "-m", "tcp", "--dport", str(service_port),
+            "-j", "DNAT", "--to-destination", f"127.0.0.1:{api_server_port}"]
+
+
+def _nat_rules(bridge: str) -> list[str]:
+    """The node's rules in the nat table's PREROUTING chain, as `iptables -S` prints them."""
+    if not bridge or not shutil.which("iptables"):
+        return []
+    out = subprocess.run(["iptables", "-t", "nat", "-S", "PREROUTING"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if f" -i {bridge} " in f"{line} "]
+
+
+def _delete_nat_rules(bridge: str) -> None:
+    for rule in _nat_rules(bridge):
+        subprocess.run(["iptables", "-t", "nat", "-D", *rule.split()[1:]], capture_output=True)
 
 
 def _processes() -> list[tuple[int, bytes]]:
@@ -354,5 +390,6 @@ def _remove_orphaned_nodes() -> None:
         bridge = json.loads((workdir / "cni" / "net.d" / "10-maitred.conflist").read_text())["plugins"][0]["bridge"] \
             if (workdir / "cni" / "net.d" / "10-maitred.conflist").exists() else None
         if bridge:
+            _delete_nat_rules(bridge)
             subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)

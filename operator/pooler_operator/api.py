@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from pydantic.alias_generators import to_camel
 
 from pooler.config import parse_value
-from pooler.settings import MAITRED_SETTINGS, POOL_MODES, SETTINGS, SSLMODES
+from pooler.settings import MAITRED_SETTINGS, PASSWORD_AUTH_TYPES, POOL_MODES, SETTINGS, SSLMODES
 
 from . import API_VERSION, KIND
 
@@ -141,7 +141,8 @@ class AuthSpec(Model):
                       "set auth.usersSecret, auth.authQuery or both",
                       lambda m: m.users_secret is not None or m.auth_query is not None),)
 
-    type: Literal[SETTINGS["auth_type"].choices] = Field(  # type: ignore[valid-type]
+    # hba and cert need files the operator does not render (auth_hba_file, client certificates).
+    type: Literal[PASSWORD_AUTH_TYPES] = Field(  # type: ignore[valid-type]
         "scram-sha-256", description="Client authentication method (auth_type).")
     users_secret: SecretRef | None = Field(
         None, description="A Secret whose keys are user names and whose values are passwords, SCRAM-SHA-256 "

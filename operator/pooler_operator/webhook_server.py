@@ -70,6 +70,15 @@ class WebhookOptions:
         return names or ["localhost"]
 
 
+def owned_by(service: dict[str, Any] | None) -> dict[str, Any]:
+    """Metadata that makes the webhook's Service the owner of its certificate's Secret: whoever removes the
+    Service (`helm uninstall`) has the garbage collector remove the Secret too. No Service (--webhook-url): none."""
+    if not service:
+        return {}
+    meta = service["metadata"]
+    return {"ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": meta["name"], "uid": meta["uid"]}]}
+
+
 @dataclass
 class WebhookServer:
     options: WebhookOptions
@@ -180,9 +189,12 @@ class WebhookServer:
             if decision is None:
                 return files
             log.info(f"webhook certificate made: {decision.reason}")
+            service = self.kube().get("v1", "Service", namespace, self.options.service) if self.options.service \
+                else None
             secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                       "metadata": {"name": name, "namespace": namespace,
-                                   "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
+                                   "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+                                   **owned_by(service)},
                       "data": {k: base64.b64encode(v.encode()).decode() for k, v in files.items()}}
             try:
                 if found is None:
