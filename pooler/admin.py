@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import re
 import time
-import weakref
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from maitred import __version__
@@ -340,7 +338,7 @@ def kill_client_command(con: Console, arg: str, sql: str) -> bytes:
         raise ConsoleError("invalid client pointer supplied")
     wanted = int(arg)
     for client in list(con.app.clients):
-        if _ids.get(client) == wanted and client.state in (ACTIVE, LOGIN_WAIT):
+        if client.id == wanted and client.state in (ACTIVE, LOGIN_WAIT):
             client.fatal(protocol.ADMIN_SHUTDOWN, "admin forced disconnect")
             return protocol.command_complete("KILL_CLIENT")
     raise ConsoleError("client not found")
@@ -549,18 +547,6 @@ SOCKETS_DEBUG_NAMES = ("recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_re
 SOCKETS = columns(SOCKET_TYPES, *SOCKET_NAMES)
 SOCKETS_DEBUG = columns(SOCKET_TYPES + "i" * 7, *SOCKET_NAMES, *SOCKETS_DEBUG_NAMES)
 
-# PgBouncer's socket ids; here they are handed out the first time a SHOW lists a connection.
-_ids: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
-_next_id = itertools.count(1)
-
-
-def socket_id(conn) -> int:
-    found = _ids.get(conn)
-    if found is None:
-        found = _ids[conn] = next(_next_id)
-    return found
-
-
 def _ptr(conn) -> str:
     return f"{id(conn):#x}" if conn is not None else ""
 
@@ -600,7 +586,7 @@ def _client_row(app: "Pooler", client: "Client", state: str) -> tuple:
     return ("C", client.user, client.dbname, "none", state, addr, rport, local, lport,
             _timestamp(app, client.connected_at), _timestamp(app, max(client.idle_since, client.connected_at)),
             int(wait), int(wait * 1e6) % 1_000_000, 0, _ptr(client), _ptr(client.server), 0, "",
-            client.params.get("application_name", ""), 0, socket_id(client))
+            client.params.get("application_name", ""), 0, client.id)
 
 
 def show_clients(app: "Pooler"):
@@ -639,7 +625,7 @@ def _server_row(app: "Pooler", server: "Server", state: str) -> tuple:
     return ("S", pool.server_user, pool.name, "none", state, addr, rport, local, lport,
             _timestamp(app, server.connected_at), _timestamp(app, server.last_used), 0, 0,
             int(server.close_needed), _ptr(server), _ptr(client), server.backend_pid, "",
-            client.params.get("application_name", "") if client is not None else "", 0, socket_id(server))
+            client.params.get("application_name", "") if client is not None else "", 0, server.id)
 
 
 def show_servers(app: "Pooler"):

@@ -12,6 +12,7 @@ from . import hba, peers
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config, PeerEntry
+from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
@@ -46,6 +47,7 @@ class Pooler:
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
+        self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
         self.unix_listener: asyncio.AbstractServer | None = None
@@ -58,6 +60,7 @@ class Pooler:
         self.shutdown_mode = ""        # control.SHUTDOWN_MODES, once shutting down
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
+        self.log_disconnections = bool(config.get("log_disconnections"))
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload
@@ -84,6 +87,8 @@ class Pooler:
         key = (dbname, server_user)
         pool = self.pools.get(key)
         if pool is None:
+            if dbname not in self.config.databases and dbname not in self.db_limits:
+                log.info("registered new auto-database: db=%s", dbname)     # from the `*` entry
             password = db.password if db.user else None
             if password is None:
                 password = self.userlist.get(server_user)
@@ -270,6 +275,11 @@ class Pooler:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logger.info("%s %s", conn.describe(), text % args if args else text)
+
+    def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
+        """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
+        if self.log_disconnections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
+            logger.info("%s closing because: %s (age=%ds)", conn.describe(), reason, self.now() - conn.connected_at)
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

@@ -93,8 +93,10 @@ class ClientAuth:
     def __init__(self, method: str, user: str, secret: str | None):
         self.user = user
         self.known = bool(secret)
-        self.secret = secret if secret else "SCRAM-SHA-256$4096:" + base64.b64encode(
-            os.urandom(16)).decode() + "$AAAA:AAAA"
+        if not secret:      # the exchange PgBouncer's mock user gets: md5 stays md5
+            secret = md5_secret(os.urandom(16).hex(), user) if method == "md5" else \
+                "SCRAM-SHA-256$4096:" + base64.b64encode(os.urandom(16)).decode() + "$AAAA:AAAA"
+        self.secret = secret
         if method == "md5" and secret_kind(self.secret) == "scram":
             method = "scram-sha-256"   # an md5 exchange cannot be checked against a SCRAM verifier
         if method == "scram-sha-256" and secret_kind(self.secret) == "md5":

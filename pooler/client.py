@@ -20,6 +20,7 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
+from .objects import next_socket_id
 from .server import TRACKED_PARAMS, Server, param_key, shared_params
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ def login_notice(app: "Pooler") -> bytes:
     """login_notify_message, as a NOTICE before the first ReadyForQuery; nothing when it is empty."""
     text = app.config.get("login_notify_message")
     return protocol.notice_response(text) if text else b""
+
+
+def auth_failure(method: str) -> str:
+    """What PgBouncer tells a client whose credentials are wrong: the detail stays in the log."""
+    return "SASL authentication failed" if method == "scram-sha-256" else "password authentication failed"
 
 
 GREETINGS_KEPT = 1000
@@ -79,11 +85,12 @@ class Client(asyncio.Protocol):
                  "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted", "wait_notified",
-                 "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted",
+                 "wait_notified", "id", "__weakref__")
 
     def __init__(self, app: "Pooler"):
         self.app = app
+        self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
         self.closed = False
@@ -135,7 +142,7 @@ class Client(asyncio.Protocol):
             self.pause_reading("suspend")
 
     def connection_lost(self, exc) -> None:
-        self._gone("client closed the connection" if exc is None else f"client connection lost: {exc}")
+        self._gone("client unexpected eof")      # PgBouncer's words, for a close without Terminate
 
     def data_received(self, data: bytes) -> None:
         if self.state != ACTIVE:
@@ -194,7 +201,7 @@ class Client(asyncio.Protocol):
             self.partial = partial if terminate < len(partial) else b""
         self._forward(data, syncs)
         if terminate >= 0:
-            self._gone("client sent Terminate")
+            self._gone("client close request")
 
     def _forward(self, data: bytes, syncs: int) -> None:
         """Send bytes as they are to the server, or queue them and ask the pool for one."""
@@ -218,9 +225,7 @@ class Client(asyncio.Protocol):
                     self.pool.acquire(self)
                 if self.pending_bytes > PENDING_LIMIT:
                     self.pause_reading("waiting")
-            pool = self.pool
-            pool.stats.bytes_received += len(data)
-            pool.stats.query_count += syncs
+            self.pool.stats.bytes_received += len(data)
 
     def _start_tracking(self, scan: bytes, forwarded: int, pos: int, syncs: int) -> None:
         """The first extended-protocol message: what came before goes as it is, the rest is tracked."""
@@ -240,9 +245,12 @@ class Client(asyncio.Protocol):
         try:
             if server is not None:
                 if client_data(self, server, data):
-                    self._gone("client sent Terminate")
+                    self._gone("client close request")
                 return
             tracker = self.tracker
+            if data == protocol.TERMINATE and not tracker.held:     # a goodbye needs no server
+                self._gone("client close request")
+                return
             tracker.held += data
             if not self.requested:
                 self.requested = True
@@ -337,7 +345,7 @@ class Client(asyncio.Protocol):
         app = self.app
         self.user = sys.intern(params.pop("user", ""))     # shared by every client of that user
         if not self.user:
-            self.fatal(protocol.INVALID_AUTHORIZATION, "no username supplied")
+            self.fatal(protocol.PROTOCOL_VIOLATION, "no username supplied")
             return
         self.dbname = sys.intern(params.pop("database", "") or self.user)
         cfg = app.config
@@ -398,10 +406,15 @@ class Client(asyncio.Protocol):
         if method is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, identity.LOGIN_REJECTED)
             return
-        known = secret is not None or not (queried or self.app.has_auth_file())
+        if queried and secret is None:      # PgBouncer has no mock login after auth_query, and says so
+            self.app.log_event(log, "login failed: db=%s", self, self.dbname)
+            self.fatal(protocol.PROTOCOL_VIOLATION, "no such user")
+            return
+        known = secret is not None or not self.app.has_auth_file()
         if method == "trust":
             if not known:
-                self.fatal(protocol.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+                log.info("%s no such user: %s", self.describe(), self.user)
+                self.fatal(protocol.PROTOCOL_VIOLATION, '"trust" authentication failed')
                 return
             self._authenticated()
             return
@@ -416,7 +429,8 @@ class Client(asyncio.Protocol):
         try:
             self.auth = ClientAuth(method, self.user, secret)
         except AuthFailed as exc:
-            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            self.app.log_event(log, f"login failed: {exc}", self)
+            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(method))
             return
         self.state = AUTH
         self.transport.write(self.auth.start())
@@ -465,7 +479,7 @@ class Client(asyncio.Protocol):
             reply, done = self.auth.feed(body)
         except AuthFailed as exc:
             self.app.log_event(log, f"login failed: {exc}", self)
-            self.fatal(protocol.INVALID_PASSWORD, str(exc))
+            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(self.auth.method))
             return False
         if reply:
             self.transport.write(reply)
@@ -547,7 +561,7 @@ class Client(asyncio.Protocol):
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.startup = b""
-        self.app.log_event(log, "login attempt: db=%s user=%s", self, self.dbname, self.user)
+        self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
             pending, self.pending = self.pending, ()
@@ -594,7 +608,7 @@ class Client(asyncio.Protocol):
         if self.server is server:
             self.server = None
         self.requested = False
-        self.fatal(protocol.CONNECTION_FAILURE, reason)
+        self.fatal(protocol.PROTOCOL_VIOLATION, reason)     # PgBouncer's disconnect_client: 08P01
 
     def statement_mode_violation(self, server: "Server") -> None:
         server.client = None
@@ -646,7 +660,9 @@ class Client(asyncio.Protocol):
         """Tell the client why, then close it."""
         if self.closed:
             return
-        self.app.log_event(log, f"closing because: {text}", self)
+        self.app.log_closing(log, self, text)
+        if self.app.config.get("log_pooler_errors"):
+            log.warning("%s pooler error: %s", self.describe(), text)
         if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
             self.transport.write(protocol.fatal(sqlstate, text))
         self.close()
@@ -663,12 +679,14 @@ class Client(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-        self._gone("closed by the pooler")
+        self._gone()
 
-    def _gone(self, reason: str) -> None:
-        """Release everything this client held, exactly once."""
+    def _gone(self, reason: str | None = None) -> None:
+        """Release everything this client held, exactly once; `reason`, when the client chose to go, is logged."""
         if self.closed:
             return
+        if reason is not None:
+            self.app.log_closing(log, self, reason)
         self.closed = True
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
@@ -698,7 +716,15 @@ class Client(asyncio.Protocol):
             server.detach()
 
     def describe(self) -> str:
-        return f"C-{id(self) & 0xffffff:06x} {self.dbname}/{self.user}@{self.peer}"
+        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port`."""
+        return f"C-{id(self):#x}: {self.dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer}"
+
+    def tls_info(self) -> str:
+        """`no`, or the protocol and cipher, as PgBouncer's login line has them."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if ssl_object is None:
+            return "no"
+        return f"{ssl_object.version()}/{ssl_object.cipher()[0]}"
 
     @property
     def peer(self) -> str:

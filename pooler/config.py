@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pooler.hosts import parse_hosts
 from pooler.settings import (
     DATABASE_KEY_ALIASES,
     DATABASE_KEYS,
@@ -295,9 +296,10 @@ def _database_entry(where: tuple[str, int, str], conninfo: str, warnings: list[s
     fields = _entry_fields(DATABASE_KEYS, "database", where, conninfo, warnings, DATABASE_KEY_ALIASES)
     if not 0 < fields.get("port", 5432) < 65536:
         raise ConfigError(f"invalid port for database {name!r}: {fields['port']}", file, line, name)
-    if "," in (fields.get("host") or ""):
-        raise ConfigError(f"host list for database {name!r} is refused: maitred connects to one host per "
-                          "database (put a load balancer or DNS name in front of several)", file, line, name)
+    try:
+        parse_hosts(fields.get("host"), fields.get("port", 5432))
+    except ValueError as exc:
+        raise ConfigError(f"invalid host for database {name!r}: {exc}", file, line, name) from None
     params = {STARTUP_PARAMS[key]: fields.pop(key) for key in list(fields) if key in STARTUP_PARAMS}
     return DatabaseEntry(name=name, startup_params=params, **fields)
 

@@ -98,7 +98,7 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
         elif query_timeout and waited > query_timeout:
             pool.cancel_wait(client)
             client.requested = False
-            client.fatal(protocol.QUERY_CANCELED, "query_timeout")
+            client.fatal(protocol.PROTOCOL_VIOLATION, "query_timeout")     # a waiting client: PgBouncer's words
     if pool.waiting:
         use_reserve = pool.reserve_size > 0 and pool.oldest_wait(now) > cfg.get("reserve_pool_timeout")
         pool.grow(use_reserve)
@@ -118,14 +118,14 @@ def _sweep_pool(pool: "Pool", now: float, cfg) -> None:
             elif not server.expected:
                 server.z_seen = -1
             if query_timeout and server.expected and now - server.busy_since > query_timeout:
-                server.close("query_timeout")
+                server.close("query timeout")     # the client hears it with PgBouncer's 08P01
                 continue
             if fast_close and server.close_needed and client.between_transactions():
                 _close_with_client(server, protocol.PROTOCOL_VIOLATION, "database configuration changed")
                 continue
             in_tx = server.status != protocol.IDLE and not server.expected
             if in_tx and idle_tx_timeout and now - max(client.idle_since, server.idle_since) > idle_tx_timeout:
-                _close_with_client(server, protocol.IDLE_IN_TRANSACTION_TIMEOUT, "idle transaction timeout")
+                _close_with_client(server, protocol.PROTOCOL_VIOLATION, "idle transaction timeout")
             elif tx_timeout and (server.expected or server.status != protocol.IDLE) \
                     and now - server.xact_started > tx_timeout:
                 _close_with_client(server, protocol.PROTOCOL_VIOLATION, "transaction timeout")

@@ -6,10 +6,12 @@ Clients wait FIFO.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .hosts import choice_for
 from .protocol import ADMIN_SHUTDOWN, CONNECTION_FAILURE
 
 if TYPE_CHECKING:
@@ -34,6 +36,10 @@ class Limits:
 
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
+
+
+# PgBouncer's socket ids: one sequence for clients and servers, taken when the connection is made.
+next_socket_id = itertools.count(1).__next__
 
 
 # Upper bounds, in seconds, of the client wait-time histogram's buckets.
@@ -112,7 +118,8 @@ class Pool:
         # Servers beyond this many close as they come back (a smaller pool, or the reserve no longer needed).
         self.max_servers = self.size + self.reserve_size if self.size > 0 else 1 << 30
         check_query = cfg.get("server_check_query")
-        self.check_query = " " if check_query == "<empty>" else check_query   # 1.25's default: empty query
+        # None: no check; "" is PgBouncer 1.25's default, an empty Query, the cheapest round trip there is.
+        self.check_query = "" if check_query == "<empty>" else check_query or None
         self.check_delay = cfg.get("server_check_delay")
         self.transactional = self.mode != "session"
         # Named prepared statements need tracking only when a client's statements may land on any server.
@@ -219,6 +226,8 @@ class Pool:
                 self.probe(use_reserve)
             return
         while self.connecting < len(self.waiting) and (self.may_open(use_reserve) or self.evict(use_reserve)):
+            if len(self.servers) >= self.capacity():
+                log.warning("%s taking connection from reserve_pool", self.waiting[0].describe())
             self.open_server()
 
     def probe(self, use_reserve: bool = False) -> None:
@@ -280,7 +289,11 @@ class Pool:
         if login_failed:
             self.connecting -= 1
             self.stats.login_failures += 1
-            self.last_connect_failure = self.app.now()
+            now = self.app.now()
+            if transient and choice_for(self.app, self.db).another_left(now, self.app.config.get("server_login_retry")):
+                self.serve_waiting()        # another host of the list is tried at once
+                return
+            self.last_connect_failure = now
             self.login_error = (sqlstate, reason)
             if not transient and not any(s.ready for s in self.servers):
                 self.fail_waiting(reason, sqlstate)

@@ -229,7 +229,6 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         if not server.expected:
             server.start_query(client.app.now())
         server.expected += syncs
-        stats.query_count += syncs
     if out:
         payload = b"".join(out)
         stats.bytes_received += len(payload)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Callable
 
 from . import protocol
 from .auth import AuthFailed, ServerLogin
-from .objects import WAIT_BUCKETS
+from .hosts import Target, choice_for
+from .objects import WAIT_BUCKETS, next_socket_id
 from .prepare import ServerCache, server_data, stale_plan
 from .tls import SSL_REQUEST
 
@@ -84,12 +85,13 @@ class Server(asyncio.Protocol):
     __slots__ = ("pool", "app", "transport", "client", "dedicated", "ready", "closed", "close_needed", "params",
                  "options", "param_key", "backend_pid", "backend_key", "expected", "status", "z_count", "z_seen",
                  "busy_since", "skip", "partial", "forwarded_partial", "cache", "internal", "internal_error",
-                 "buffer", "login", "connected_at", "idle_since", "last_used", "active", "assigned_at",
+                 "buffer", "login", "connected_at", "idle_since", "last_used", "active",
                  "query_started", "xact_started", "reading_paused", "address", "tls_requested", "cancels", "being_canceled",
-                 "login_timer", "__weakref__")
+                 "login_timer", "id", "target", "__weakref__")
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
+        self.id = next_socket_id()      # SHOW SERVERS' id
         # A replication client this server was opened for: outside the pool's count, never reused.
         self.dedicated = dedicated
         self.app = pool.app
@@ -120,7 +122,6 @@ class Server(asyncio.Protocol):
         self.idle_since = self.connected_at
         self.last_used = self.connected_at
         self.active = False           # saw traffic since the janitor last looked
-        self.assigned_at = 0.0        # when the linked client got this server
         self.query_started = 0.0      # when the oldest ReadyForQuery still owed was asked for
         self.xact_started = 0.0       # when the transaction (or lone statement) under way started
         self.reading_paused = False
@@ -129,6 +130,7 @@ class Server(asyncio.Protocol):
         self.cancels = 0              # cancel requests sent to PostgreSQL for this server, not yet answered
         self.being_canceled = False   # released while a cancel was in flight: held out of the pool until it ends
         self.login_timer: asyncio.TimerHandle | None = None   # server_connect_timeout, connect and login together
+        self.target: Target | None = None    # the entry of the database's host list it connects to
 
     # -- connecting and logging in ----------------------------------------------------------------------
 
@@ -145,16 +147,19 @@ class Server(asyncio.Protocol):
 
     async def _connect(self) -> None:
         db = self.pool.db
+        app = self.app
         loop = asyncio.get_running_loop()
-        timeout = self.app.config.get("server_connect_timeout") or None
+        timeout = app.config.get("server_connect_timeout") or None
+        target = self.target = choice_for(app, db).pick(db.load_balance_hosts or "round-robin", app.now(),
+                                                        app.config.get("server_login_retry"))
         try:
-            if not db.host or db.host.startswith("/"):
-                path = f"{db.host or self.app.config.get('unix_socket_dir')}/.s.PGSQL.{db.port}"
+            if target.unix:
+                path = f"{target.host or app.config.get('unix_socket_dir')}/.s.PGSQL.{target.port}"
                 self.address = f"unix:{path}"
                 coro = loop.create_unix_connection(lambda: self, path)
             else:
-                self.address = f"{db.host}:{db.port}"
-                coro = loop.create_connection(lambda: self, db.host, db.port)
+                self.address = f"{target.host}:{target.port}"
+                coro = loop.create_connection(lambda: self, target.host, target.port)
             await asyncio.wait_for(coro, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
@@ -165,6 +170,11 @@ class Server(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport
+        if self.address.startswith("unix:"):
+            self.app.log_event(log, "new connection to server", self)
+        else:
+            local = transport.get_extra_info("sockname")
+            self.app.log_event(log, "new connection to server (from %s:%s)", self, *local[:2])
         if self.app.tls.server is not None and not self.address.startswith("unix:"):
             self.tls_requested = True     # the StartupMessage waits for the answer, and the handshake
             transport.write(SSL_REQUEST)
@@ -197,7 +207,7 @@ class Server(asyncio.Protocol):
     async def _tls_connect(self) -> None:
         try:
             self.transport = await self.app.loop.start_tls(
-                self.transport, self, self.app.tls.server, server_hostname=self.pool.db.host,
+                self.transport, self, self.app.tls.server, server_hostname=self.target.host,
                 ssl_handshake_timeout=self.app.config.get("server_connect_timeout") or None)
         except Exception as exc:      # a certificate that does not verify, no common version, the server left
             self._login_failed(f"server TLS handshake failed: {exc}")
@@ -257,8 +267,8 @@ class Server(asyncio.Protocol):
 
     def _logged_in(self) -> None:
         self.ready = True
+        choice_for(self.app, self.pool.db).succeeded(self.target)
         self._stop_login_timer()
-        self.app.log_event(log, "new server connection", self)
         if self.dedicated is not None:
             self.dedicated.replication_ready(self)
         else:
@@ -271,9 +281,10 @@ class Server(asyncio.Protocol):
         self._stop_login_timer()
         if self.closed:
             return
-        log.warning("S-%s %s/%s@%s: %s", id(self) & 0xffff, self.pool.name, self.pool.server_user,
-                    self.address or "?", reason)
+        log.warning("%s %s", self.describe(), reason)
         self.closed = True
+        if transient and self.target is not None:      # skipped in its host list for server_login_retry
+            choice_for(self.app, self.pool.db).failed(self.target, self.app.now())
         if self.transport is not None:
             self.transport.close()
         if self.dedicated is not None:        # PostgreSQL's refusal goes to its one client, as it is
@@ -294,8 +305,7 @@ class Server(asyncio.Protocol):
         self.client = client
         pool = self.pool
         stats = pool.stats
-        stats.assignments += 1
-        now = self.assigned_at = now or self.app.now()
+        now = now or self.app.now()
         if client.wait_started:
             waited = now - client.wait_started
             stats.wait_time += waited
@@ -306,7 +316,8 @@ class Server(asyncio.Protocol):
             client.finish_login(pool.welcome)
             pool.release(self)
             return
-        stale = pool.check_query and now - self.last_used > pool.check_delay
+        stats.assignments += 1      # as PgBouncer: a client linked to a server, not a first login waiting
+        stale = pool.check_query is not None and now - self.last_used > pool.check_delay
         if client.param_key is not self.param_key or stale:
             checks = [pool.check_query] if stale else []
             params = self.params
@@ -342,7 +353,6 @@ class Server(asyncio.Protocol):
         if client is not None and client.server is self:
             client.server = None
         now = self.last_used = now or self.app.now()
-        self.pool.stats.xact_time += now - self.assigned_at
         if self.reading_paused:
             self.resume_reading()
         self.pool.release(self, now)
@@ -350,8 +360,10 @@ class Server(asyncio.Protocol):
             client.drain_if_idle()
 
     def start_query(self, now: float) -> None:
-        """A client's query goes out while none is owed; from an idle server, it starts a transaction."""
+        """A client's query goes out while none is owed; from an idle server, it starts a transaction. As in
+        PgBouncer, queries pipelined behind it count with it: one query per stretch the server is busy."""
         self.query_started = now
+        self.pool.stats.query_count += 1
         if self.status == _IDLE:
             self.xact_started = now
 
@@ -469,8 +481,12 @@ class Server(asyncio.Protocol):
                     if expected <= 0:
                         self.expected = 0
                         now = self.app.now()
-                        self.pool.stats.query_time += now - self.query_started
+                        stats = self.pool.stats
+                        stats.query_time += now - self.query_started
                         released = status == _IDLE
+                        if released:      # as PgBouncer: from the transaction's first query to its end
+                            stats.xact_count += 1
+                            stats.xact_time += now - self.xact_started
                         if status != _IDLE and self.pool.statement:
                             client.statement_mode_violation(self)
                             return
@@ -488,21 +504,23 @@ class Server(asyncio.Protocol):
         self.forwarded_partial = len(self.partial)
         client.transport.write(out)
         pool = self.pool
-        stats = pool.stats
-        stats.bytes_sent += len(out)
-        if released:
-            stats.xact_count += 1
-            if pool.transactional and client.at_boundary():
-                self.detach(now)
+        pool.stats.bytes_sent += len(out)
+        if released and pool.transactional and client.at_boundary():
+            self.detach(now)
 
     def _tracked_data(self, client: "Client", data: bytes) -> None:
         finished, status = server_data(self, client, data)
-        if finished and status == _IDLE:
-            self.pool.stats.xact_count += 1
-            self.pool.stats.query_time += self.app.now() - self.query_started
+        if not finished:
+            return
+        now = self.app.now()
+        stats = self.pool.stats
+        stats.query_time += now - self.query_started
+        if status == _IDLE:
+            stats.xact_count += 1
+            stats.xact_time += now - self.xact_started
             if self.pool.transactional and client.at_boundary():
-                self.detach()
-        elif finished and self.pool.statement:
+                self.detach(now)
+        elif self.pool.statement:
             client.statement_mode_violation(self)
 
     def _slow_path(self) -> None:
@@ -544,7 +562,7 @@ class Server(asyncio.Protocol):
             return
         self.closed = True
         self._stop_login_timer()
-        self.app.log_event(log, f"closing because: {reason}", self)
+        self.app.log_closing(log, self, reason)
         if self.transport is not None:
             if self.ready and self.internal is None:
                 self.transport.write(protocol.TERMINATE)
@@ -563,4 +581,5 @@ class Server(asyncio.Protocol):
                 self.close("server conn crashed?")
 
     def describe(self) -> str:
-        return f"S-{id(self) & 0xffffff:06x} {self.pool.name}/{self.pool.server_user}@{self.address}"
+        """PgBouncer's log prefix for a server: `S-0x…: db/user@host:port`."""
+        return f"S-{id(self):#x}: {self.pool.name}/{self.pool.server_user}@{self.address or '?'}"

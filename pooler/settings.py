@@ -218,7 +218,7 @@ DATABASE_KEYS: dict[str, Setting] = _catalogue(
     _S("connect_query", "str", None, "Query run on each new server connection before use; errors are logged."),
     _S("server_lifetime", "float_seconds", None, "Overrides server_lifetime."),
     _S("query_wait_timeout", "float_seconds", None, "Overrides query_wait_timeout."),
-    _S("load_balance_hosts", "enum", None, "How a host list is used; accepted, but host lists are refused.",
+    _S("load_balance_hosts", "enum", None, "Which host of a host= list a new server connection goes to.",
        choices=("round-robin", "disable")),
     _S("target_session_attrs", "enum", None, "Which servers are accepted (default any).",
        choices=("any", "read-write", "read-only", "primary", "standby")),

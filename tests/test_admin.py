@@ -244,7 +244,7 @@ def test_users_in_neither_list_are_refused_after_authenticating(pooler_factory):
     for user in ("nobody", "app"):
         with pytest.raises(psycopg.OperationalError, match="not allowed"):
             console(pooler, user)
-    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+    with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
         psycopg.connect(pooler.dsn(user="admin", dbname="pgbouncer", password="wrong"))
     with console(pooler) as con:
         assert row(show(con, "POOLS"), database="pgbouncer")["cl_active"] == 1

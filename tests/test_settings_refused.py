@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pooler.config import ConfigError, load_config
+from pooler.config import load_config
 from tests.test_admin import USERS, console
 from tests.test_pooler_cli import run_pooler, write_config
 
@@ -28,14 +28,6 @@ def test_the_default_of_a_refused_setting_is_accepted(tmp_path):
     path = tmp_path / "pooler.ini"
     path.write_text("[pgbouncer]\nclient_tls13_ciphers =\nserver_tls13_ciphers =\n")
     assert load_config(path).get("client_tls13_ciphers") == ""
-
-
-def test_a_host_list_is_refused_naming_the_database(tmp_path):
-    path = tmp_path / "pooler.ini"
-    path.write_text("[databases]\napp = host=10.0.0.1,10.0.0.2 load_balance_hosts=disable\n")
-    with pytest.raises(ConfigError, match="host list for database 'app' is refused: maitred connects to one "
-                                          "host per database"):
-        load_config(path)
 
 
 def test_set_refuses_a_refused_setting_and_keeps_the_running_value(pooler_factory):
