@@ -8,7 +8,8 @@ from __future__ import annotations
 
 def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type: str, auth_file: str,
                     pool_size: int, max_client_conn: int) -> dict[str, dict[str, str]]:
-    """The settings both poolers get, section by section."""
+    """The settings both poolers get, section by section. Logging is left at each pooler's defaults (a line per
+    login and per logout in both), as a user who sets nothing gets it."""
     return {
         "databases": {database: f"host=127.0.0.1 port={pg_port} dbname={database}"},
         "pgbouncer": {
@@ -19,8 +20,6 @@ def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type:
             "pool_mode": "transaction",
             "default_pool_size": str(pool_size),
             "max_client_conn": str(max_client_conn),
-            "log_connections": "0",
-            "log_disconnections": "0",
         },
     }
 
