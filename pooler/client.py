@@ -78,7 +78,7 @@ class Client(asyncio.Protocol):
     pool shares (max_packet_size, the greeting) stays on the pool."""
 
     __slots__ = ("app", "transport", "state", "closed", "pool", "server", "user", "dbname", "params", "options",
-                 "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
+                 "replication", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
                  "unsynced", "tracker", "cancel_key", "unix", "own_user", "handshaking", "counted", "wait_notified",
@@ -95,8 +95,8 @@ class Client(asyncio.Protocol):
         self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters (shared_params once logged in)
         self.options: Mapping[str, str] = _NONE  # other settings from its `options`; never mutated after login
-        self.replication = ""                   # "database" or "true": a replication connection
-        self.replication_params: Mapping[str, str] = _NONE   # what its dedicated server's StartupMessage adds
+        # A replication connection: what its dedicated server's StartupMessage adds (empty for any other).
+        self.replication: Mapping[str, str] = _NONE
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
         self.startup = b""
         self.auth: ClientAuth | None = None
@@ -350,8 +350,7 @@ class Client(asyncio.Protocol):
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
             # Relayed as it is to a server of its own: its parameters go there unchanged.
-            self.replication = "database" if replication == "database" else "true"
-            self.replication_params = dict(params, replication=replication)
+            self.replication = dict(params, replication=replication)
         elif replication and replication.lower() not in _FALSE:
             self.fatal(protocol.PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{replication}"')
             return
