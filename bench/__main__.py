@@ -41,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, help="seconds per pgbench run (default 15)")
     p.add_argument("--idle-clients", type=int, help="idle clients held open in S4 (default 10000)")
     p.add_argument("--scenarios", type=_csv(list(scenarios.SCENARIOS)), default=list(scenarios.SCENARIOS),
-                   help="comma-separated, from S1,...,S7 (default all)")
+                   help=f"comma-separated, from {','.join(scenarios.SCENARIOS)} (default all)")
     p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.DEFAULT_TARGETS),
                    help="comma-separated, from direct,pgbouncer,maitred,maitred-w2 (maitred with workers = 2) "
                         "(default direct,pgbouncer,maitred)")
-    p.add_argument("--auth", choices=("scram-sha-256", "md5"), default="scram-sha-256",
-                   help="auth_type of both poolers (PostgreSQL itself always uses scram-sha-256)")
+    p.add_argument("--auth", choices=("scram-sha-256", "md5", "trust"), default="scram-sha-256",
+                   help="auth_type of both poolers in every scenario but S2 (trust) and S2-scram "
+                        "(PostgreSQL itself always uses scram-sha-256)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for bench-<date>.md and .json (default bench/results)")
     return p
 

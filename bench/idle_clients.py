@@ -12,7 +12,7 @@ class IdleClientsFailed(RuntimeError):
     """Not every client could log in, or the pooler vanished."""
 
 
-async def _open(endpoint: Endpoint, count: int, concurrency: int, deadline: float) -> list[pgclient.Connection]:
+async def open_clients(endpoint: Endpoint, count: int, concurrency: int, deadline: float) -> list[pgclient.Connection]:
     """Log `count` clients in, at most `concurrency` handshakes at a time; all must succeed before `deadline`."""
     gate = asyncio.Semaphore(concurrency)
     conns: list[pgclient.Connection] = []
@@ -40,7 +40,7 @@ async def _measure(endpoint: Endpoint, count: int, concurrency: int, timeout: fl
     deadline = time.monotonic() + timeout
     await asyncio.sleep(settle)
     before = processes.rss_bytes(processes.process_tree(endpoint.pid))
-    conns = await _open(endpoint, count, concurrency, deadline)
+    conns = await open_clients(endpoint, count, concurrency, deadline)
     try:
         await asyncio.sleep(settle)
         tree = processes.process_tree(endpoint.pid)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type: str, auth_file: str,
                     pool_size: int, max_client_conn: int, tls=None) -> dict[str, dict[str, str]]:
-    """The settings both poolers get, section by section; with `tls` (a TlsFiles), TLS on both sides: offered to
-    clients (`allow`, so the readiness probe may still log in in plain text) and required towards PostgreSQL."""
+    """The settings both poolers get, section by section. Logging is left at each pooler's defaults (a line per
+    login and per logout in both), as a user who sets nothing gets it. With `tls` (a TlsFiles), TLS on both
+    sides: offered to clients (`allow`, so the readiness probe may still log in in plain text) and required
+    towards PostgreSQL."""
     settings = {
         "databases": {database: f"host=127.0.0.1 port={pg_port} dbname={database}"},
         "pgbouncer": {
@@ -20,8 +22,6 @@ def shared_settings(*, pg_port: int, listen_port: int, database: str, auth_type:
             "pool_mode": "transaction",
             "default_pool_size": str(pool_size),
             "max_client_conn": str(max_client_conn),
-            "log_connections": "0",
-            "log_disconnections": "0",
             "server_tls_sslmode": "disable",
         },
     }

@@ -79,8 +79,8 @@ def markdown(summary: dict) -> str:
         f"{summary['machine']['cores']} cores · " + " · ".join(f"{k} {val}" for k, val in v.items()),
         "",
         f"Medians over {s['rounds']} round(s) of {s['duration_s']} s per pgbench run; targets run in turn "
-        f"within each round. Transaction pooling, pool of {s['pool_size']}, auth {s['auth_type']}. "
-        "↑ higher is better, ↓ lower is better.",
+        f"within each round. Transaction pooling, pool of {s['pool_size']}, auth {s['auth_type']} where the "
+        "scenario names none, each pooler's default logging. ↑ higher is better, ↓ lower is better.",
         "",
         "| scenario | metric | " + " | ".join(LABELS[t] for t in targets)
         + "".join(f" | {k.replace('pgbouncer', 'PgBouncer')}" for k in ratio_keys) + " |",

@@ -43,9 +43,13 @@ class Metric:
 class Scenario:
     id: str
     name: str
-    load: str  # scenarios with the same load share one measured run (S5 is read off S1's run)
+    load: str  # scenarios with the same load and auth share one measured run (S5 is read off S1's run)
     metrics: tuple[Metric, ...]
     title: Callable[[Scale], str]
+    auth: str | None = None  # the poolers' auth_type for this scenario; None: the run's --auth
+
+    def auth_type(self, default: str) -> str:
+        return self.auth or default
 
 
 TPS = Metric("tps", "tx/s", "higher")
@@ -53,8 +57,14 @@ SCENARIOS = {s.id: s for s in (
     Scenario("S1", "steady", "steady",
              (TPS, Metric("latency_mean_ms", "ms", "lower"), Metric("latency_p99_ms", "ms", "lower")),
              lambda s: f"pgbench -S -c {s.steady_clients} -j {s.threads}, pool of {s.pool_size}"),
-    Scenario("S2", "churn", "churn", (TPS,),
-             lambda s: f"pgbench -S -C -c {s.churn_clients} -j {s.threads}, a connection per transaction"),
+    # A login costs the connect path and, with SCRAM, a PBKDF2-keyed exchange on both sides: trust shows the
+    # former alone, SCRAM what a user of SCRAM gets.
+    Scenario("S2", "churn, trust", "churn", (TPS,),
+             lambda s: f"pgbench -S -C -c {s.churn_clients} -j {s.threads}, a connection per transaction, "
+                       "auth_type trust", auth="trust"),
+    Scenario("S2-scram", "churn", "churn", (TPS,),
+             lambda s: f"pgbench -S -C -c {s.churn_clients} -j {s.threads}, a connection per transaction, "
+                       "auth_type scram-sha-256", auth="scram-sha-256"),
     Scenario("S3", "prepared", "prepared", (TPS,),
              lambda s: f"pgbench -S -M prepared -c {s.prepared_clients} -j {s.threads}, "
                        f"pool of {s.pool_size}"),
@@ -112,10 +122,14 @@ def _tls(ep: Endpoint, scale: Scale) -> dict[str, dict]:
     return {"S6": ok(tps=res.tps), "S7": cost}
 
 
+def _of_load(load: str) -> list[str]:
+    return [s.id for s in SCENARIOS.values() if s.load == load]
+
+
 def _churn(ep: Endpoint, scale: Scale) -> dict[str, dict]:
     res = pgbench.run(ep, clients=scale.churn_clients, threads=scale.threads, duration=scale.duration,
                       connect_per_tx=True)
-    return {"S2": ok(tps=res.tps)}
+    return dict.fromkeys(_of_load("churn"), ok(tps=res.tps))     # run_load keeps those of this run's auth
 
 
 def _prepared(ep: Endpoint, scale: Scale) -> dict[str, dict]:
@@ -132,9 +146,10 @@ def _idle(ep: Endpoint, scale: Scale) -> dict[str, dict]:
 LOADS = {"steady": _steady, "churn": _churn, "prepared": _prepared, "idle": _idle, "tls": _tls}
 
 
-def run_load(load: str, target, scale: Scale, auth_type: str, tls: TlsFiles | None = None) -> dict[str, dict]:
-    """One measured run of `load` on `target`, started fresh; an outcome for each scenario of that load."""
-    ids = [s.id for s in SCENARIOS.values() if s.load == load]
+def run_load(load: str, target, scale: Scale, auth_type: str, ids: list[str],
+             tls: TlsFiles | None = None) -> dict[str, dict]:
+    """One measured run of `load` on `target` with poolers of `auth_type`, started fresh; an outcome for each
+    scenario of `ids` (those of that load and auth)."""
     if load == "idle" and target.name == "direct":
         return {sid: not_applicable(f"{scale.idle_clients:,} direct PostgreSQL connections are not possible")
                 for sid in ids}
@@ -145,7 +160,8 @@ def run_load(load: str, target, scale: Scale, auth_type: str, tls: TlsFiles | No
                             tls=tls if load == "tls" else None)
     try:
         with target.serve(settings) as ep:
-            return LOADS[load](ep, scale)
+            outcomes = LOADS[load](ep, scale)
+        return {sid: outcomes[sid] for sid in ids}
     except (TargetError, pgbench.PgbenchFailed, idle_clients.IdleClientsFailed) as exc:
         return {sid: failed(str(exc)) for sid in ids}
 
@@ -153,14 +169,16 @@ def run_load(load: str, target, scale: Scale, auth_type: str, tls: TlsFiles | No
 def run(targets: list, scenario_ids: list[str], scale: Scale, auth_type: str,
         say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
         tls: TlsFiles | None = None) -> dict[str, dict[str, list[dict]]]:
-    """results[scenario][target] = one outcome per round; `tls`: the certificate S6 needs."""
+    """results[scenario][target] = one outcome per round; `auth_type` is that of scenarios with none of their own;
+    `tls`: the certificate S6 needs."""
     results: dict[str, dict[str, list[dict]]] = {sid: {t.name: [] for t in targets} for sid in scenario_ids}
-    loads = list(dict.fromkeys(SCENARIOS[sid].load for sid in scenario_ids))
-    for load in loads:
-        wanted = [sid for sid in scenario_ids if SCENARIOS[sid].load == load]
+    runs = list(dict.fromkeys((SCENARIOS[sid].load, SCENARIOS[sid].auth_type(auth_type)) for sid in scenario_ids))
+    for load, auth in runs:
+        wanted = [sid for sid in scenario_ids if (SCENARIOS[sid].load, SCENARIOS[sid].auth_type(auth_type))
+                  == (load, auth)]
         for round_no in range(1, scale.rounds + 1):
             for target in targets:
-                outcomes = run_load(load, target, scale, auth_type, tls)
+                outcomes = run_load(load, target, scale, auth, wanted, tls)
                 for sid in wanted:
                     results[sid][target.name].append(outcomes[sid])
                     say(f"{sid} round {round_no}/{scale.rounds} {target.name}: {_brief(outcomes[sid])}")

@@ -2,6 +2,7 @@
 --quick` run end to end. No speed is asserted anywhere; the full benchmark is run by hand."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -69,6 +70,42 @@ def test_both_pooler_configs_share_every_pooling_setting():
     assert poolconf.render_userlist({"bench": 'p"w'}) == '"bench" "p""w"\n'
 
 
+def test_both_poolers_run_with_their_default_logging():
+    shared = poolconf.shared_settings(pg_port=5432, listen_port=6432, database="bench", auth_type="md5",
+                                      auth_file="/x/userlist.txt", pool_size=10, max_client_conn=10100)
+    for config in (poolconf.for_pgbouncer(shared, logfile="/x/p.log"),
+                   poolconf.for_maitred(shared, logfile="/x/m.log")):
+        assert not [key for key in config["pgbouncer"] if key.startswith(("log_", "verbose", "syslog"))]
+
+
+class _Recorder:
+    """A target that records the auth_type of every pooler the scenarios start, and starts none."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.auth_types: list[str] = []
+
+    def unavailable(self):
+        return None
+
+    @contextlib.contextmanager
+    def serve(self, settings):
+        self.auth_types.append(settings.auth_type)
+        yield targets.Endpoint(port=0)
+
+
+def test_s2_churns_once_with_trust_and_once_with_scram_whatever_the_auth_option(monkeypatch):
+    done = scenarios.ok(tps=1.0)
+    monkeypatch.setitem(scenarios.LOADS, "churn", lambda ep, scale: dict.fromkeys(["S2", "S2-scram"], done))
+    monkeypatch.setitem(scenarios.LOADS, "steady", lambda ep, scale: dict.fromkeys(["S1", "S5"], done))
+    target = _Recorder()
+    results = scenarios.run([target], ["S1", "S2", "S2-scram"], scenarios.QUICK, "md5", say=lambda line: None)
+    assert target.auth_types == ["md5", "trust", "scram-sha-256"]
+    assert {sid: len(by_target["recorder"]) for sid, by_target in results.items()} == \
+        {"S1": 1, "S2": 1, "S2-scram": 1}
+
+
 def test_raw_client_speaks_the_v3_startup_and_md5_formats():
     msg = startup_message("bench", "db", application_name="a")
     assert msg == b"\x00\x00\x00\x33\x00\x03\x00\x00user\0bench\0database\0db\0application_name\0a\0\0"
@@ -89,7 +126,7 @@ def test_report_takes_medians_and_ratios_and_marks_failures():
     assert tps["targets"]["pgbouncer"]["status"] == "failed"
     assert tps["ratios"] == {"maitred/pgbouncer": None, "maitred/direct": 0.3}
     table = report.markdown(summary)
-    assert "| S2 churn | tps [tx/s] ↑ | 200 | failed | 60.0 | – | 0.30 |" in table
+    assert "| S2 churn, trust | tps [tx/s] ↑ | 200 | failed | 60.0 | – | 0.30 |" in table
     assert "- S2 PgBouncer: failed: boom" in table
 
 
@@ -147,7 +184,7 @@ def test_quick_run_prints_the_table_and_writes_markdown_and_json(quick_run):
     assert summary["machine"]["cores"] == os.cpu_count()
     assert {"PostgreSQL", "pgbench", "PgBouncer", "maitred"} <= set(summary["versions"])
     assert summary["targets"] == ["direct", "pgbouncer", "maitred"]
-    assert list(summary["scenarios"]) == ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+    assert list(summary["scenarios"]) == ["S1", "S2", "S2-scram", "S3", "S4", "S5", "S6", "S7"]
 
 
 def test_quick_run_measures_every_scenario_on_direct_and_pgbouncer(quick_run):

@@ -226,7 +226,7 @@ class Pooler:
             path = os.path.join(sock_dir, f".s.PGSQL.{port}")
             if os.path.exists(path):
                 os.unlink(path)
-            server = await self.loop.create_unix_server(lambda: Client(self), path, backlog=backlog)
+            server = await self.loop.create_unix_server(lambda: Client(self, unix=True), path, backlog=backlog)
             os.chmod(path, cfg.get("unix_socket_mode"))     # already a number: the loader read "0777" as octal
             self.listeners.append(server)
             self.unix_listener = server

@@ -138,7 +138,7 @@ class ClientAuth:
                     raise AuthFailed("unsupported SASL mechanism " + mech.decode(errors="replace"))
                 (length,) = struct.unpack_from("!i", rest)
                 client_first = rest[4:4 + length].decode()
-                self._scram = _mechanism.make_server(self._auth_info)
+                self._scram = _mechanism.make_server(_auth_fn(self.secret))
                 self._set_client_first(client_first)
                 return protocol.auth_sasl_continue(self._scram.get_server_first().encode()), False
             self._scram.set_client_final(body.decode())
@@ -172,10 +172,12 @@ class ClientAuth:
         self._scram.set_client_first(f"{gs2_flag},{authzid},n=user,{bare[3:]}")
         self._scram.client_first_bare = bare
 
-    def _auth_info(self, _username: str):
-        if secret_kind(self.secret) == "plain":
-            return plain_scram_info(self.secret)
-        return parse_scram_secret(self.secret)
+
+def _auth_fn(secret: str):
+    """scramp's auth_fn for one secret. Not a method: the exchange would hold its ClientAuth and the ClientAuth the
+    exchange, a reference cycle that outlives the login until a full garbage collection, in every SCRAM login."""
+    info = plain_scram_info(secret) if secret_kind(secret) == "plain" else parse_scram_secret(secret)
+    return lambda _username: info
 
 
 class _ScramKeysClient:

@@ -79,16 +79,18 @@ def _welcome(welcome: dict[str, str], asked: dict[str, str], options: Mapping[st
 
 
 class Client(asyncio.Protocol):
-    """One connection from an application to the pooler. Slots keep an idle client small."""
+    """One connection from an application to the pooler. An idle client is mostly its transport: it keeps only
+    slots, holds no buffer or dict of its own (empty ones are shared constants), and what every client of a
+    pool shares (max_packet_size, the greeting) stays on the pool."""
 
     __slots__ = ("app", "transport", "state", "closed", "pool", "server", "user", "dbname", "params", "options",
-                 "replication", "replication_params", "param_key", "startup", "auth", "queried_secret",
+                 "replication", "param_key", "startup", "auth", "queried_secret",
                  "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "max_length", "handshaking", "counted",
-                 "wait_notified", "id", "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "handshaking", "counted", "wait_notified", "id",
+                 "__weakref__")
 
-    def __init__(self, app: "Pooler"):
+    def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
         self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
@@ -100,8 +102,8 @@ class Client(asyncio.Protocol):
         self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters (shared_params once logged in)
         self.options: Mapping[str, str] = _NONE  # other settings from its `options`; never mutated after login
-        self.replication = ""                   # "database" or "true": a replication connection
-        self.replication_params: Mapping[str, str] = _NONE   # what its dedicated server's StartupMessage adds
+        # A replication connection: what its dedicated server's StartupMessage adds (empty for any other).
+        self.replication: Mapping[str, str] = _NONE
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
         self.startup = b""
         self.auth: ClientAuth | None = None
@@ -124,9 +126,8 @@ class Client(asyncio.Protocol):
         self.unsynced = False
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
-        self.unix = False                       # connected over the Unix socket
+        self.unix = unix                        # connected over the Unix socket
         self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
-        self.max_length = app.config.get("max_packet_size") or (1 << 31) - 1
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.counted = False                    # in app.db_clients and app.user_clients
         self.wait_notified = False              # told once that it is queued (query_wait_notify)
@@ -135,8 +136,6 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.unix = not isinstance(peer, tuple)
         self.app.client_connected(self)
         if self.app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
             self.pause_reading("suspend")
@@ -164,7 +163,9 @@ class Client(asyncio.Protocol):
         syncs = 0
         terminate = -1
         unsynced = self.unsynced
-        track = self.pool.tracks_statements
+        pool = self.pool
+        track = pool.tracks_statements
+        max_length = pool.max_length
         while pos < end:
             kind = scan[pos]
             if track and EXTENDED[kind]:
@@ -187,7 +188,7 @@ class Client(asyncio.Protocol):
             elif not FRONTEND_TYPES[kind]:
                 self.protocol_violation(f"invalid frontend message type {kind}")
                 return
-            if length < 4 or length > self.max_length:
+            if length < 4 or length > max_length:
                 self.protocol_violation(f"invalid message length {length}")
                 return
             pos += 1 + length
@@ -357,8 +358,7 @@ class Client(asyncio.Protocol):
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
             # Relayed as it is to a server of its own: its parameters go there unchanged.
-            self.replication = "database" if replication == "database" else "true"
-            self.replication_params = dict(params, replication=replication)
+            self.replication = dict(params, replication=replication)
         elif replication and replication.lower() not in _FALSE:
             self.fatal(protocol.PROTOCOL_VIOLATION, f'invalid value for parameter "replication": "{replication}"')
             return
@@ -447,14 +447,15 @@ class Client(asyncio.Protocol):
         except ValueError as exc:
             self.fatal(protocol.PROTOCOL_VIOLATION, str(exc))
             return False
-        options = {}
+        options = {}      # no dict kept when there are none: most clients set nothing
         for name, value in settings:     # before the other parameters, which win over them, as in PostgreSQL
             canonical = _CANONICAL.get(name.lower())
             if canonical is not None:
                 self.params[canonical] = value
             elif name.lower() not in ignored and "options" not in ignored:
                 options[name.lower()] = value
-        self.options = options
+        if options:
+            self.options = options
         for name, value in params.items():
             canonical = _CANONICAL.get(name.lower())
             if canonical is not None:
@@ -526,7 +527,7 @@ class Client(asyncio.Protocol):
             pool.scram_keys = scram_keys        # the server login may need them (auth.ServerLogin)
         if self.queried_secret and pool.db.user is None:     # auth_query's secret logs in to the server too
             pool.server_password = pool.queried_secret = self.queried_secret
-        pool.clients.add(self)
+        pool.client_count += 1
         pool.stats.client_logins += 1
         if self.replication:
             # Never pooled: a walsender's state (a slot in use, a running backup) must not reach anyone else.
@@ -695,7 +696,7 @@ class Client(asyncio.Protocol):
         self.app.client_disconnected(self)
         if pool is None:
             return
-        pool.clients.discard(self)
+        pool.client_count -= 1
         if self.requested:
             pool.cancel_wait(self)
         server = self.server

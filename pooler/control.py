@@ -207,9 +207,9 @@ def kill(app: "Pooler", db: str) -> None:
     """KILL: drop every client and server of `db` now; new clients wait until RESUME."""
     pools = _pools(app, db)
     app.db_limits.setdefault(db, Limits(db)).paused = True
+    for client in [c for c in app.clients if c.pool is not None and c.pool in pools]:
+        client.fatal(protocol.ADMIN_SHUTDOWN, "database removed")
     for pool in pools:
-        for client in list(pool.clients):
-            client.fatal(protocol.ADMIN_SHUTDOWN, "database removed")
         for server in list(pool.servers):
             server.close("database removed")
 

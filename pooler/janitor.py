@@ -44,7 +44,7 @@ def sweep(app: "Pooler") -> None:
 def _free_empty_pools(app: "Pooler", now: float, timeout: float) -> None:
     """pool_idle_timeout: a pool with no client and no server for this long is freed, its counters with it."""
     for key, pool in list(app.pools.items()):
-        if pool.clients or pool.servers or pool.waiting:
+        if pool.client_count or pool.servers or pool.waiting:
             pool.empty_since = 0.0
         elif not pool.empty_since:
             pool.empty_since = now

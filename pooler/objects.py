@@ -77,7 +77,7 @@ class Pool:
         self.idle: list[Server] = []
         self.servers: set[Server] = set()
         self.waiting: deque[Client] = deque()
-        self.clients: set[Client] = set()
+        self.client_count = 0         # logged-in clients (app.clients has them all; a set here would cost each one)
         self.connecting = 0
         self.welcome: dict[str, str] | None = None
         # What clients are told at login, by what they asked for (client.finish_login); built from `welcome`.
@@ -125,6 +125,7 @@ class Pool:
         # Named prepared statements need tracking only when a client's statements may land on any server.
         self.tracks_statements = self.transactional and cfg.get("max_prepared_statements") > 0
         self.statement = self.mode == "statement"
+        self.max_length = cfg.get("max_packet_size") or (1 << 31) - 1     # the longest message a client may send
         self.trim()
         self.serve_waiting()
 
@@ -321,7 +322,7 @@ class Pool:
         login = self.connecting
         idle = len(self.idle)
         return {
-            "cl_active": len(self.clients) - len(self.waiting),
+            "cl_active": self.client_count - len(self.waiting),
             "cl_waiting": len(self.waiting),
             "sv_active": active,
             "sv_being_canceled": canceled,

@@ -142,6 +142,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
     kind = 0
     cache = server.cache
     stats = client.pool.stats
+    max_length = client.pool.max_length
     pos, end = 0, len(data)
     syncs = 0
     terminated = False
@@ -151,7 +152,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             break
         kind = data[pos]
         length = _unpack_int(data, pos + 1)[0]
-        if length < 4 or length > client.max_length:
+        if length < 4 or length > max_length:
             raise protocol.ProtocolError(f"invalid message length {length}")
         stop = pos + 1 + length
         if stop > end:

@@ -186,7 +186,7 @@ class Server(asyncio.Protocol):
         params = {"user": self.pool.server_user, "database": db.dbname or self.pool.name}
         params.update(getattr(db, "startup_params", None) or {})
         if self.dedicated is not None:
-            params.update(self.dedicated.replication_params)
+            params.update(self.dedicated.replication)
         self.login = ServerLogin(self.pool.server_user, self.pool.server_password, self.pool.scram_keys)
         self.transport.write(protocol.startup_message(params))
 
