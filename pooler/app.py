@@ -219,7 +219,7 @@ class Pooler:
         sock_dir = cfg.get("unix_socket_dir")
         shared = self.worker.unix_socket if self.worker is not None else None
         if shared is not None:          # bound once by the supervisor: every worker accepts on it
-            server = await self.loop.create_unix_server(lambda: Client(self), sock=shared, backlog=backlog)
+            server = await self.loop.create_unix_server(lambda: Client(self, unix=True), sock=shared, backlog=backlog)
             self.listeners.append(server)
             self.unix_listener = server
         elif sock_dir:
