@@ -157,7 +157,7 @@ class Client(asyncio.Protocol):
         syncs = 0
         terminate = -1
         unsynced = self.unsynced
-        track = self.pool.tracks_statements
+        track = self.pool.tracks_statements and not self.replication
         while pos < end:
             kind = scan[pos]
             if track and EXTENDED[kind]:
@@ -498,10 +498,6 @@ class Client(asyncio.Protocol):
         if welcome is None or self.replication or pool.login_failing():
             self.transport.write(protocol.AUTH_OK)
             welcome = None      # else AuthenticationOk goes out with the welcome below, in one write
-        if self.replication and pool.transactional:
-            self.fatal(protocol.FEATURE_NOT_SUPPORTED,
-                       f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
-            return
         if pool.login_failing():      # PgBouncer's fast fail, with the error PostgreSQL gave last
             sqlstate, message = pool.login_error
             self.fatal(sqlstate, f"server login has been failing, cached error: {message} (server_login_retry)")

@@ -90,7 +90,8 @@ class Server(asyncio.Protocol):
 
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
-        # A replication client this server was opened for: outside the pool's count, never reused.
+        # A replication client this server was opened for: outside the pool's count, never reused, and in
+        # session mode whatever the pool_mode (PgBouncer 1.23+ does the same).
         self.dedicated = dedicated
         self.app = pool.app
         self.transport: asyncio.Transport | None = None
@@ -471,7 +472,7 @@ class Server(asyncio.Protocol):
                         now = self.app.now()
                         self.pool.stats.query_time += now - self.query_started
                         released = status == _IDLE
-                        if status != _IDLE and self.pool.statement:
+                        if status != _IDLE and self.pool.statement and self.dedicated is None:
                             client.statement_mode_violation(self)
                             return
                     else:
@@ -492,7 +493,7 @@ class Server(asyncio.Protocol):
         stats.bytes_sent += len(out)
         if released:
             stats.xact_count += 1
-            if pool.transactional and client.at_boundary():
+            if pool.transactional and self.dedicated is None and client.at_boundary():
                 self.detach(now)
 
     def _tracked_data(self, client: "Client", data: bytes) -> None:
@@ -500,9 +501,9 @@ class Server(asyncio.Protocol):
         if finished and status == _IDLE:
             self.pool.stats.xact_count += 1
             self.pool.stats.query_time += self.app.now() - self.query_started
-            if self.pool.transactional and client.at_boundary():
+            if self.pool.transactional and self.dedicated is None and client.at_boundary():
                 self.detach()
-        elif finished and self.pool.statement:
+        elif finished and self.pool.statement and self.dedicated is None:
             client.statement_mode_violation(self)
 
     def _slow_path(self) -> None:
