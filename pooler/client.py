@@ -164,7 +164,7 @@ class Client(asyncio.Protocol):
         terminate = -1
         unsynced = self.unsynced
         pool = self.pool
-        track = pool.tracks_statements
+        track = pool.tracks_statements and not self.replication
         max_length = pool.max_length
         while pos < end:
             kind = scan[pos]
@@ -513,10 +513,6 @@ class Client(asyncio.Protocol):
         if welcome is None or self.replication or pool.login_failing():
             self.transport.write(protocol.AUTH_OK)
             welcome = None      # else AuthenticationOk goes out with the welcome below, in one write
-        if self.replication and pool.transactional:
-            self.fatal(protocol.FEATURE_NOT_SUPPORTED,
-                       f"replication connections need pool_mode session; {self.dbname} is in {pool.mode} mode")
-            return
         if pool.login_failing():      # PgBouncer's fast fail, with the error PostgreSQL gave last
             sqlstate, message = pool.login_error
             self.fatal(sqlstate, f"server login has been failing, cached error: {message} (server_login_retry)")

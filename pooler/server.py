@@ -92,7 +92,8 @@ class Server(asyncio.Protocol):
     def __init__(self, pool: "Pool", dedicated: "Client | None" = None):
         self.pool = pool
         self.id = next_socket_id()      # SHOW SERVERS' id
-        # A replication client this server was opened for: outside the pool's count, never reused.
+        # A replication client this server was opened for: outside the pool's count, never reused, and in
+        # session mode whatever the pool_mode (PgBouncer 1.23+ does the same).
         self.dedicated = dedicated
         self.app = pool.app
         self.transport: asyncio.Transport | None = None
@@ -487,7 +488,7 @@ class Server(asyncio.Protocol):
                         if released:      # as PgBouncer: from the transaction's first query to its end
                             stats.xact_count += 1
                             stats.xact_time += now - self.xact_started
-                        if status != _IDLE and self.pool.statement:
+                        if status != _IDLE and self.pool.statement and self.dedicated is None:
                             client.statement_mode_violation(self)
                             return
                     else:
@@ -505,7 +506,7 @@ class Server(asyncio.Protocol):
         client.transport.write(out)
         pool = self.pool
         pool.stats.bytes_sent += len(out)
-        if released and pool.transactional and client.at_boundary():
+        if released and pool.transactional and self.dedicated is None and client.at_boundary():
             self.detach(now)
 
     def _tracked_data(self, client: "Client", data: bytes) -> None:
@@ -518,9 +519,9 @@ class Server(asyncio.Protocol):
         if status == _IDLE:
             stats.xact_count += 1
             stats.xact_time += now - self.xact_started
-            if self.pool.transactional and client.at_boundary():
+            if self.pool.transactional and self.dedicated is None and client.at_boundary():
                 self.detach(now)
-        elif self.pool.statement:
+        elif self.pool.statement and self.dedicated is None:
             client.statement_mode_violation(self)
 
     def _slow_path(self) -> None:

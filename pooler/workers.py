@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import systemd
 from .config import Config, PeerEntry
 
 log = logging.getLogger("maitred")
@@ -117,6 +118,7 @@ class Supervisor:
             for index in range(1, self.count + 1):
                 self._start(index)
             log.info("process up: maitred pooler supervisor, pid %d, %d workers", os.getpid(), self.count)
+            systemd.notify_ready()      # from the main process, the only one systemd listens to by default
             while self.children:
                 pid, wait_status = os.wait()
                 index, started = self.children.pop(pid, (0, 0.0))

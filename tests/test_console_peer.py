@@ -11,7 +11,8 @@ import tempfile
 import psycopg
 import pytest
 
-from tests.support import require_binary
+from tests.support import PASSWORDS, require_binary
+from tests.test_admin_pgbouncer import PgBouncer
 
 WRONG_PASSWORD = "not-the-pooler's"
 
@@ -86,3 +87,27 @@ def test_pgbouncer_user_to_a_pooled_database_is_not_let_in_by_the_rule(pooler, s
     with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
         psycopg.connect(host=socket_dir, port=pooler.port, user="pgbouncer", dbname="app", password="wrong",
                         connect_timeout=5)
+
+
+def peer_rule_outcomes(target, socket_dir: str, own_user: str | None) -> list[bool]:
+    """Whether the console lets `pgbouncer` in: as the target's OS user over the socket, as nobody, over TCP."""
+    return [psql(target, host, run_as=user, password=WRONG_PASSWORD).returncode == 0
+            for host, user in ((socket_dir, own_user), (socket_dir, "nobody"), ("127.0.0.1", own_user))]
+
+
+def test_pgbouncer_applies_the_same_rule(pooler, pg, socket_dir):
+    """Debian's PgBouncer 1.18 has the rule too: as root it runs as postgres, so postgres is its own OS user.
+    (Where maitred asks the refused ones for a password, 1.18 says `not allowed`.)"""
+    if os.geteuid() != 0:
+        pytest.skip("running PgBouncer and its clients as other OS users needs root")
+    account = pwd.getpwnam("postgres")
+    os.chown(socket_dir, account.pw_uid, account.pw_gid)
+    bouncer = PgBouncer(require_binary("pgbouncer"),
+                        {"listen_addr": "127.0.0.1", "unix_socket_dir": socket_dir, "auth_type": "scram-sha-256"},
+                        {"app": f"host=127.0.0.1 port={pg.port} dbname=app"}, {"app": PASSWORDS["app"]})
+    try:
+        expected = peer_rule_outcomes(bouncer, socket_dir, "postgres")
+    finally:
+        bouncer.stop()
+    assert expected == [True, False, False]
+    assert peer_rule_outcomes(pooler, socket_dir, None) == expected

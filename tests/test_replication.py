@@ -1,5 +1,6 @@
-"""Replication connections through the pooler: in session mode each one gets a server connection of its own,
-opened with its replication parameter and closed with it; other pool modes refuse them."""
+"""Replication connections through the pooler, in any pool_mode as PgBouncer 1.23+: each one gets a server
+connection of its own, opened with its replication parameter, kept for it as in session mode, and closed with
+it."""
 from __future__ import annotations
 
 import os
@@ -103,15 +104,18 @@ def test_pg_basebackup_through_the_pooler_makes_a_usable_backup(repl_pooler, rep
     wait_for(lambda: walsenders(repl_pg) == [], message="the backup's walsenders to end")
 
 
-def test_pg_recvlogical_streams_committed_changes_through_the_pooler(repl_pooler, repl_pg):
+@pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
+def test_pg_recvlogical_streams_committed_changes_through_the_pooler(repl_pooler, repl_pg, mode):
     recvlogical = require_binary("pg_recvlogical")
-    pooler = repl_pooler(pool_mode="session", default_pool_size=1)
-    base = [recvlogical, "-d", f"host=127.0.0.1 port={pooler.port} user=app dbname=app", "--slot", "maitred_slot"]
+    pooler = repl_pooler(pool_mode=mode, default_pool_size=1)
+    slot = f"maitred_{mode}"
+    base = [recvlogical, "-d", f"host=127.0.0.1 port={pooler.port} user=app dbname=app", "--slot", slot]
     created = subprocess.run(base + ["--create-slot", "-P", "test_decoding"], env=psql_env(), capture_output=True,
                              text=True, timeout=30)
     assert created.returncode == 0, created.stderr
     try:
         with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+            conn.execute("DELETE FROM repl_probe")
             conn.execute("INSERT INTO repl_probe SELECT i, 'row ' || i FROM generate_series(1, 500) i")
             end = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
         streamed = subprocess.run(base + ["--start", "--endpos", str(end), "--no-loop", "-f", "-"], env=psql_env(),
@@ -122,28 +126,26 @@ def test_pg_recvlogical_streams_committed_changes_through_the_pooler(repl_pooler
         assert "id[integer]:500 note[text]:'row 500'" in inserts[-1]
         # The slot's confirmed position moved: the client's feedback went through to PostgreSQL.
         assert repl_pg.psql("SELECT confirmed_flush_lsn >= '%s' FROM pg_replication_slots "
-                            "WHERE slot_name = 'maitred_slot'" % end) == "t"
+                            "WHERE slot_name = '%s'" % (end, slot)) == "t"
     finally:
         wait_for(lambda: walsenders(repl_pg) == [], message="the walsender to end")
-        repl_pg.psql("SELECT pg_drop_replication_slot('maitred_slot')")
+        repl_pg.psql(f"SELECT pg_drop_replication_slot('{slot}')")
 
 
 @pytest.mark.parametrize("mode", ["transaction", "statement"])
-def test_replication_is_refused_outside_session_mode_with_a_clear_error(repl_pooler, repl_pg, mode):
-    psql = require_binary("psql")
+def test_replication_works_in_any_pool_mode_on_a_server_kept_for_the_connection(repl_pooler, repl_pg, mode):
     pooler = repl_pooler(pool_mode=mode, default_pool_size=1)
-    result = subprocess.run([psql, "-X", "-A", "-t", "-d", conninfo(pooler, "database"), "-c", "IDENTIFY_SYSTEM"],
-                            env=psql_env(), capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0
-    assert f"replication connections need pool_mode session; app is in {mode} mode" in result.stderr
-    assert walsenders(repl_pg) == []
-
-
-def test_a_session_mode_user_entry_allows_replication_in_a_transaction_mode_pooler(repl_pooler, repl_pg):
-    pooler = repl_pooler(pool_mode="transaction", default_pool_size=1, users={"app": "pool_mode=session"})
-    with Wire(pooler.port) as wire:
-        wire.login(user="app", password=PASSWORDS["app"], replication="true")
-        assert len(wire.rows("IDENTIFY_SYSTEM")) == 1
+    with psycopg.connect(pooler.dsn(), autocommit=True) as ordinary, Wire(pooler.port) as wire:
+        wire.login(user="app", password=PASSWORDS["app"], replication="database")
+        assert wire.rows("IDENTIFY_SYSTEM")[0][3] == "app"
+        wire.query("BEGIN")                  # a transaction block, which statement mode refuses other clients
+        walsender = wire.rows("SELECT pg_backend_pid()")
+        wire.query("COMMIT")
+        assert wire.rows("SELECT pg_backend_pid()") == walsender      # not released at the transaction's end
+        assert walsenders(repl_pg) == [walsender[0][0]]
+        ordinary_pid = ordinary.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert str(ordinary_pid) != walsender[0][0]                     # the pool never hands it to anyone
+    wait_for(lambda: walsenders(repl_pg) == [], message="the walsender to end with its client")
 
 
 def test_an_invalid_replication_value_is_refused_like_postgresql_does(repl_pooler):

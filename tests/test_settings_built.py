@@ -68,6 +68,29 @@ def test_max_user_client_connections_of_the_users_section_counts_that_user_only(
         assert _logs_in(pooler, "md5_role")
 
 
+def test_max_db_client_connections_of_a_databases_entry_wins_over_the_global_one(pooler_factory, pg):
+    db = f"host=127.0.0.1 port={pg.port} dbname=app"
+    pooler = pooler_factory(pool_mode="transaction", max_db_client_connections=5,
+                            databases={"app": db + " max_db_client_connections=1", "other": db})
+    with login(pooler):
+        with Wire(pooler.port) as again, pytest.raises(ServerError) as caught:
+            again.login(user="md5_role", password=PASSWORDS["md5_role"], database="app")
+        assert caught.value.message == "client connections exceeded (max_db_client_connections)"
+        with login(pooler, database="other"), login(pooler, user="md5_role", database="other") as second:
+            assert second.rows("SELECT 1") == [("1",)]          # another entry keeps the global limit
+
+
+def test_global_max_user_client_connections_counts_a_user_across_databases(pooler_factory, pg):
+    db = f"host=127.0.0.1 port={pg.port} dbname=app"
+    pooler = pooler_factory(pool_mode="transaction", max_user_client_connections=1,
+                            databases={"app": db, "other": db})
+    with login(pooler):
+        with Wire(pooler.port) as again, pytest.raises(ServerError) as caught:
+            again.login(user="app", password=PASSWORDS["app"], database="other")
+        assert caught.value.message == "client connections exceeded (max_user_client_connections)"
+        assert _logs_in(pooler, "md5_role")
+
+
 def _logs_in(pooler, user: str) -> bool:
     try:
         with login(pooler, user=user) as wire:
@@ -155,6 +178,21 @@ def test_discard_all_by_the_extended_protocol_clears_what_the_server_had_prepare
         with pytest.raises(ServerError, match='prepared statement "s1" does not exist'):
             wire.send(bind(statement="s1") + execute() + SYNC)
             wire.read_until(b"Z")
+
+
+def test_deallocate_all_by_the_extended_protocol_forgets_the_clients_statements(pooler_factory, pg):
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    with login(pooler) as wire:
+        wire.send(parse("SELECT 1", "s1") + bind(statement="s1") + execute() + SYNC)
+        wire.read_until(b"Z")
+        wire.send(parse("DEALLOCATE ALL") + bind() + execute() + SYNC)
+        wire.read_until(b"Z")
+        with pytest.raises(ServerError, match='prepared statement "s1" does not exist'):
+            wire.send(bind(statement="s1") + execute() + SYNC)
+            wire.read_until(b"Z")
+        wire.read_until(b"Z")                                    # the failed batch's ReadyForQuery
+        wire.send(parse("SELECT 2", "s1") + bind(statement="s1") + execute() + SYNC)     # the name is free again
+        assert [body for kind, body in wire.read_until(b"Z") if kind == b"D"] == [b"\x00\x01\x00\x00\x00\x012"]
 
 
 def test_set_max_prepared_statements_bounds_the_running_servers(pooler_factory, pg):
