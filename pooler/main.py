@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from . import control, endpoints, janitor, stats, systemd, watch
+from . import control, endpoints, janitor, logsink, stats, systemd, watch
 from .app import Pooler
 from .config import ConfigError, load_config
 from .workers import CANNOT_START, Supervisor, Worker
@@ -34,10 +34,11 @@ class Switches:
 
 def setup_logging(logfile: str | None, quiet: bool, verbose: int) -> None:
     level = logging.DEBUG if verbose else logging.INFO
-    fmt = logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [] if quiet else [logging.StreamHandler(sys.stderr)]
+    logsink.use_cheap_records()
+    fmt = logsink.Formatter()
+    handlers: list[logging.Handler] = [] if quiet else [logsink.IterationHandler(sys.stderr)]
     if logfile:
-        handlers.append(logging.FileHandler(logfile))
+        handlers.append(logsink.file_handler(logfile))
     if not handlers:        # -q without a logfile: nothing anywhere, not even logging's last-resort stderr
         handlers.append(logging.NullHandler())
     root = logging.getLogger()

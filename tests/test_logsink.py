@@ -1,0 +1,78 @@
+"""The pooler's log sink: lines of one event-loop iteration are written together at its end, never later;
+outside a loop at once; the line keeps logging's default shape; a forked child does not repeat its parent's."""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import re
+
+from pooler import logsink
+
+
+def sink() -> tuple[logging.Logger, io.StringIO, logsink.IterationHandler]:
+    out = io.StringIO()
+    handler = logsink.IterationHandler(out)
+    handler.setFormatter(logsink.Formatter())
+    logger = logging.getLogger(f"maitred.test.sink{id(out)}")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, out, handler
+
+
+def test_lines_of_one_iteration_are_written_together_at_its_end():
+    logger, out, _ = sink()
+
+    async def main() -> list[str]:
+        seen = []
+        logger.info("first")
+        logger.info("second")
+        seen.append(out.getvalue())          # still in this iteration: nothing written yet
+        await asyncio.sleep(0)
+        seen.append(out.getvalue())          # the next iteration: both lines, in order
+        logger.info("third")
+        await asyncio.sleep(0)
+        seen.append(out.getvalue())
+        return seen
+
+    during, after_one, after_two = asyncio.run(main())
+    assert during == ""
+    assert [line.split(": ", 1)[1] for line in after_one.splitlines()] == ["first", "second"]
+    assert after_two.splitlines()[-1].endswith(": third")
+
+
+def test_outside_a_loop_a_line_is_written_at_once_in_loggings_default_shape():
+    logger, out, _ = sink()
+    logger.warning("hello %s", "world")
+    line = out.getvalue()
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} \[{os.getpid()}\] WARNING "
+                        rf"{re.escape(logger.name)}: hello world\n", line), line
+    plain = logging.Formatter(logsink.LINE_FORMAT)
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "x", (), None)
+    assert logsink.Formatter().format(record) == plain.format(record)
+
+
+def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
+    path = tmp_path / "log"
+    handler = logsink.file_handler(str(path))
+    handler.setFormatter(logsink.Formatter())
+    logger = logging.getLogger("maitred.test.fork")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+    async def main() -> None:
+        logger.info("parent's line")
+        pid = os.fork()                            # the line is still pending in this iteration
+        if pid == 0:
+            logger.info("child's line")
+            handler.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    asyncio.run(main())
+    handler.close()
+    lines = [line.split(": ", 1)[1] for line in path.read_text().splitlines()]
+    assert sorted(lines) == ["child's line", "parent's line"]
