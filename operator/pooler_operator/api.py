@@ -388,7 +388,8 @@ class PodDisruptionBudgetSpec(Model):
 class MonitoringSpec(Model):
     """Prometheus Operator scraping of the pooler's /metrics, when its CRDs are installed."""
 
-    enabled: bool = Field(False, description="Make a PodMonitor or ServiceMonitor.")
+    enabled: bool = Field(False, description="Make a PodMonitor or ServiceMonitor (a sidecar tier: a PodMonitor "
+                                             "of the injected pods).")
     kind: Literal["PodMonitor", "ServiceMonitor"] = Field("PodMonitor", description="Which monitor to make; "
                                                           "ServiceMonitor also adds the metrics port to the "
                                                           "Service.")
