@@ -23,15 +23,15 @@ import yaml
 
 from e2e.test_autotune import secret
 from e2e.test_pods import PASSWORD, Tier, pod_namespace, pod_postgres, ready  # noqa: F401 - fixtures used here
+from e2e.test_sidecar_pods import sidecar_tier
 from maitred.local.controlplane import Cluster, wait_for
-from pooler_operator.inject import INJECT_ANNOTATION, INJECTED_ANNOTATION, NAMESPACE_LABEL, PORT_NAMES, SIDECAR_NAME
+from pooler_operator.inject import INJECT_ANNOTATION, INJECTED_ANNOTATION, PORT_NAMES, SIDECAR_NAME
 from pooler_operator.objects import CONSOLE_USER, Names
 from pooler_operator.webhook_config import CONFIGURATION_NAME
 
 pytestmark = [pytest.mark.local_control_plane, pytest.mark.slow]
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "maitred"
-MONITOR_PASSWORD = "monitor-secret"
 # What Kubernetes itself puts into every namespace: not the release's, and no reason to call it left behind.
 NAMESPACE_DEFAULTS = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca.crt")}
 
@@ -96,31 +96,10 @@ def release(pod_platform, helm, tmp_path_factory):
 @pytest.fixture(scope="module")
 def opted_in(pod_platform, release, pod_postgres):  # noqa: F811
     """An opted-in namespace with the sidecar PostgresPooler `tier` (autotuned, so that its console has the
-    autotuner's user) and its own role and database on pod_postgres; its name, the role and the database."""
+    autotuner's user) and its own role and database on pod_postgres; its name."""
     cluster = pod_platform.cluster
-    namespace = f"chart-sidecar-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("label", "namespace", namespace, f"{NAMESPACE_LABEL}=enabled")
-    wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False),
-             timeout=30, what=f"the default ServiceAccount in {namespace}")
-    user, dbname, monitor = (f"{p}_{uuid.uuid4().hex[:8]}" for p in ("u", "d", "m"))
-    pod_postgres.create_role(user, PASSWORD)
-    pod_postgres.create_database(dbname, owner=user)
-    pod_postgres.create_role(monitor, MONITOR_PASSWORD)
-    pod_postgres.psql(f"GRANT pg_monitor TO {monitor}")
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
-        secret("tier-users", namespace, {user: PASSWORD}),
-        secret("tier-monitor", namespace, {"username": monitor, "password": MONITOR_PASSWORD}),
-        {"apiVersion": "maitred.dev/v1alpha1", "kind": "PostgresPooler",
-         "metadata": {"name": "tier", "namespace": namespace},
-         "spec": {"mode": "sidecar", "poolMode": "transaction",
-                  "database": {"host": pod_platform.host, "port": pod_postgres.port, "dbname": dbname},
-                  "auth": {"type": "scram-sha-256", "usersSecret": {"name": "tier-users"}},
-                  "pool": {"defaultPoolSize": 4, "maxClientConn": 100},
-                  "autotune": {"enabled": True, "intervalSeconds": 5, "minPoolSize": 2, "maxPoolSize": 8,
-                               "postgresSecret": {"name": "tier-monitor"}},
-                  "pooler": {"shutdownTimeoutSeconds": 5}}},
-    ]))
+    namespace, _ = sidecar_tier(pod_platform, pod_postgres, "chart-sidecar", PASSWORD,
+                                pool={"defaultPoolSize": 4, "maxClientConn": 100}, pooler={})
     # The webhook looks the PostgresPooler up when the pod is created: the pod comes once its ConfigMap exists.
     wait_for(lambda: cluster.kubectl("get", "configmap", Names("tier").config, "-n", namespace, check=False),
              timeout=60, what="the sidecar tier's ConfigMap")

@@ -96,36 +96,45 @@ class App:
             raise AssertionError(self.describe()) from None
 
 
-@pytest.fixture(scope="module")
-def app(pod_platform, webhook, pod_postgres):  # noqa: F811
-    """In a fresh opted-in namespace: the sidecar PostgresPooler (autotuned every 5 s) in front of its own
-    database on pod_postgres, and a one-pod Deployment annotated to get it."""
+def sidecar_tier(pod_platform, pod_postgres, prefix: str, password: str, *, pool: dict[str, Any],
+                 pooler: dict[str, Any]) -> tuple[str, str]:
+    """A fresh namespace `prefix-…`, opted in, with the sidecar PostgresPooler `tier` (autotuned every 5 s, so its
+    console has the autotuner's user) in front of a role and database of its own on pod_postgres; the namespace
+    and the role (whose password is `password`)."""
     cluster = pod_platform.cluster
-    namespace = f"sidecar-{uuid.uuid4().hex[:6]}"
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl("label", "namespace", namespace, f"{NAMESPACE_LABEL}=enabled")
     wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False),
              timeout=30, what=f"the default ServiceAccount in {namespace}")
     user, dbname, monitor = (f"{p}_{uuid.uuid4().hex[:8]}" for p in ("u", "d", "m"))
-    pod_postgres.create_role(user, PASSWORD)
+    pod_postgres.create_role(user, password)
     pod_postgres.create_database(dbname, owner=user)
     pod_postgres.create_role(monitor, MONITOR_PASSWORD)
     pod_postgres.psql(f"GRANT pg_monitor TO {monitor}")
-    docs = [
-        secret("tier-users", namespace, {user: PASSWORD}),
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        secret("tier-users", namespace, {user: password}),
         secret("tier-monitor", namespace, {"username": monitor, "password": MONITOR_PASSWORD}),
         {"apiVersion": "maitred.dev/v1alpha1", "kind": "PostgresPooler",
          "metadata": {"name": "tier", "namespace": namespace},
          "spec": {"mode": "sidecar", "poolMode": "transaction",
                   "database": {"host": pod_platform.host, "port": pod_postgres.port, "dbname": dbname},
                   "auth": {"type": "scram-sha-256", "usersSecret": {"name": "tier-users"}},
-                  "pool": {"defaultPoolSize": 4},
+                  "pool": pool,
                   "autotune": {"enabled": True, "intervalSeconds": 5, "minPoolSize": 2, "maxPoolSize": 8,
                                "postgresSecret": {"name": "tier-monitor"}},
-                  "pooler": {"image": pod_platform.image, "imagePullPolicy": "IfNotPresent",
-                             "shutdownTimeoutSeconds": 5}}},
-    ]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+                  "pooler": {**pooler, "shutdownTimeoutSeconds": 5}}},
+    ]))
+    return namespace, user
+
+
+@pytest.fixture(scope="module")
+def app(pod_platform, webhook, pod_postgres):  # noqa: F811
+    """In a fresh opted-in namespace: the sidecar PostgresPooler (autotuned every 5 s) in front of its own
+    database on pod_postgres, and a one-pod Deployment annotated to get it."""
+    cluster = pod_platform.cluster
+    namespace, user = sidecar_tier(pod_platform, pod_postgres, "sidecar", PASSWORD, pool={"defaultPoolSize": 4},
+                                   pooler={"image": pod_platform.image, "imagePullPolicy": "IfNotPresent"})
     # The webhook looks the PostgresPooler up when the pod is created: the Deployment comes once it is stored.
     wait_for(lambda: cluster.kubectl("get", "pgp", "tier", "-n", namespace, check=False), timeout=30,
              what="the PostgresPooler stored")

@@ -7,7 +7,6 @@ import pwd
 import re
 import shutil
 import signal
-import struct
 import tempfile
 from pathlib import Path
 
@@ -56,22 +55,12 @@ def shared_folder(files: dict[str, str]) -> Path:
 def attempt(port: int, user: str, database: str, password: str = "", unix_path: str | None = None) -> tuple:
     """("ok", the authentication request codes seen) or (SQLSTATE, message) of a refused login."""
     with Wire(port, unix_path=unix_path) as wire:
-        codes: list[int] = []
-        read = wire.read_message
-
-        def recording(limit: float = 5):
-            msg = read(limit)
-            if msg is not None and msg[0] == b"R":
-                codes.append(struct.unpack("!I", msg[1][:4])[0])
-            return msg
-
-        wire.read_message = recording
         try:
             wire.login(user=user, password=password, database=database)
         except ServerError as exc:
             assert exc.fields.get("S") == "FATAL"
             return exc.sqlstate, exc.message
-        return "ok", tuple(codes)
+        return "ok", tuple(wire.auth_requests)
 
 
 REJECTED = ("08P01", "login rejected")

@@ -58,6 +58,7 @@ class Wire:
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
+        self.auth_requests: list[int] = []     # the code of every Authentication message read, in order
         self.sock.connect(unix_path or ("127.0.0.1", port))
         self.buf = b""
         self.eof = False
@@ -115,6 +116,8 @@ class Wire:
                 if len(self.buf) >= 1 + length:
                     kind, body = self.buf[:1], self.buf[5:1 + length]
                     self.buf = self.buf[1 + length:]
+                    if kind == b"R":
+                        self.auth_requests.append(struct.unpack("!I", body[:4])[0])
                     return kind, body
             if not self._fill(deadline):
                 return None
