@@ -78,7 +78,7 @@ def _welcome(welcome: dict[str, str], asked: dict[str, str], options: Mapping[st
             b"".join([protocol.parameter_status(k, v) for k, v in reported.items()]))
 
 
-class Client(asyncio.Protocol):
+class Client:
     """One connection from an application to the pooler. An idle client is mostly its transport: it keeps only
     slots, holds no buffer or dict of its own (empty ones are shared constants), and what every client of a
     pool shares (max_packet_size, the greeting) stays on the pool."""
@@ -131,6 +131,9 @@ class Client(asyncio.Protocol):
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.counted = False                    # in app.db_clients and app.user_clients
         self.wait_notified = False              # told once that it is queued (query_wait_notify)
+
+    def eof_received(self):
+        return None
 
     # -- connection ------------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ def options_statements(current: dict[str, str], wanted: dict[str, str]) -> list[
     return out
 
 
-class Server(asyncio.Protocol):
+class Server:
     """One connection from the pooler to PostgreSQL."""
 
     __slots__ = ("pool", "app", "transport", "client", "dedicated", "ready", "closed", "close_needed", "params",
@@ -132,6 +132,9 @@ class Server(asyncio.Protocol):
         self.being_canceled = False   # released while a cancel was in flight: held out of the pool until it ends
         self.login_timer: asyncio.TimerHandle | None = None   # server_connect_timeout, connect and login together
         self.target: Target | None = None    # the entry of the database's host list it connects to
+
+    def eof_received(self):
+        return None
 
     # -- connecting and logging in ----------------------------------------------------------------------
 
