@@ -25,9 +25,10 @@ def _pooler(args: argparse.Namespace) -> int:
 
 def _version() -> str:
     from maitred import __version__
+    from pooler import compiled
     from pooler.admin import VERSION
 
-    return f"maitred pooler {__version__} (PgBouncer {VERSION} compatible)"
+    return f"maitred pooler {__version__} (PgBouncer {VERSION} compatible), {compiled.describe()}"
 
 
 def _operator(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from . import control, endpoints, janitor, logsink, stats, systemd, watch
+from . import compiled, control, endpoints, janitor, logsink, stats, systemd, watch
 from .app import Pooler
 from .config import ConfigError, load_config
 from .workers import CANNOT_START, Supervisor, Worker
@@ -130,7 +130,7 @@ async def serve(config, user: str = "", worker: Worker | None = None) -> None:
     loop.add_signal_handler(signal.SIGUSR1, lambda: app.spawn(control.pause(app, None)))
     loop.add_signal_handler(signal.SIGUSR2, control.resume, app, None)
     if worker is None:
-        log.info("process up: maitred pooler, pid %d", os.getpid())
+        log.info("process up: maitred pooler, pid %d, %s", os.getpid(), compiled.describe())
         systemd.notify_ready()
     await app.stopped.wait()
     for server in http:

@@ -4,7 +4,8 @@
 # npm and Maven dependencies scripts/build-drivers.sh fetches once into ~/.cache/maitred/drivers), what the
 # real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap, iptables), the Python
 # distribution with its test and benchmark extras in the checkout's own virtual environment .venv, and the
-# Kubernetes binaries the e2e tests run. Quiet, and safe to run again.
+# Kubernetes binaries the e2e tests run; then gcc and Python's headers build the compiled hot path
+# (scripts/build-hotpath.sh). Quiet, and safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,10 @@ has psql || need_apt+=(postgresql-client)
 has pgbouncer || need_apt+=(pgbouncer)
 has openssl || need_apt+=(openssl)
 "$python" -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The compiled hot path (setup.py): a C compiler with the C library's headers, and Python's headers.
+has gcc && [ -e /usr/include/stdio.h ] || need_apt+=(gcc libc6-dev)
+"$python" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
+  || need_apt+=(python3-dev)
 has containerd && has ctr || need_apt+=(containerd)
 has runc || need_apt+=(runc)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
@@ -55,6 +60,8 @@ if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test,bench]"
   touch .venv/.installed
 fi
+# The install above builds the compiled hot path; this rebuilds it once a hot .py or .pxd has changed since.
+scripts/build-hotpath.sh .venv/bin/python
 
 scripts/build-drivers.sh >/dev/null
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the compiled hot path (setup.py: pooler/objects.py, server.py, client.py by Cython) next to the .py
+# files when one is missing or older than its .py or a hot .pxd, with the checkout's .venv (or the Python given).
+# A no-op when up to date. Without a compiler or Python's headers the pure-Python modules run, except under
+# CI=true, where that is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${1:-.venv/bin/python}"
+
+stale=0
+for name in objects server client; do
+  built=(pooler/"$name".cpython-*.so)
+  if [ ! -e "${built[0]}" ]; then
+    stale=1
+  else
+    for so in "${built[@]}"; do
+      # The three cimport each other's types: a .pxd change reaches every one of them.
+      if [ "pooler/$name.py" -nt "$so" ] || [ pooler/objects.pxd -nt "$so" ] || [ pooler/server.pxd -nt "$so" ] \
+         || [ pooler/client.pxd -nt "$so" ]; then
+        rm -f "$so"   # never left behind to shadow the newer .py, even if the build below fails
+        stale=1
+      fi
+    done
+  fi
+done
+[ "$stale" -eq 1 ] || exit 0
+
+# The build's requirements are pyproject.toml's [build-system] requires (Cython among them), in the venv.
+"$python" -c "import Cython" >/dev/null 2>&1 || "$python" -m pip install -q --disable-pip-version-check \
+  $("$python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')
+echo "building the compiled hot path (pooler/objects.py, server.py, client.py)"
+"$python" setup.py -q build_ext --inplace
