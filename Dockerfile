@@ -14,14 +14,22 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# The compiled hot path (setup.py, Cython) needs a C compiler and Python's headers: the official image has the
+# headers, a Debian python3 gets them from python3-dev. Only this stage has them.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+ && { [ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ] \
+      || apt-get install -y -qq --no-install-recommends python3-dev; } \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# What setuptools needs for the wheel (pyproject.toml names README.md as the long description); the tests,
-# benchmarks and e2e harness stay out of the image.
-COPY pyproject.toml README.md ./
+# What setuptools needs for the wheel (pyproject.toml names README.md as the long description, setup.py builds
+# the compiled hot path); the tests, benchmarks and e2e harness stay out of the image.
+COPY pyproject.toml setup.py README.md ./
 COPY maitred/ maitred/
 COPY pooler/ pooler/
 COPY operator/pooler_operator/ operator/pooler_operator/
-RUN pip wheel --wheel-dir /wheels .
+# CI=true: the image's hot path is compiled, or the build fails (no pure-Python fallback here).
+RUN CI=true pip wheel --wheel-dir /wheels .
 
 # -- runtime: the wheels installed, no compiler, no build tools, no pip cache ----------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

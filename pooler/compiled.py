@@ -15,25 +15,31 @@ REBUILD = "scripts/build-hotpath.sh"
 PACKAGE = Path(__file__).parent
 
 
-def stale_modules(package: Path = PACKAGE) -> list[str]:
-    """One line per built hot module older than its .py or a hot .pxd; none outside a checkout (no setup.py)."""
+def build_problems(package: Path = PACKAGE) -> list[str]:
+    """What is wrong with the checkout's built hot modules: one older than its .py or a hot .pxd, or only some of
+    the three built (they cimport each other's types, so they work only together). None outside a checkout (no
+    setup.py next to the package): an install's file times mean nothing."""
     if not (package.parent / "setup.py").exists():
         return []
-    found = []
+    found, unbuilt = [], []
     for name in HOT_MODULES:
-        # The three cimport each other's types, so a .pxd change reaches every one of them.
+        # A .pxd change reaches every one of the three.
         sources = [p for p in (package / f"{name}.py", *(package / f"{m}.pxd" for m in HOT_MODULES)) if p.exists()]
-        for built in (package / f"{name}{suffix}" for suffix in EXTENSION_SUFFIXES):
-            newer = [p.name for p in sources if built.exists() and p.stat().st_mtime > built.stat().st_mtime]
-            if newer:
-                found.append(f"{built} is older than {' and '.join(newer)}")
+        built = [package / f"{name}{suffix}" for suffix in EXTENSION_SUFFIXES if (package / f"{name}{suffix}").exists()]
+        if not built:
+            unbuilt.append(name)
+        for module in built:
+            if newer := [p.name for p in sources if p.stat().st_mtime > module.stat().st_mtime]:
+                found.append(f"{module} is older than {' and '.join(newer)}")
+    if unbuilt and len(unbuilt) < len(HOT_MODULES):
+        found.append(f"{', '.join(unbuilt)} not built while the others are")
     return found
 
 
 def refuse_stale(package: Path = PACKAGE) -> None:
-    if stale := stale_modules(package):
-        raise ImportError(f"stale compiled hot path: {'; '.join(stale)}. Rebuild it with {REBUILD} "
-                          f"(or delete the built module to run the pure-Python one)")
+    if problems := build_problems(package):
+        raise ImportError(f"stale compiled hot path: {'; '.join(problems)}. Rebuild it with {REBUILD} "
+                          f"(or delete pooler/*.so to run pure Python)")
 
 
 def is_compiled() -> bool:

@@ -7,22 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:-.venv/bin/python}"
 
+# The three cimport each other's types and work only together: any missing or stale, all are rebuilt, and
+# removed first so that a failed build leaves the pure-Python modules rather than a stale or partial set.
 stale=0
 for name in objects server client; do
   built=(pooler/"$name".cpython-*.so)
-  if [ ! -e "${built[0]}" ]; then
-    stale=1
-  else
-    for so in "${built[@]}"; do
-      # The three cimport each other's types: a .pxd change reaches every one of them.
-      if [ "pooler/$name.py" -nt "$so" ] || [ pooler/objects.pxd -nt "$so" ] || [ pooler/server.pxd -nt "$so" ] \
-         || [ pooler/client.pxd -nt "$so" ]; then
-        rm -f "$so"   # never left behind to shadow the newer .py, even if the build below fails
-        stale=1
-      fi
+  [ -e "${built[0]}" ] || stale=1
+  for so in "${built[@]}"; do
+    for source in "pooler/$name.py" pooler/objects.pxd pooler/server.pxd pooler/client.pxd; do
+      if [ "$source" -nt "$so" ]; then stale=1; fi
     done
-  fi
+  done
 done
+[ "$stale" -eq 0 ] || rm -f pooler/objects.cpython-*.so pooler/server.cpython-*.so pooler/client.cpython-*.so
 [ "$stale" -eq 1 ] || exit 0
 
 # The build's requirements are pyproject.toml's [build-system] requires (Cython among them), in the venv.

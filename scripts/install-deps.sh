@@ -23,8 +23,7 @@ has openssl || need_apt+=(openssl)
 "$python" -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The compiled hot path (setup.py): a C compiler with the C library's headers, and Python's headers.
 has gcc && [ -e /usr/include/stdio.h ] || need_apt+=(gcc libc6-dev)
-"$python" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))" \
-  || need_apt+=(python3-dev)
+[ -e "$("$python" -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ] || need_apt+=(python3-dev)
 has containerd && has ctr || need_apt+=(containerd)
 has runc || need_apt+=(runc)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)

@@ -33,7 +33,8 @@ BASE_PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 BASE_ENV = (f"PATH={BASE_PATH}", "LANG=C.UTF-8", f"PIP_CERT={CA_BUNDLE}")
 # What the Dockerfile copies, besides itself.
-IMAGE_INPUTS = ("pyproject.toml", "README.md", "maitred", "pooler", "operator/pooler_operator")
+IMAGE_INPUTS = ("pyproject.toml", "setup.py", "README.md", "maitred", "pooler",
+                "operator/pooler_operator")
 # The sandbox's only process: sleeps until told to stop. PID 1 ignores SIGTERM unless it handles it.
 PAUSE = ("import signal, sys; [signal.signal(s, lambda *_: sys.exit(0)) for s in (signal.SIGTERM, signal.SIGINT)];"
          " signal.pause() or sys.exit(0)")
@@ -56,12 +57,13 @@ def digest(*parts: bytes) -> str:
 
 
 def tree_digest(root: Path, paths: tuple[str, ...]) -> str:
-    """The hash of every file under `paths` (names and contents), byte-compiled files left out."""
+    """The hash of every file under `paths` (names and contents), byte-compiled files and the checkout's compiled
+    hot path (.c, .so: the image builds its own) left out."""
     h = hashlib.sha256()
     for top in paths:
         files = [root / top] if (root / top).is_file() else sorted(p for p in (root / top).rglob("*") if p.is_file())
         for path in files:
-            if "__pycache__" in path.parts or path.suffix == ".pyc":
+            if "__pycache__" in path.parts or path.suffix in (".pyc", ".c", ".so"):
                 continue
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
