@@ -54,7 +54,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "making the virtual environment .venv with $python"
   "$python" -m venv .venv
 fi
-if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+if [ ! -e .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ setup.py -nt .venv/.installed ]; then
   echo "installing the maitred Python distribution with its test and benchmark extras into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[local,test,bench]"
   touch .venv/.installed
