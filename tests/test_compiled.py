@@ -34,6 +34,10 @@ def test_version_says_whether_the_hot_path_is_compiled():
     assert out.strip().endswith(compiled.describe()), out
 
 
+def test_the_startup_line_says_whether_the_hot_path_is_compiled(pooler):
+    assert f"process up: maitred pooler, pid {pooler.proc.pid}, {compiled.describe()}" in pooler.log_text()
+
+
 def scratch_tree(tmp_path: Path) -> Path:
     """A copy of the checkout's pooler package and setup.py, with a stand-in built module for each hot module,
     newer than every source (the stale check reads only modification times, so nothing is compiled here)."""
