@@ -49,5 +49,7 @@ cdef class Client:
     @cython.locals(server=Server)
     cpdef _forward(self, data, Py_ssize_t syncs)
     cpdef bint at_boundary(self)
+    @cython.locals(server=object, pool=Pool)
+    cpdef _gone(self, reason=*)
     @cython.locals(pending=object)
     cpdef attach(self, Server server, double now=*)

@@ -21,7 +21,8 @@ from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
 from .objects import next_socket_id
-from .server import TRACKED_PARAMS, Server, param_key, shared_params
+from .server import Server
+from .session import TRACKED_PARAMS, param_key, shared_params
 
 if TYPE_CHECKING:
     from .app import Pooler

@@ -1,5 +1,14 @@
 cimport cython
 
+
+cdef class Limits:
+    cdef public object name
+    cdef public Py_ssize_t max_connections
+    cdef public Py_ssize_t connections
+    cdef public bint paused
+    cdef public bint disabled
+    cpdef bint full(self)
+
 cdef class Stats:
     cdef public long long xact_count
     cdef public long long query_count
@@ -24,8 +33,8 @@ cdef class Pool:
     cdef public object user
     cdef public object server_user
     cdef public object server_password
-    cdef public object db_limits
-    cdef public object user_limits
+    cdef public Limits db_limits
+    cdef public Limits user_limits
     cdef public list idle
     cdef public set servers
     cdef public object waiting
@@ -56,3 +65,5 @@ cdef class Pool:
     cpdef acquire(self, client)
     cpdef release(self, server, double now=*)
     cpdef serve_waiting(self)
+    cpdef bint paused(self)
+    cpdef bint over_size(self)

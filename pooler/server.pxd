@@ -51,5 +51,7 @@ cdef class Server:
     cpdef data_received(self, data)
     @cython.locals(pool=Pool, stats=Stats, waited=double, stale=bint)
     cpdef assign(self, Client client, double now=*)
+    @cython.locals(client=Client)
+    cpdef detach(self, double now=*)
     cpdef start_query(self, double now)
     cpdef park(self)

@@ -16,6 +16,7 @@ from .auth import AuthFailed, ServerLogin
 from .hosts import Target, choice_for
 from .objects import WAIT_BUCKETS, next_socket_id
 from .prepare import ServerCache, server_data, stale_plan
+from .session import options_statements, param_key, set_statement, shared_params
 from .tls import SSL_REQUEST
 
 if TYPE_CHECKING:
@@ -29,54 +30,6 @@ _Z, _S, _E, _IDLE = 0x5A, 0x53, 0x45, protocol.IDLE
 _READ = bytearray(256)      # the message types the relay reads, not only forwards
 for _t in (_Z, _S, _E):
     _READ[_t] = 1
-
-TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
-                  "application_name")
-
-
-_param_keys: dict[tuple, tuple] = {}
-
-
-def param_key(params: dict[str, str], options: dict[str, str] | None = None) -> tuple:
-    """The tracked parameters, and the settings from `options` when there are any, as one interned tuple:
-    equal sets of values are the same object, so the hand-off compares a client and a server with `is`
-    instead of six lookups."""
-    key = tuple(map(params.get, TRACKED_PARAMS))
-    if options:
-        key += (tuple(sorted(options.items())),)
-    return _param_keys.setdefault(key, key)
-
-
-_shared_params: dict[tuple, dict[str, str]] = {}
-
-
-def shared_params(params: dict[str, str]) -> dict[str, str]:
-    """One dict per distinct set of client parameters, shared by every client that has it (thousands of
-    idle clients mostly have the same few). Never mutate the result: replace it."""
-    key = tuple(sorted(params.items()))
-    return _shared_params.setdefault(key, params)
-
-
-def _literal(value: str) -> str:
-    if "\\" in value:
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    return "'" + value.replace("'", "''") + "'"
-
-
-def set_statement(diff: dict[str, str]) -> str:
-    """One simple query that brings a server's reported parameters to a client's values."""
-    return ";".join(f'SET "{name}" TO {_literal(value)}' for name, value in diff.items())
-
-
-def options_statements(current: dict[str, str], wanted: dict[str, str]) -> list[str]:
-    """Bring a server's settings from a client's `options` (current) to another client's (wanted).
-
-    set_config takes a value as `-c name=value` does, unquoted lists included (search_path=a,b), which
-    SET name TO 'a,b' would not; RESET goes back to the server's own default."""
-    out = [f"SELECT pg_catalog.set_config({_literal(name)}, {_literal(value)}, false)"
-           for name, value in wanted.items() if current.get(name) != value]
-    out += ['RESET "' + name.replace('"', '""') + '"' for name in current if name not in wanted]
-    return out
 
 
 class Server:
