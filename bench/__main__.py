@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", type=_csv(list(scenarios.SCENARIOS)), default=list(scenarios.SCENARIOS),
                    help=f"comma-separated, from {','.join(scenarios.SCENARIOS)} (default all)")
     p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.DEFAULT_TARGETS),
-                   help="comma-separated, from direct,pgbouncer,maitred,maitred-w2 (maitred with workers = 2) "
+                   help="comma-separated, from direct,pgbouncer,maitred,maitred-w2 (maitred with workers = 2), "
+                        "maitred-py (maitred's pure-Python hot path, for the compiled one's gain) "
                         "(default direct,pgbouncer,maitred)")
     p.add_argument("--auth", choices=("scram-sha-256", "md5", "trust"), default="scram-sha-256",
                    help="auth_type of both poolers in every scenario but S2 (trust) and S2-scram "
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = targets.make_targets(args.targets, pg)
         versions = {"PostgreSQL": _short(targets.Direct(pg).version()),
                     "pgbench": _short(targets.version_line(["pgbench", "--version"]))}
-        versions.update({t.label: t.version() for t in chosen if t.name not in ("direct", "maitred-w2")})
+        versions.update({t.label: t.version() for t in chosen if t.name not in ("direct", "maitred-w2", "maitred-py")})
         results = scenarios.run(chosen, args.scenarios, scale, args.auth, tls=cert)
     summary = report.summarize(results, scale=scale, auth_type=args.auth, versions=versions,
                                cores=os.cpu_count(), started=started)

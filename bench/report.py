@@ -8,8 +8,10 @@ from datetime import datetime
 
 from .scenarios import SCENARIOS, Scale
 
-LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2"}
-RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"))
+LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2",
+          "maitred-py": "maitred pure Python"}
+RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"),
+          ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"))
 
 
 def cell(outcomes: list[dict], key: str) -> dict:

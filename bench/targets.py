@@ -278,10 +278,37 @@ class MaitredWorkers(Maitred):
         return poolconf.for_maitred(settings, logfile=os.path.join(run_dir, "maitred.log"), workers=2)
 
 
-TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2")
+@dataclass
+class MaitredPurePython(Maitred):
+    """maitred running the pure-Python hot path: the pooler package copied without its compiled modules, first on
+    PYTHONPATH, so that one run compares the compiled hot path with the code it is compiled from."""
+
+    name: str = "maitred-py"
+    label: str = "maitred pure Python"
+
+    @contextlib.contextmanager
+    def serve(self, settings: PoolSettings) -> Iterator[Endpoint]:
+        tree = tempfile.mkdtemp(prefix="maitred-bench-py-")
+        try:
+            shutil.copytree(os.path.join(REPO, "pooler"), os.path.join(tree, "pooler"),
+                            ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"))
+            self._tree = tree
+            with super().serve(settings) as endpoint:
+                yield endpoint
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = self._tree + os.pathsep + env["PYTHONPATH"]
+        return env
+
+
+TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py")
 DEFAULT_TARGETS = ("direct", "pgbouncer", "maitred")
 
 
 def make_targets(names: list[str], pg: LocalPostgres) -> list:
-    kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers}
+    kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers,
+             "maitred-py": MaitredPurePython}
     return [kinds[name](pg) for name in names]

@@ -202,3 +202,22 @@ def test_quick_run_measures_every_scenario_on_maitred_with_ratios(quick_run):
     _assert_numbers(summary, "maitred")
     s1 = summary["scenarios"]["S1"]["metrics"]["tps"]["ratios"]
     assert s1["maitred/pgbouncer"] > 0 and s1["maitred/direct"] > 0
+
+
+def _hot_modules_loaded(pid: int) -> set[str]:
+    """The pooler's compiled hot modules mapped into a running process."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.rsplit("/", 1)[-1].split(".")[0] for line in f if "/pooler/" in line and ".so" in line}
+
+
+def test_the_pure_python_target_runs_the_hot_path_from_its_py_files_and_maitred_the_compiled_one():
+    from pooler.compiled import HOT_MODULES, is_compiled
+
+    if not is_compiled():
+        missing("the compiled hot path (scripts/build-hotpath.sh)")
+    settings = targets.PoolSettings(pool_size=2, max_client_conn=20, auth_type="trust")
+    with targets.bench_postgres() as pg:
+        with targets.MaitredPurePython(pg).serve(settings) as ep:
+            assert _hot_modules_loaded(ep.pid) == set()
+        with targets.Maitred(pg).serve(settings) as ep:
+            assert _hot_modules_loaded(ep.pid) == set(HOT_MODULES)
