@@ -5,10 +5,11 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Awaitable
 
-from . import hba, peers
+from . import hba, logsink, peers
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config, PeerEntry
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from .workers import Worker
 
 log = logging.getLogger("maitred")
+
+# Cancel keys are drawn from the OS 512 at a time, not with a system call per client.
+_RANDOM_KEYS = struct.Struct("!512Q")
 
 
 class Pooler:
@@ -47,6 +51,7 @@ class Pooler:
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
+        self.random_keys: list[int] = []    # drawn for cancel keys still to hand out; this process's own
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
@@ -141,7 +146,9 @@ class Pooler:
     def register_cancel_key(self, client: Client) -> int:
         """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
         while True:
-            key = int.from_bytes(os.urandom(8), "big") & 0x7fffffffffffffff
+            if not self.random_keys:
+                self.random_keys = list(_RANDOM_KEYS.unpack(os.urandom(_RANDOM_KEYS.size)))
+            key = self.random_keys.pop() & 0x7fffffffffffffff
             if self.peer_id:
                 key = peers.stamp(key, self.peer_id)
             if key not in self.cancel_keys:
@@ -274,12 +281,13 @@ class Pooler:
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logger.info("%s %s", conn.describe(), text % args if args else text)
+            logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
     def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
         """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
         if self.log_disconnections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logger.info("%s closing because: %s (age=%ds)", conn.describe(), reason, self.now() - conn.connected_at)
+            logsink.info(logger, "%s closing because: %s (age=%ds)" % (conn.describe(), reason,
+                                                                      self.now() - conn.connected_at))
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

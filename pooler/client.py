@@ -554,7 +554,7 @@ class Client(asyncio.Protocol):
         _, self.params, self.param_key, parameters = known
         self.cancel_key = self.app.register_cancel_key(self)
         self.transport.write(b"".join((
-            greeting, parameters, protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff),
+            greeting, parameters, protocol.backend_key_data(self.cancel_key),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.startup = b""

@@ -91,8 +91,12 @@ def parameter_status(name: str, value: str) -> bytes:
     return message(b"S", cstr(name) + cstr(value))
 
 
-def backend_key_data(pid: int, key: int) -> bytes:
-    return message(b"K", struct.pack("!II", pid, key))
+_pack_key_data = struct.Struct("!cIQ").pack
+
+
+def backend_key_data(cancel_key: int) -> bytes:
+    """BackendKeyData for the key as one int, pid << 32 | secret key (as Client.cancel_key keeps it)."""
+    return _pack_key_data(b"K", 12, cancel_key)
 
 
 def ready_for_query(status: int = IDLE) -> bytes:
