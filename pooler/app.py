@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Awaitable
 from . import hba, logsink, peers
 from .auth_query import AuthQuery
 from .client import Client
-from .config import Config, PeerEntry
+from .config import Config, DatabaseEntry, PeerEntry
 from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
@@ -85,9 +85,11 @@ class Pooler:
 
     # -- pools -------------------------------------------------------------------------------------------
 
-    def get_pool(self, dbname: str, user: str) -> Pool:
-        """The pool for a client of `dbname` as `user` (a [databases] entry with user= pins the server user)."""
-        db = self.config.database_for(dbname)
+    def get_pool(self, dbname: str, user: str, db: DatabaseEntry | None = None) -> Pool:
+        """The pool for a client of `dbname` as `user` (a [databases] entry with user= pins the server user);
+        `db`: the entry for `dbname`, when the caller has it already."""
+        if db is None:
+            db = self.config.database_for(dbname)
         server_user = db.user or user
         key = (dbname, server_user)
         pool = self.pools.get(key)
@@ -126,15 +128,18 @@ class Pooler:
         """Count a logged-in client against max_db_client_connections and max_user_client_connections (its
         database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
         user = self.config.users.get(client.user)
-        db_max = db.max_db_client_connections
-        user_max = user.max_user_client_connections if user is not None else None
         db_count = self.db_clients.get(client.dbname, 0)
         user_count = self.user_clients.get(client.user, 0)
-        for name, own, count in (("max_db_client_connections", db_max, db_count),
-                                 ("max_user_client_connections", user_max, user_count)):
-            limit = self.config.get(name) if own is None else own
-            if limit and count >= limit:
-                return name
+        limit = db.max_db_client_connections
+        if limit is None:
+            limit = self.config.get("max_db_client_connections")
+        if limit and db_count >= limit:
+            return "max_db_client_connections"
+        limit = user.max_user_client_connections if user is not None else None
+        if limit is None:
+            limit = self.config.get("max_user_client_connections")
+        if limit and user_count >= limit:
+            return "max_user_client_connections"
         self.db_clients[client.dbname] = db_count + 1
         self.user_clients[client.user] = user_count + 1
         client.counted = True

@@ -1,11 +1,12 @@
 """Where the pooler's log lines go, made cheap: PgBouncer logs a line per login and per logout by default
 (log_connections, log_disconnections), so under a connection per transaction the log is on the connect path.
 
-Three costs of Python's logging are removed: the line is built directly in its one shape, with the date text
-formatted once per second and the pid asked of the OS once per process, not once per record; and lines are
-written once per event-loop iteration (all the lines of one iteration in one write and one flush) instead of a
-write and a flush per line. A line is never held past the iteration that made it; outside a running loop
-(start, shutdown) it is written at once.
+The costs of Python's logging are cut: the line is put together directly in its one shape, with the date text
+formatted once per second and the pid asked of the OS once per process, not once per record; the lines about
+connections skip the LogRecord and logging's walk altogether when they go to the pooler's own handlers only
+(`info`); and lines are written once per event-loop iteration (all the lines of one iteration in one write and
+one flush) instead of a write and a flush per line. A line is never held past the iteration that made it;
+outside a running loop (start, shutdown) it is written at once.
 """
 from __future__ import annotations
 

@@ -168,15 +168,16 @@ def parse_startup_params(body: bytes) -> dict[str, str]:
     """The key/value pairs of a StartupMessage body after its protocol version."""
     if not body.endswith(b"\x00"):
         raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-    parts = body[:-1].split(b"\x00")
-    if parts and parts[-1] == b"":
+    try:
+        parts = body[:-1].decode().split("\x00")      # NUL never occurs inside a UTF-8 sequence
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("invalid startup packet: parameters are not valid UTF-8") from exc
+    if parts[-1] == "":
         parts.pop()
     if len(parts) % 2:
         raise ProtocolError("invalid startup packet layout: odd number of key/value fields")
-    try:
-        return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("invalid startup packet: parameters are not valid UTF-8") from exc
+    pairs = iter(parts)
+    return dict(zip(pairs, pairs))
 
 
 OPTIONS_ERROR = "unsupported options startup parameter: only '-c config=val' is allowed"    # PgBouncer's words
