@@ -91,7 +91,7 @@ class Console(asyncio.Protocol):
             ("server_version", VERSION + "/bouncer"), ("client_encoding", "UTF8"), ("server_encoding", "UTF8"),
             ("DateStyle", "ISO"), ("TimeZone", "GMT"), ("standard_conforming_strings", "on"),
             ("is_superuser", "on"))]
-        welcome += [protocol.backend_key_data(client.cancel_key >> 32, client.cancel_key & 0xffffffff),
+        welcome += [protocol.backend_key_data(client.cancel_key),
                     login_notice(self.app), protocol.ready_for_query()]
         self.transport.write(b"".join(welcome))
         self.app.log_event(log, f"login attempt: db={RESERVED_DATABASE} user={client.user}", client)

@@ -5,13 +5,14 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Awaitable
 
-from . import hba, peers
+from . import hba, logsink, peers
 from .auth_query import AuthQuery
 from .client import Client
-from .config import Config, PeerEntry
+from .config import Config, DatabaseEntry, PeerEntry
 from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from .workers import Worker
 
 log = logging.getLogger("maitred")
+
+# Cancel keys are drawn from the OS 512 at a time, not with a system call per client.
+_RANDOM_KEYS = struct.Struct("!512Q")
 
 
 class Pooler:
@@ -47,6 +51,7 @@ class Pooler:
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
+        self.random_keys: list[int] = []    # drawn for cancel keys still to hand out; this process's own
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
@@ -80,9 +85,11 @@ class Pooler:
 
     # -- pools -------------------------------------------------------------------------------------------
 
-    def get_pool(self, dbname: str, user: str) -> Pool:
-        """The pool for a client of `dbname` as `user` (a [databases] entry with user= pins the server user)."""
-        db = self.config.database_for(dbname)
+    def get_pool(self, dbname: str, user: str, db: DatabaseEntry | None = None) -> Pool:
+        """The pool for a client of `dbname` as `user` (a [databases] entry with user= pins the server user);
+        `db`: the entry for `dbname`, when the caller has it already."""
+        if db is None:
+            db = self.config.database_for(dbname)
         server_user = db.user or user
         key = (dbname, server_user)
         pool = self.pools.get(key)
@@ -121,15 +128,18 @@ class Pooler:
         """Count a logged-in client against max_db_client_connections and max_user_client_connections (its
         database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
         user = self.config.users.get(client.user)
-        db_max = db.max_db_client_connections
-        user_max = user.max_user_client_connections if user is not None else None
         db_count = self.db_clients.get(client.dbname, 0)
         user_count = self.user_clients.get(client.user, 0)
-        for name, own, count in (("max_db_client_connections", db_max, db_count),
-                                 ("max_user_client_connections", user_max, user_count)):
-            limit = self.config.get(name) if own is None else own
-            if limit and count >= limit:
-                return name
+        limit = db.max_db_client_connections
+        if limit is None:
+            limit = self.config.get("max_db_client_connections")
+        if limit and db_count >= limit:
+            return "max_db_client_connections"
+        limit = user.max_user_client_connections if user is not None else None
+        if limit is None:
+            limit = self.config.get("max_user_client_connections")
+        if limit and user_count >= limit:
+            return "max_user_client_connections"
         self.db_clients[client.dbname] = db_count + 1
         self.user_clients[client.user] = user_count + 1
         client.counted = True
@@ -141,7 +151,9 @@ class Pooler:
     def register_cancel_key(self, client: Client) -> int:
         """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
         while True:
-            key = int.from_bytes(os.urandom(8), "big") & 0x7fffffffffffffff
+            if not self.random_keys:
+                self.random_keys = list(_RANDOM_KEYS.unpack(os.urandom(_RANDOM_KEYS.size)))
+            key = self.random_keys.pop() & 0x7fffffffffffffff
             if self.peer_id:
                 key = peers.stamp(key, self.peer_id)
             if key not in self.cancel_keys:
@@ -274,12 +286,13 @@ class Pooler:
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logger.info("%s %s", conn.describe(), text % args if args else text)
+            logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
     def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
         """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
         if self.log_disconnections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logger.info("%s closing because: %s (age=%ds)", conn.describe(), reason, self.now() - conn.connected_at)
+            logsink.info(logger, "%s closing because: %s (age=%ds)" % (conn.describe(), reason,
+                                                                      self.now() - conn.connected_at))
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

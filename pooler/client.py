@@ -354,8 +354,10 @@ class Client:
             return
         self.dbname = sys.intern(params.pop("database", "") or self.user)
         cfg = app.config
-        refused = remote_refusal(cfg.get("remote_access"), self.transport.get_extra_info("peername"), self.user,
-                                 self.dbname, cfg.get("admin_users") + cfg.get("stats_users"))
+        remote_access = cfg.get("remote_access")
+        refused = remote_access != "all" and remote_refusal(
+            remote_access, self.transport.get_extra_info("peername"), self.user, self.dbname,
+            cfg.get("admin_users") + cfg.get("stats_users"))
         if refused:
             self.fatal(protocol.INVALID_AUTHORIZATION, refused)
             return
@@ -512,12 +514,13 @@ class Client:
             from .admin import start      # here, not above: the console imports this module
             start(self)
             return
-        pool = self.app.get_pool(self.dbname, self.user)
+        pool = self.app.get_pool(self.dbname, self.user, db)
         welcome = pool.welcome
-        if welcome is None or self.replication or pool.login_failing():
+        failing = pool.login_failing()
+        if welcome is None or self.replication or failing:
             self.transport.write(protocol.AUTH_OK)
             welcome = None      # else AuthenticationOk goes out with the welcome below, in one write
-        if pool.login_failing():      # PgBouncer's fast fail, with the error PostgreSQL gave last
+        if failing:      # PgBouncer's fast fail, with the error PostgreSQL gave last
             sqlstate, message = pool.login_error
             self.fatal(sqlstate, f"server login has been failing, cached error: {message} (server_login_retry)")
             pool.probe()
@@ -558,7 +561,7 @@ class Client:
         _, self.params, self.param_key, parameters = known
         self.cancel_key = self.app.register_cancel_key(self)
         self.transport.write(b"".join((
-            greeting, parameters, protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff),
+            greeting, parameters, protocol.backend_key_data(self.cancel_key),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.startup = b""

@@ -1,10 +1,12 @@
 """Where the pooler's log lines go, made cheap: PgBouncer logs a line per login and per logout by default
 (log_connections, log_disconnections), so under a connection per transaction the log is on the connect path.
 
-Two costs of Python's logging are removed: the date text is formatted once per second, not once per line
-and handler, and lines are written once per event-loop iteration (all the lines of one iteration in one
-write and one flush) instead of a write and a flush per line. A line is never held past the iteration that
-made it; outside a running loop (start, shutdown, another thread) it is written at once.
+The costs of Python's logging are cut: the line is put together directly in its one shape, with the date text
+formatted once per second and the pid asked of the OS once per process, not once per record; the lines about
+connections skip the LogRecord and logging's walk altogether when they go to the pooler's own handlers only
+(`info`); and lines are written once per event-loop iteration (all the lines of one iteration in one write and
+one flush) instead of a write and a flush per line. A line is never held past the iteration that made it;
+outside a running loop (start, shutdown) it is written at once.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import time
 import weakref
 
 LINE_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+_pid = os.getpid()      # for records made without it (use_cheap_records); a forked child takes its own
 
 
 class Formatter(logging.Formatter):
@@ -27,11 +31,23 @@ class Formatter(logging.Formatter):
         self._date = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created, record.msecs)
+
+    def stamp(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:
             self._date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
             self._second = second
-        return "%s,%03d" % (self._date, record.msecs)
+        return "%s,%03d" % (self._date, msecs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """LINE_FORMAT's line, put together without logging's generic %-style pass (a line per login and logout)."""
+        if record.process is None:
+            record.process = _pid
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = message = record.getMessage()
+        return f"{self.formatTime(record)} [{record.process}] {record.levelname} {record.name}: {message}"
 
 
 _handlers: "weakref.WeakSet[IterationHandler]" = weakref.WeakSet()
@@ -49,16 +65,24 @@ class IterationHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.pending.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.add(line)
+
+    def add(self, line: str) -> None:
+        """Hold `line` for the end of this iteration (at once outside a running loop)."""
+        self.pending.append(line)
+        scheduled = self.scheduled_on
+        if scheduled is not None and scheduled.is_running():
+            return          # this iteration's flush is already on its way
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        if self.scheduled_on is not loop:
+        if scheduled is not loop:
             self.scheduled_on = loop
             loop.call_soon(self.flush)
 
@@ -67,8 +91,8 @@ class IterationHandler(logging.StreamHandler):
         try:
             self.scheduled_on = None
             if self.pending and self.stream is not None:
-                self.stream.write("\n".join(self.pending) + "\n")
-                self.pending.clear()
+                pending, self.pending = self.pending, []     # a line `info` adds meanwhile waits for the next
+                self.stream.write("\n".join(pending) + "\n")
             if self.stream is not None and hasattr(self.stream, "flush"):
                 self.stream.flush()
         finally:
@@ -88,11 +112,37 @@ class IterationHandler(logging.StreamHandler):
 
 
 def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
     for handler in list(_handlers):
         handler.drop_pending()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+_direct: list[IterationHandler] = []     # the pooler's own handlers, when they are the only ones (route_lines)
+
+
+def route_lines(handlers: list[logging.Handler]) -> None:
+    """Let `info` write straight to `handlers` when they are the root logger's only ones, all IterationHandlers
+    with the Formatter, and no filter is set: the pooler's own logging (main.setup_logging), which nothing
+    changes afterwards."""
+    direct = all(type(h) is IterationHandler and type(h.formatter) is Formatter and not h.filters for h in handlers)
+    _direct[:] = handlers if direct and handlers else []
+
+
+def info(logger: logging.Logger, text: str) -> None:
+    """An INFO line, exactly as logger.info("%s", text) writes it (the caller checked the level), without a
+    LogRecord and logging's walk when the lines go to the pooler's own handlers only: PgBouncer logs a line per
+    login and per logout by default, and that walk is a sizeable share of a connection's setup."""
+    if not _direct or logger.filters:
+        logger.info("%s", text)
+        return
+    created = time.time()
+    msecs = int((created - int(created)) * 1000)
+    for handler in _direct:
+        handler.add(f"{handler.formatter.stamp(created, msecs)} [{_pid}] INFO {logger.name}: {text}")
 
 
 def file_handler(path: str) -> IterationHandler:
@@ -102,7 +152,9 @@ def file_handler(path: str) -> IterationHandler:
 
 def use_cheap_records() -> None:
     """Skip what the line format never shows: the caller's file and line (a stack walk per record, logging's
-    own documented optimisation) and the thread and multiprocessing names."""
+    own documented optimisation) and the thread and multiprocessing names; and the pid, a system call per
+    record, which the Formatter knows."""
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = False

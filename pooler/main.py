@@ -47,6 +47,7 @@ def setup_logging(logfile: str | None, quiet: bool, verbose: int) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     root.setLevel(level)
+    logsink.route_lines(handlers)
 
 
 def raise_fd_limit() -> None:

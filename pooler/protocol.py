@@ -91,8 +91,12 @@ def parameter_status(name: str, value: str) -> bytes:
     return message(b"S", cstr(name) + cstr(value))
 
 
-def backend_key_data(pid: int, key: int) -> bytes:
-    return message(b"K", struct.pack("!II", pid, key))
+_pack_key_data = struct.Struct("!cIQ").pack
+
+
+def backend_key_data(cancel_key: int) -> bytes:
+    """BackendKeyData for the key as one int, pid << 32 | secret key (as Client.cancel_key keeps it)."""
+    return _pack_key_data(b"K", 12, cancel_key)
 
 
 def ready_for_query(status: int = IDLE) -> bytes:
@@ -164,15 +168,16 @@ def parse_startup_params(body: bytes) -> dict[str, str]:
     """The key/value pairs of a StartupMessage body after its protocol version."""
     if not body.endswith(b"\x00"):
         raise ProtocolError("invalid startup packet layout: expected terminator as last byte")
-    parts = body[:-1].split(b"\x00")
-    if parts and parts[-1] == b"":
+    try:
+        parts = body[:-1].decode().split("\x00")      # NUL never occurs inside a UTF-8 sequence
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("invalid startup packet: parameters are not valid UTF-8") from exc
+    if parts[-1] == "":
         parts.pop()
     if len(parts) % 2:
         raise ProtocolError("invalid startup packet layout: odd number of key/value fields")
-    try:
-        return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("invalid startup packet: parameters are not valid UTF-8") from exc
+    pairs = iter(parts)
+    return dict(zip(pairs, pairs))
 
 
 OPTIONS_ERROR = "unsupported options startup parameter: only '-c config=val' is allowed"    # PgBouncer's words

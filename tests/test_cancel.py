@@ -130,3 +130,19 @@ def test_cancel_for_an_idle_client_does_not_touch_the_server_it_used(pooler_fact
         send_cancel(pooler.port, *idle.backend_key)
         thread.join()
         assert result["value"] == "done"
+
+
+def test_cancel_keys_stay_distinct_past_one_block_of_randomness(tmp_path):
+    from pooler.app import Pooler
+    from pooler.config import load_config
+
+    ini = tmp_path / "pooler.ini"
+    ini.write_text("[databases]\n[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_type = trust\n")
+
+    async def keys() -> list[int]:
+        app = Pooler(load_config(ini))
+        return [app.register_cancel_key(object()) for _ in range(2000)]
+
+    handed = asyncio.run(keys())
+    assert len(set(handed)) == len(handed)
+    assert all(0 <= key < 1 << 63 for key in handed)      # the pid half is never negative

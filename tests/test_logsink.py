@@ -76,3 +76,57 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
     handler.close()
     lines = [line.split(": ", 1)[1] for line in path.read_text().splitlines()]
     assert sorted(lines) == ["child's line", "parent's line"]
+
+
+def test_a_connection_line_written_past_logging_reads_as_logging_writes_it():
+    logger, out, handler = sink()
+    text = "C-0x7f00: db/app@127.0.0.1:5000 closing because: client close request (age=0s)"
+
+    async def main() -> None:
+        logsink.route_lines([handler])
+        try:
+            logsink.info(logger, text)      # straight to the handler
+            logger.info("%s", text)         # through logging
+            assert out.getvalue() == ""     # both wait for the end of the iteration
+            await asyncio.sleep(0)
+        finally:
+            logsink.route_lines([])
+
+    asyncio.run(main())
+    direct, logged = out.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.fullmatch(stamp + re.escape(f"[{os.getpid()}] INFO {logger.name}: {text}"), direct), direct
+    assert direct.split(" ", 2)[2] == logged.split(" ", 2)[2]
+
+
+def test_a_logger_with_a_filter_still_filters_connection_lines():
+    logger, out, handler = sink()
+    logger.addFilter(lambda record: "secret" not in record.getMessage())
+    logsink.route_lines([handler])
+    try:
+        logsink.info(logger, "a secret line")
+        logsink.info(logger, "a plain line")
+    finally:
+        logsink.route_lines([])
+    assert [line.split(": ", 1)[1] for line in out.getvalue().splitlines()] == ["a plain line"]
+
+
+def test_a_forked_child_writes_its_own_pid(tmp_path):
+    path = tmp_path / "log"
+    handler = logsink.file_handler(str(path))
+    handler.setFormatter(logsink.Formatter())
+    logger = logging.getLogger("maitred.test.forkpid")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logsink.route_lines([handler])
+    try:
+        pid = os.fork()
+        if pid == 0:
+            logsink.info(logger, "child's line")
+            os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        logsink.route_lines([])
+    handler.close()
+    assert f"[{pid}] INFO maitred.test.forkpid: child's line" in path.read_text()
