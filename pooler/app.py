@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("maitred")
 
+ARRIVAL_SHARED = 0.01      # seconds
+
 
 class Pooler:
     """Everything one pooler process knows; the clients, servers and pools all hang off it."""
@@ -38,11 +40,13 @@ class Pooler:
         self.forwards: dict[int, asyncio.Semaphore] = {}            # per peer: cancels forwarded at once
         self.loop = asyncio.get_running_loop()
         self.now = time.monotonic      # microsecond resolution; uvloop's loop.time() has milliseconds
+        self.arrived = 0.0             # the reading `arrival` shares
         self.userlist: dict[str, str] = {}
         self.pools: dict[tuple[str, str], Pool] = {}
         self.db_limits: dict[str, Limits] = {}
         self.user_limits: dict[str, Limits] = {}
-        self.clients: set[Client] = set()
+        # Every client, in the order they connected; a dict, whose entries cost a client half a set's.
+        self.clients: dict[Client, None] = {}
         # Logged-in clients per database and per login user, for max_db/user_client_connections.
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
@@ -106,11 +110,19 @@ class Pooler:
 
     # -- clients -----------------------------------------------------------------------------------------
 
+    def arrival(self) -> float:
+        """now(), or a reading at most ARRIVAL_SHARED old: the clients that connect together share one float,
+        which an idle one keeps as connected_at and idle_since, both only ever used to the second."""
+        now = self.now()
+        if now - self.arrived >= ARRIVAL_SHARED:
+            self.arrived = now
+        return self.arrived
+
     def client_connected(self, client: Client) -> None:
-        self.clients.add(client)
+        self.clients[client] = None
 
     def client_disconnected(self, client: Client) -> None:
-        self.clients.discard(client)
+        self.clients.pop(client, None)
         self.cancel_keys.pop(client.cancel_key, None)
         if client.counted:
             client.counted = False

@@ -20,6 +20,7 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
+from .login import Login, LoginField
 from .objects import next_socket_id
 from .server import TRACKED_PARAMS, Server, param_key, shared_params
 
@@ -83,19 +84,26 @@ class Client(asyncio.Protocol):
     slots, holds no buffer or dict of its own (empty ones are shared constants), and what every client of a
     pool shares (max_packet_size, the greeting) stays on the pool."""
 
-    __slots__ = ("app", "transport", "state", "closed", "pool", "server", "user", "dbname", "params", "options",
-                 "replication", "param_key", "startup", "auth", "queried_secret",
-                 "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
+    __slots__ = ("app", "transport", "state", "pool", "server", "user", "dbname", "params", "options",
+                 "replication", "param_key", "login",
+                 "pending", "pending_bytes", "pending_syncs", "requested", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "handshaking", "counted", "wait_notified", "id",
-                 "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "counted", "wait_notified", "number")
+
+    # Kept only until login (login.py): a logged-in client reads them as b"", None and False.
+    startup = LoginField()
+    auth = LoginField()
+    queried_secret = LoginField()
+    handshaking = LoginField()
+    own_user = LoginField()
+    unix = LoginField()
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
-        self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
+        self.login: Login | None = Login()      # dropped once logged in
+        self.number = 0                         # its id, once asked for (see `id`)
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
-        self.closed = False
         self.pool: Pool | None = None
         self.server: Server | None = None      # the server bytes go to right now
         self.user = ""
@@ -105,18 +113,14 @@ class Client(asyncio.Protocol):
         # A replication connection: what its dedicated server's StartupMessage adds (empty for any other).
         self.replication: Mapping[str, str] = _NONE
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
-        self.startup = b""
-        self.auth: ClientAuth | None = None
-        self.queried_secret: str | None = None  # what auth_query gave for this user (auth_query.py)
         self.pending: list[bytes] | tuple = ()  # bytes waiting for a server (a list once there are any)
         self.pending_bytes = 0
         self.pending_syncs = 0
         self.requested = False                 # waiting for, or being handed, a server
-        self.login_pending = False             # waiting for a server only to learn the welcome parameters
         self.skip = 0
         self.partial = b""
         self.wait_started = 0.0
-        self.connected_at = app.now()
+        self.connected_at = app.arrival()
         self.idle_since = self.connected_at
         self.active = False
         self.paused_by = 0                      # why reading is paused: bits of _PAUSE
@@ -127,8 +131,6 @@ class Client(asyncio.Protocol):
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
         self.unix = unix                        # connected over the Unix socket
-        self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
-        self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.counted = False                    # in app.db_clients and app.user_clients
         self.wait_notified = False              # told once that it is queued (query_wait_notify)
 
@@ -203,6 +205,11 @@ class Client(asyncio.Protocol):
         self._forward(data, syncs)
         if terminate >= 0:
             self._gone("client close request")
+
+    # uvloop keeps `protocol.data_received` for every connection: a bound method would cost each client 64 bytes,
+    # the client itself, called as data_received, costs nothing.
+    __call__ = data_received
+    data_received = property(lambda self: self)
 
     def _forward(self, data: bytes, syncs: int) -> None:
         """Send bytes as they are to the server, or queue them and ask the pool for one."""
@@ -535,14 +542,12 @@ class Client(asyncio.Protocol):
             return
         # The first client of a pool waits for a server to learn what to tell it (server_version, ...).
         self.state = LOGIN_WAIT
-        self.login_pending = True
         self.requested = True
         pool.acquire(self)
 
     def finish_login(self, welcome: dict[str, str], greeting: bytes = b"") -> None:
         """Tell the client its parameters, its cancel key and that it is ready, after `greeting` (AuthenticationOk
         when it has not gone out yet), in one write."""
-        self.login_pending = False
         self.requested = False
         greetings = self.pool.greetings
         asked = param_key(self.params, self.options)    # None where the client set nothing
@@ -557,7 +562,7 @@ class Client(asyncio.Protocol):
             greeting, parameters, protocol.backend_key_data(self.cancel_key >> 32, self.cancel_key & 0xffffffff),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
-        self.startup = b""
+        self.login = None
         self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
@@ -565,6 +570,25 @@ class Client(asyncio.Protocol):
             self.pending_bytes = self.pending_syncs = 0
             for chunk in pending:
                 self.data_received(chunk)
+
+    @property
+    def closed(self) -> bool:
+        """Gone: everything it held is released (_gone), and nothing it sends is read any more."""
+        return self.state == CLOSED
+
+    @property
+    def login_pending(self) -> bool:
+        """Waiting for a server only to learn the welcome parameters: of the clients a pool queues, only the
+        first of a pool is not logged in yet (replication and auth_query waits are never in its queue)."""
+        return self.state == LOGIN_WAIT
+
+    @property
+    def id(self) -> int:
+        """SHOW CLIENTS' id, KILL_CLIENT's argument: numbered when first shown, so that an idle client nobody
+        lists keeps no int of its own."""
+        if not self.number:
+            self.number = next_socket_id()
+        return self.number
 
     # -- servers ---------------------------------------------------------------------------------------
 
@@ -684,7 +708,6 @@ class Client(asyncio.Protocol):
             return
         if reason is not None:
             self.app.log_closing(log, self, reason)
-        self.closed = True
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()      # after Terminate, as PostgreSQL does: a client may wait for the close
