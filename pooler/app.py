@@ -16,6 +16,7 @@ from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
+from .registry import Clients
 from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
@@ -45,12 +46,11 @@ class Pooler:
         self.pools: dict[tuple[str, str], Pool] = {}
         self.db_limits: dict[str, Limits] = {}
         self.user_limits: dict[str, Limits] = {}
-        # Every client, in the order they connected; a dict, whose entries cost a client half a set's.
-        self.clients: dict[Client, None] = {}
         # Logged-in clients per database and per login user, for max_db/user_client_connections.
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
+        self.clients = Clients(self.cancel_keys)       # every client, each in one registry (registry.py)
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
@@ -119,11 +119,12 @@ class Pooler:
         return self.arrived
 
     def client_connected(self, client: Client) -> None:
-        self.clients[client] = None
+        self.clients.logins[client] = None
 
     def client_disconnected(self, client: Client) -> None:
-        self.clients.pop(client, None)
-        self.cancel_keys.pop(client.cancel_key, None)
+        self.clients.logins.pop(client, None)
+        if self.cancel_keys.get(client.cancel_key) is client:
+            del self.cancel_keys[client.cancel_key]
         if client.counted:
             client.counted = False
             self.db_clients[client.dbname] -= 1
@@ -151,13 +152,16 @@ class Pooler:
         return len(self.clients)
 
     def register_cancel_key(self, client: Client) -> int:
-        """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
+        """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key. Within 60 bits, where an int
+        takes 32 bytes (48 from 61 bits on): an idle client keeps it."""
         while True:
-            key = int.from_bytes(os.urandom(8), "big") & 0x7fffffffffffffff
+            key = int.from_bytes(os.urandom(8), "big") & 0x0fffffffffffffff
             if self.peer_id:
                 key = peers.stamp(key, self.peer_id)
             if key not in self.cancel_keys:
-                self.cancel_keys[key] = client
+                if client in self.clients.logins:     # a sibling worker's connection is no client of ours
+                    del self.clients.logins[client]
+                    self.cancel_keys[key] = client
                 return key
 
     def cancel(self, pid: int, key: int) -> None:
