@@ -20,7 +20,7 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
-from .login import Login, LoginField
+from .login import Database, Login, LoginField
 from .objects import next_socket_id
 from .server import TRACKED_PARAMS, Server, param_key, shared_params
 
@@ -84,11 +84,11 @@ class Client(asyncio.Protocol):
     slots, holds no buffer or dict of its own (empty ones are shared constants), and what every client of a
     pool shares (max_packet_size, the greeting) stays on the pool."""
 
-    __slots__ = ("app", "transport", "state", "pool", "server", "user", "dbname", "params", "options",
+    __slots__ = ("app", "transport", "state", "pool", "server", "user", "params", "options",
                  "replication", "param_key", "login",
                  "pending", "pending_bytes", "pending_syncs", "requested", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "counted", "wait_notified", "number")
+                 "unsynced", "tracker", "cancel_key", "counted", "id")
 
     # Kept only until login (login.py): a logged-in client reads them as b"", None and False.
     startup = LoginField()
@@ -97,17 +97,18 @@ class Client(asyncio.Protocol):
     handshaking = LoginField()
     own_user = LoginField()
     unix = LoginField()
+    wait_notified = LoginField()      # told once that it is queued (query_wait_notify): few clients ever are
+    dbname = Database()               # its pool's name once it has a pool
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
         self.login: Login | None = Login()      # dropped once logged in
-        self.number = 0                         # its id, once asked for (see `id`)
+        self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
         self.pool: Pool | None = None
         self.server: Server | None = None      # the server bytes go to right now
         self.user = ""
-        self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters (shared_params once logged in)
         self.options: Mapping[str, str] = _NONE  # other settings from its `options`; never mutated after login
         # A replication connection: what its dedicated server's StartupMessage adds (empty for any other).
@@ -132,7 +133,6 @@ class Client(asyncio.Protocol):
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
         self.unix = unix                        # connected over the Unix socket
         self.counted = False                    # in app.db_clients and app.user_clients
-        self.wait_notified = False              # told once that it is queued (query_wait_notify)
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -581,14 +581,6 @@ class Client(asyncio.Protocol):
         """Waiting for a server only to learn the welcome parameters: of the clients a pool queues, only the
         first of a pool is not logged in yet (replication and auth_query waits are never in its queue)."""
         return self.state == LOGIN_WAIT
-
-    @property
-    def id(self) -> int:
-        """SHOW CLIENTS' id, KILL_CLIENT's argument: numbered when first shown, so that an idle client nobody
-        lists keeps no int of its own."""
-        if not self.number:
-            self.number = next_socket_id()
-        return self.number
 
     # -- servers ---------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 An idle client is mostly its slots, 8 bytes each: the fields below are read and written as `client.startup`,
 `client.auth`, ... like any other, but live in the client's `Login`, and read as their resting value once the
-client has none. So a logged-in client pays one slot (`login`, None) for all of them.
+client has none. So a logged-in client pays one slot (`login`, None) for all of them. The one such field set
+after login, wait_notified, gives the few clients that ever wait that long a Login again.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class Login:
-    __slots__ = ("startup", "auth", "queried_secret", "handshaking", "own_user", "unix")
+    __slots__ = ("startup", "auth", "queried_secret", "handshaking", "own_user", "unix", "wait_notified", "dbname")
 
     def __init__(self) -> None:
         self.startup = b""                      # bytes read from the client and not yet handled
@@ -22,6 +23,8 @@ class Login:
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
         self.unix = False                       # connected over the Unix socket
+        self.wait_notified = False              # told once that it is queued (query_wait_notify)
+        self.dbname = ""                        # the database asked for, until the client has a pool
 
 
 RESTING = Login()     # what each field reads as without a Login; never written to
@@ -46,3 +49,14 @@ class LoginField:
         if login is None:
             login = client.login = Login()
         setattr(login, self.name, value)
+
+
+class Database(LoginField):
+    """A client's database: kept in its Login until it has a pool, whose name it is from then on."""
+
+    __slots__ = ()
+
+    def __get__(self, client, owner: type | None = None):
+        if client is not None and client.pool is not None:
+            return client.pool.name
+        return super().__get__(client, owner)

@@ -409,24 +409,6 @@ def test_kill_client_closes_the_client_with_that_id(pooler_factory):
     bystander.close()
 
 
-def test_kill_client_0_finds_no_client_though_none_has_been_listed(pooler_factory):
-    pooler = start(pooler_factory)
-    with psycopg.connect(pooler.dsn(), autocommit=True) as unlisted, console(pooler) as con:
-        with pytest.raises(psycopg.Error, match="client not found"):
-            con.execute("KILL_CLIENT 0")
-        assert unlisted.execute("SELECT 1").fetchone()[0] == 1
-
-
-def test_a_client_keeps_its_id_from_one_show_clients_to_the_next(pooler_factory):
-    pooler = start(pooler_factory)
-    with psycopg.connect(pooler.dsn(application_name="one"), autocommit=True), \
-            psycopg.connect(pooler.dsn(application_name="two"), autocommit=True), console(pooler) as con:
-        first = {c["application_name"]: c["id"] for c in show(con, "CLIENTS")}
-        again = {c["application_name"]: c["id"] for c in show(con, "CLIENTS")}
-    assert first == again
-    assert len(set(first.values())) == len(first) == 3 and 0 not in first.values()
-
-
 def _server_count_after_bench(pooler, pg, clients: int, tmp_path) -> int:
     script = tmp_path / "sleep.sql"
     script.write_text("SELECT pg_sleep(0.02);\n")
