@@ -338,7 +338,7 @@ def kill_client_command(con: Console, arg: str, sql: str) -> bytes:
         raise ConsoleError("invalid client pointer supplied")
     wanted = int(arg)
     for client in list(con.app.clients):
-        if wanted and client.number == wanted and client.state in (ACTIVE, LOGIN_WAIT):   # 0: never shown
+        if client.id == wanted and client.state in (ACTIVE, LOGIN_WAIT):
             client.fatal(protocol.ADMIN_SHUTDOWN, "admin forced disconnect")
             return protocol.command_complete("KILL_CLIENT")
     raise ConsoleError("client not found")

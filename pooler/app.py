@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("maitred")
 
-ARRIVAL_SHARED = 0.01      # seconds
+ARRIVAL_SHARED = 0.1       # seconds
 
 
 class Pooler:

@@ -17,7 +17,7 @@ from tests.wire import Wire
 
 WARM_CLIENTS = 100      # the pool, its server and what a pool keeps for its clients are there before the count
 IDLE_CLIENTS = 2000
-# About 1.5 KiB today at this count (1.47 at 10,000, where fixed costs weigh less), of which uvloop's own objects
+# About 1.5 KiB today at this count (1.49 at 10,000, where fixed costs weigh less), of which uvloop's own objects
 # for one connection are about 1.1; PgBouncer 1.18 needs 0.8. The bound catches a buffer or dict kept per client.
 MAX_KIB_PER_CLIENT = 1.7
 
