@@ -17,6 +17,7 @@ from .hosts import HostChoice
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
+from .registry import Clients
 from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
@@ -29,6 +30,7 @@ log = logging.getLogger("maitred")
 
 # Cancel keys are drawn from the OS 512 at a time, not with a system call per client.
 _RANDOM_KEYS = struct.Struct("!512Q")
+ARRIVAL_SHARED = 0.1       # seconds
 
 
 class Pooler:
@@ -42,16 +44,17 @@ class Pooler:
         self.forwards: dict[int, asyncio.Semaphore] = {}            # per peer: cancels forwarded at once
         self.loop = asyncio.get_running_loop()
         self.now = time.monotonic      # microsecond resolution; uvloop's loop.time() has milliseconds
+        self.arrived = 0.0             # the reading `arrival` shares
         self.userlist: dict[str, str] = {}
         self.pools: dict[tuple[str, str], Pool] = {}
         self.db_limits: dict[str, Limits] = {}
         self.user_limits: dict[str, Limits] = {}
-        self.clients: set[Client] = set()
         # Logged-in clients per database and per login user, for max_db/user_client_connections.
         self.db_clients: dict[str, int] = {}
         self.user_clients: dict[str, int] = {}
         self.cancel_keys: dict[int, Client] = {}
         self.random_keys: list[int] = []    # drawn for cancel keys still to hand out; this process's own
+        self.clients = Clients(self.cancel_keys)       # every client, each in one registry (registry.py)
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
@@ -113,12 +116,21 @@ class Pooler:
 
     # -- clients -----------------------------------------------------------------------------------------
 
+    def arrival(self) -> float:
+        """now(), or a reading at most ARRIVAL_SHARED old: the clients that connect together share one float,
+        which an idle one keeps as connected_at and idle_since, both only ever used to the second."""
+        now = self.now()
+        if now - self.arrived >= ARRIVAL_SHARED:
+            self.arrived = now
+        return self.arrived
+
     def client_connected(self, client: Client) -> None:
-        self.clients.add(client)
+        self.clients.logins[client] = None
 
     def client_disconnected(self, client: Client) -> None:
-        self.clients.discard(client)
-        self.cancel_keys.pop(client.cancel_key, None)
+        self.clients.logins.pop(client, None)
+        if self.cancel_keys.get(client.cancel_key) is client:
+            del self.cancel_keys[client.cancel_key]
         if client.counted:
             client.counted = False
             self.db_clients[client.dbname] -= 1
@@ -149,15 +161,18 @@ class Pooler:
         return len(self.clients)
 
     def register_cancel_key(self, client: Client) -> int:
-        """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key."""
+        """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key. Within 60 bits, where an int
+        takes 32 bytes (48 from 61 bits on): an idle client keeps it."""
         while True:
             if not self.random_keys:
                 self.random_keys = list(_RANDOM_KEYS.unpack(os.urandom(_RANDOM_KEYS.size)))
-            key = self.random_keys.pop() & 0x7fffffffffffffff
+            key = self.random_keys.pop() & 0x0fffffffffffffff
             if self.peer_id:
                 key = peers.stamp(key, self.peer_id)
             if key not in self.cancel_keys:
-                self.cancel_keys[key] = client
+                if client in self.clients.logins:     # a sibling worker's connection is no client of ours
+                    del self.clients.logins[client]
+                    self.cancel_keys[key] = client
                 return key
 
     def cancel(self, pid: int, key: int) -> None:

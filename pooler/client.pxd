@@ -6,23 +6,18 @@ cdef class Client:
     cdef public object app
     cdef public object transport
     cdef public int state
-    cdef public bint closed
     cdef public Pool pool
     cdef public Server server
     cdef public object user
-    cdef public object dbname
     cdef public object params
     cdef public object options
     cdef public object replication
     cdef public object param_key
-    cdef public object startup
-    cdef public object auth
-    cdef public object queried_secret
+    cdef public object login
     cdef public object pending
     cdef public Py_ssize_t pending_bytes
     cdef public Py_ssize_t pending_syncs
     cdef public bint requested
-    cdef public bint login_pending
     cdef public Py_ssize_t skip
     cdef public bytes partial
     cdef public double wait_started
@@ -34,18 +29,13 @@ cdef class Client:
     cdef public bint unsynced
     cdef public object tracker
     cdef public object cancel_key
-    cdef public bint unix
-    cdef public bint own_user
-    cdef public bint handshaking
     cdef public bint counted
-    cdef public bint wait_notified
     cdef public object id
-    cdef object __weakref__
 
     @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, kind=int,
                    length=Py_ssize_t, scan=bytes, partial=bytes, unsynced=bint, track=bint, pool=Pool,
                    max_length=Py_ssize_t)
-    cpdef data_received(self, data)
+    cpdef received(self, data)
     @cython.locals(server=Server)
     cpdef _forward(self, data, Py_ssize_t syncs)
     cpdef bint at_boundary(self)

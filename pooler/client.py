@@ -1,6 +1,6 @@
 """The life of a client connection: startup packet, authentication, then relaying to whichever server it holds.
 
-Once logged in, `data_received` is the hot path: it reads only the 5-byte message headers, to count the
+Once logged in, `received` (asyncio's data_received) is the hot path: it reads only the 5-byte message headers, to count the
 ReadyForQuery messages the server will owe (one per Query, Sync and FunctionCall), to catch Terminate, and
 to refuse what is not a frontend message; the bytes go to the server exactly as they came.
 """
@@ -20,6 +20,7 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
+from .login import Database, Login, LoginField
 from .objects import next_socket_id
 from .server import Server
 from .session import TRACKED_PARAMS, param_key, shared_params
@@ -84,40 +85,44 @@ class Client:
     slots, holds no buffer or dict of its own (empty ones are shared constants), and what every client of a
     pool shares (max_packet_size, the greeting) stays on the pool."""
 
-    __slots__ = ("app", "transport", "state", "closed", "pool", "server", "user", "dbname", "params", "options",
-                 "replication", "param_key", "startup", "auth", "queried_secret",
-                 "pending", "pending_bytes", "pending_syncs", "requested", "login_pending", "skip", "partial",
+    __slots__ = ("app", "transport", "state", "pool", "server", "user", "params", "options",
+                 "replication", "param_key", "login",
+                 "pending", "pending_bytes", "pending_syncs", "requested", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "unix", "own_user", "handshaking", "counted", "wait_notified", "id",
-                 "__weakref__")
+                 "unsynced", "tracker", "cancel_key", "counted", "id")
+
+    # Kept only until login (login.py): a logged-in client reads them as b"", None and False.
+    startup = LoginField("startup")
+    auth = LoginField("auth")
+    queried_secret = LoginField("queried_secret")
+    handshaking = LoginField("handshaking")
+    own_user = LoginField("own_user")
+    unix = LoginField("unix")
+    wait_notified = LoginField("wait_notified")      # told once that it is queued (query_wait_notify): few clients ever are
+    dbname = Database("dbname")             # its pool's name once it has a pool
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
+        self.login: Login | None = Login()      # dropped once logged in
         self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
-        self.closed = False
         self.pool: Pool | None = None
         self.server: Server | None = None      # the server bytes go to right now
         self.user = ""
-        self.dbname = ""
         self.params: dict[str, str] = {}        # the tracked session parameters (shared_params once logged in)
         self.options: Mapping[str, str] = _NONE  # other settings from its `options`; never mutated after login
         # A replication connection: what its dedicated server's StartupMessage adds (empty for any other).
         self.replication: Mapping[str, str] = _NONE
         self.param_key: tuple | None = None     # param_key(params), for the hand-off's quick comparison
-        self.startup = b""
-        self.auth: ClientAuth | None = None
-        self.queried_secret: str | None = None  # what auth_query gave for this user (auth_query.py)
         self.pending: list[bytes] | tuple = ()  # bytes waiting for a server (a list once there are any)
         self.pending_bytes = 0
         self.pending_syncs = 0
         self.requested = False                 # waiting for, or being handed, a server
-        self.login_pending = False             # waiting for a server only to learn the welcome parameters
         self.skip = 0
         self.partial = b""
         self.wait_started = 0.0
-        self.connected_at = app.now()
+        self.connected_at = app.arrival()
         self.idle_since = self.connected_at
         self.active = False
         self.paused_by = 0                      # why reading is paused: bits of _PAUSE
@@ -128,10 +133,7 @@ class Client:
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
         self.unix = unix                        # connected over the Unix socket
-        self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
-        self.handshaking = False                # the TLS layer owns the socket until its handshake ends
         self.counted = False                    # in app.db_clients and app.user_clients
-        self.wait_notified = False              # told once that it is queued (query_wait_notify)
 
     def eof_received(self):
         return None
@@ -147,7 +149,8 @@ class Client:
     def connection_lost(self, exc) -> None:
         self._gone("client unexpected eof")      # PgBouncer's words, for a close without Terminate
 
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
+        """What asyncio calls data_received (see __call__)."""
         if self.state != ACTIVE:
             self._login_data(data)
             return
@@ -207,6 +210,15 @@ class Client:
         self._forward(data, syncs)
         if terminate >= 0:
             self._gone("client close request")
+
+    # uvloop keeps `protocol.data_received` for every connection: a bound method would cost each client 64 bytes,
+    # the client itself, called as data_received, costs nothing.
+    def __call__(self, data: bytes) -> None:
+        self.received(data)
+
+    @property
+    def data_received(self) -> "Client":
+        return self
 
     def _forward(self, data: bytes, syncs: int) -> None:
         """Send bytes as they are to the server, or queue them and ask the pool for one."""
@@ -542,14 +554,12 @@ class Client:
             return
         # The first client of a pool waits for a server to learn what to tell it (server_version, ...).
         self.state = LOGIN_WAIT
-        self.login_pending = True
         self.requested = True
         pool.acquire(self)
 
     def finish_login(self, welcome: dict[str, str], greeting: bytes = b"") -> None:
         """Tell the client its parameters, its cancel key and that it is ready, after `greeting` (AuthenticationOk
         when it has not gone out yet), in one write."""
-        self.login_pending = False
         self.requested = False
         greetings = self.pool.greetings
         asked = param_key(self.params, self.options)    # None where the client set nothing
@@ -564,7 +574,7 @@ class Client:
             greeting, parameters, protocol.backend_key_data(self.cancel_key),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
-        self.startup = b""
+        self.login = None
         self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
         # Bytes that arrived while we were logging in are ordinary traffic.
         if self.pending:
@@ -572,6 +582,17 @@ class Client:
             self.pending_bytes = self.pending_syncs = 0
             for chunk in pending:
                 self.data_received(chunk)
+
+    @property
+    def closed(self) -> bool:
+        """Gone: everything it held is released (_gone), and nothing it sends is read any more."""
+        return self.state == CLOSED
+
+    @property
+    def login_pending(self) -> bool:
+        """Waiting for a server only to learn the welcome parameters: of the clients a pool queues, only the
+        first of a pool is not logged in yet (replication and auth_query waits are never in its queue)."""
+        return self.state == LOGIN_WAIT
 
     # -- servers ---------------------------------------------------------------------------------------
 
@@ -691,7 +712,6 @@ class Client:
             return
         if reason is not None:
             self.app.log_closing(log, self, reason)
-        self.closed = True
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()      # after Terminate, as PostgreSQL does: a client may wait for the close

@@ -26,4 +26,6 @@ done
 "$python" -c "import Cython" >/dev/null 2>&1 || "$python" -m pip install -q --disable-pip-version-check \
   $("$python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])')
 echo "building the compiled hot path (pooler/objects.py, server.py, client.py)"
-"$python" setup.py -q build_ext --inplace
+# --force: a module whose C file did not change is still linked anew, so every built module is newer than
+# every source the staleness check compares it with.
+"$python" setup.py -q build_ext --inplace --force
