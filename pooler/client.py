@@ -21,7 +21,7 @@ from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
 from .config import RESERVED_DATABASE
 from .login import Database, Login, LoginField
-from .objects import next_socket_id
+from .counters import next_socket_id
 from .server import Server
 from .session import TRACKED_PARAMS, param_key, shared_params
 

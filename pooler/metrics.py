@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
-from .objects import WAIT_BUCKETS
+from .counters import WAIT_BUCKETS
 
 if TYPE_CHECKING:
     from .app import Pooler

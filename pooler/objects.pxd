@@ -1,4 +1,6 @@
 cimport cython
+from pooler.client cimport Client
+from pooler.server cimport Server
 
 
 cdef class Limits:
@@ -25,6 +27,7 @@ cdef class Stats:
     cdef public long long server_parse_count
     cdef public list wait_buckets
 
+@cython.final
 cdef class Pool:
     cdef dict __dict__
     cdef public object app
@@ -62,8 +65,10 @@ cdef class Pool:
     cdef public bint statement
     cdef public Py_ssize_t max_length
 
-    cpdef acquire(self, client)
-    cpdef release(self, server, double now=*)
+    @cython.locals(server=Server)
+    cpdef acquire(self, Client client)
+    cpdef release(self, Server server, double now=*)
+    @cython.locals(server=Server)
     cpdef serve_waiting(self)
     cpdef bint paused(self)
     cpdef bint over_size(self)

@@ -6,11 +6,11 @@ Clients wait FIFO.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .counters import WAIT_BUCKETS
 from .hosts import choice_for
 from .protocol import ADMIN_SHUTDOWN, CONNECTION_FAILURE
 
@@ -36,14 +36,6 @@ class Limits:
 
     def full(self) -> bool:
         return 0 < self.max_connections <= self.connections
-
-
-# PgBouncer's socket ids: one sequence for clients and servers, taken when the connection is made.
-next_socket_id = itertools.count(1).__next__
-
-
-# Upper bounds, in seconds, of the client wait-time histogram's buckets.
-WAIT_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
 
 
 class Stats:
@@ -135,7 +127,8 @@ class Pool:
         """Give `client` a server now if one is idle, else queue it and open a connection if allowed."""
         if self.idle and not (self.app.paused or self.db_limits.paused):
             self.stats.wait_buckets[0] += 1
-            self.idle.pop().assign(client)
+            server = self.idle.pop()
+            server.assign(client)
             return
         if self.app.shutdown_mode == "wait_for_servers":      # SHUTDOWN WAIT_FOR_SERVERS: no new transaction
             client.server_unavailable("server shutting down", ADMIN_SHUTDOWN)
@@ -197,7 +190,8 @@ class Pool:
         if self.paused():
             return
         while self.waiting and self.idle:
-            self.idle.pop().assign(self.waiting.popleft())
+            server = self.idle.pop()
+            server.assign(self.waiting.popleft())
         if self.waiting:
             self.grow()
 

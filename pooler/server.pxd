@@ -2,6 +2,7 @@ cimport cython
 from pooler.client cimport Client
 from pooler.objects cimport Pool, Stats
 
+@cython.final
 cdef class Server:
     cdef public Pool pool
     cdef public object app

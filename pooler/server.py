@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from . import protocol
 from .auth import AuthFailed, ServerLogin
 from .hosts import Target, choice_for
-from .objects import WAIT_BUCKETS, next_socket_id
+from .counters import WAIT_BUCKETS, next_socket_id
 from .prepare import ServerCache, server_data, stale_plan
 from .session import options_statements, param_key, set_statement, shared_params
 from .tls import SSL_REQUEST
