@@ -2,6 +2,8 @@ cimport cython
 from pooler.server cimport Server
 from pooler.objects cimport Pool
 
+cdef bytearray EXTENDED, FRONTEND_TYPES
+
 cdef class Client:
     cdef public object app
     cdef public object transport

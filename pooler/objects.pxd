@@ -55,7 +55,7 @@ cdef class Pool:
     cdef public object size
     cdef public object reserve_size
     cdef public object min_size
-    cdef public object server_lifetime
+    cdef public double server_lifetime
     cdef public object query_wait_timeout
     cdef public object max_servers
     cdef public object check_query

@@ -2,6 +2,11 @@ cimport cython
 from pooler.client cimport Client
 from pooler.objects cimport Pool, Stats
 
+cdef bytearray _READ
+
+@cython.locals(high=Py_ssize_t)
+cdef inline Py_ssize_t _length(const unsigned char *data, Py_ssize_t pos) noexcept
+
 @cython.final
 cdef class Server:
     cdef public Pool pool
