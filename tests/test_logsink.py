@@ -54,14 +54,20 @@ def test_outside_a_loop_a_line_is_written_at_once_in_loggings_default_shape():
     assert logsink.Formatter().format(record) == plain.format(record)
 
 
-def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
-    path = tmp_path / "log"
+def _file_logger(path, name: str) -> tuple[logging.Handler, logging.Logger]:
+    """A logger of its own that writes to `path` through the pooler's file handler and formatter."""
     handler = logsink.file_handler(str(path))
     handler.setFormatter(logsink.Formatter())
-    logger = logging.getLogger("maitred.test.fork")
+    logger = logging.getLogger(name)
     logger.handlers = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)
+    return handler, logger
+
+
+def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
+    path = tmp_path / "log"
+    handler, logger = _file_logger(path, "maitred.test.fork")
 
     async def main() -> None:
         logger.info("parent's line")
@@ -113,12 +119,7 @@ def test_a_logger_with_a_filter_still_filters_connection_lines():
 
 def test_a_forked_child_writes_its_own_pid(tmp_path):
     path = tmp_path / "log"
-    handler = logsink.file_handler(str(path))
-    handler.setFormatter(logsink.Formatter())
-    logger = logging.getLogger("maitred.test.forkpid")
-    logger.handlers = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+    handler, logger = _file_logger(path, "maitred.test.forkpid")
     logsink.route_lines([handler])
     try:
         pid = os.fork()
