@@ -142,16 +142,13 @@ class Pooler:
         user = self.config.users.get(client.user)
         db_count = self.db_clients.get(client.dbname, 0)
         user_count = self.user_clients.get(client.user, 0)
-        limit = db.max_db_client_connections
-        if limit is None:
-            limit = self.config.get("max_db_client_connections")
-        if limit and db_count >= limit:
-            return "max_db_client_connections"
-        limit = user.max_user_client_connections if user is not None else None
-        if limit is None:
-            limit = self.config.get("max_user_client_connections")
-        if limit and user_count >= limit:
-            return "max_user_client_connections"
+        db_max = db.max_db_client_connections
+        user_max = user.max_user_client_connections if user is not None else None
+        for name, own, count in (("max_db_client_connections", db_max, db_count),
+                                 ("max_user_client_connections", user_max, user_count)):
+            limit = self.config.get(name) if own is None else own
+            if limit and count >= limit:
+                return name
         self.db_clients[client.dbname] = db_count + 1
         self.user_clients[client.user] = user_count + 1
         client.counted = True

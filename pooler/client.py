@@ -1,8 +1,8 @@
 """The life of a client connection: startup packet, authentication, then relaying to whichever server it holds.
 
-Once logged in, `received` (asyncio's data_received) is the hot path: it reads only the 5-byte message headers, to count the
-ReadyForQuery messages the server will owe (one per Query, Sync and FunctionCall), to catch Terminate, and
-to refuse what is not a frontend message; the bytes go to the server exactly as they came.
+Once logged in, `received` (asyncio's data_received) is the hot path: it reads only the 5-byte message
+headers, to count the ReadyForQuery messages the server will owe (one per Query, Sync and FunctionCall), to
+catch Terminate, and to refuse what is not a frontend message; the bytes go to the server exactly as they came.
 """
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ class Client:
     handshaking = LoginField("handshaking")
     own_user = LoginField("own_user")
     unix = LoginField("unix")
-    wait_notified = LoginField("wait_notified")      # told once that it is queued (query_wait_notify): few clients ever are
-    dbname = Database("dbname")             # its pool's name once it has a pool
+    wait_notified = LoginField("wait_notified")     # told once it is queued (query_wait_notify): few ever are
+    dbname = Database("dbname")                     # its pool's name once it has a pool
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app

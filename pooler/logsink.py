@@ -46,8 +46,13 @@ class Formatter(logging.Formatter):
             record.process = _pid
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
-        record.message = message = record.getMessage()
-        return f"{self.formatTime(record)} [{record.process}] {record.levelname} {record.name}: {message}"
+        record.message = record.getMessage()
+        return self.line(record.created, record.msecs, record.process, record.levelname, record.name,
+                         record.message)
+
+    def line(self, created: float, msecs: float, pid: int, level: str, name: str, message: str) -> str:
+        """LINE_FORMAT's one shape, for a record (format) and for a line without one (`info`)."""
+        return f"{self.stamp(created, msecs)} [{pid}] {level} {name}: {message}"
 
 
 _handlers: "weakref.WeakSet[IterationHandler]" = weakref.WeakSet()
@@ -142,7 +147,7 @@ def info(logger: logging.Logger, text: str) -> None:
     created = time.time()
     msecs = int((created - int(created)) * 1000)
     for handler in _direct:
-        handler.add(f"{handler.formatter.stamp(created, msecs)} [{_pid}] INFO {logger.name}: {text}")
+        handler.add(handler.formatter.line(created, msecs, _pid, "INFO", logger.name, text))
 
 
 def file_handler(path: str) -> IterationHandler:

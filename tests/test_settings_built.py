@@ -165,15 +165,18 @@ def test_pool_idle_timeout_frees_a_pool_left_without_clients_and_servers(pooler_
 
 # -- prepared statements -------------------------------------------------------------------------------
 
+def _extended(wire, sql: str, name: str = "") -> list:
+    """Parse `sql` as statement `name`, bind and execute it, sync: the messages up to ReadyForQuery."""
+    wire.send(parse(sql, name) + bind(statement=name) + execute() + SYNC)
+    return wire.read_until(b"Z")
+
+
 def test_discard_all_by_the_extended_protocol_clears_what_the_server_had_prepared(pooler_factory, pg):
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
     with login(pooler) as wire:
-        wire.send(parse("SELECT 1", "s1") + bind(statement="s1") + execute() + SYNC)
-        wire.read_until(b"Z")
-        wire.send(parse("DISCARD ALL") + bind() + execute() + SYNC)
-        wire.read_until(b"Z")
-        wire.send(parse("SELECT 1", "s2") + bind(statement="s2") + execute() + SYNC)
-        rows = [body for kind, body in wire.read_until(b"Z") if kind == b"D"]
+        _extended(wire, "SELECT 1", "s1")
+        _extended(wire, "DISCARD ALL")
+        rows = [body for kind, body in _extended(wire, "SELECT 1", "s2") if kind == b"D"]
         assert len(rows) == 1
         with pytest.raises(ServerError, match='prepared statement "s1" does not exist'):
             wire.send(bind(statement="s1") + execute() + SYNC)
@@ -183,16 +186,14 @@ def test_discard_all_by_the_extended_protocol_clears_what_the_server_had_prepare
 def test_deallocate_all_by_the_extended_protocol_forgets_the_clients_statements(pooler_factory, pg):
     pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
     with login(pooler) as wire:
-        wire.send(parse("SELECT 1", "s1") + bind(statement="s1") + execute() + SYNC)
-        wire.read_until(b"Z")
-        wire.send(parse("DEALLOCATE ALL") + bind() + execute() + SYNC)
-        wire.read_until(b"Z")
+        _extended(wire, "SELECT 1", "s1")
+        _extended(wire, "DEALLOCATE ALL")
         with pytest.raises(ServerError, match='prepared statement "s1" does not exist'):
             wire.send(bind(statement="s1") + execute() + SYNC)
             wire.read_until(b"Z")
         wire.read_until(b"Z")                                    # the failed batch's ReadyForQuery
-        wire.send(parse("SELECT 2", "s1") + bind(statement="s1") + execute() + SYNC)     # the name is free again
-        assert [body for kind, body in wire.read_until(b"Z") if kind == b"D"] == [b"\x00\x01\x00\x00\x00\x012"]
+        rows = [body for kind, body in _extended(wire, "SELECT 2", "s1") if kind == b"D"]     # the name is free again
+        assert rows == [b"\x00\x01\x00\x00\x00\x012"]
 
 
 def test_set_max_prepared_statements_bounds_the_running_servers(pooler_factory, pg):
