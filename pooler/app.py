@@ -136,11 +136,11 @@ class Pooler:
             self.db_clients[client.dbname] -= 1
             self.user_clients[client.user] -= 1
 
-    def admit(self, client: Client, db) -> str | None:
-        """Count a logged-in client against max_db_client_connections and max_user_client_connections (its
-        database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
+    def admit(self, client: Client, db, dbname: str) -> str | None:
+        """Count a logged-in client of `dbname` against max_db_client_connections and max_user_client_connections
+        (its database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
         user = self.config.users.get(client.user)
-        db_count = self.db_clients.get(client.dbname, 0)
+        db_count = self.db_clients.get(dbname, 0)
         user_count = self.user_clients.get(client.user, 0)
         db_max = db.max_db_client_connections
         user_max = user.max_user_client_connections if user is not None else None
@@ -149,7 +149,7 @@ class Pooler:
             limit = self.config.get(name) if own is None else own
             if limit and count >= limit:
                 return name
-        self.db_clients[client.dbname] = db_count + 1
+        self.db_clients[dbname] = db_count + 1
         self.user_clients[client.user] = user_count + 1
         client.counted = True
         return None

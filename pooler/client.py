@@ -103,7 +103,7 @@ class Client:
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
-        self.login: Login | None = Login()      # dropped once logged in
+        self.login: Login | None = Login(unix)  # dropped once logged in
         self.id = next_socket_id()              # SHOW CLIENTS' id, KILL_CLIENT's argument
         self.transport: asyncio.Transport | None = None
         self.state = STARTUP
@@ -132,7 +132,6 @@ class Client:
         self.unsynced = False
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
-        self.unix = unix                        # connected over the Unix socket
         self.counted = False                    # in app.db_clients and app.user_clients
 
     def eof_received(self):
@@ -285,12 +284,16 @@ class Client:
 
     # -- login -----------------------------------------------------------------------------------------
 
+    # The login path reads and writes its fields on `self.login` itself: the client's LoginField descriptors are
+    # for everyone else, and a descriptor call per access is a sizeable share of a connection's setup.
+
     def _login_data(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
-        self.startup += data
+        login = self.login
+        login.startup += data
         try:
-            while self.startup and self.state in (STARTUP, AUTH):
+            while login.startup and self.state in (STARTUP, AUTH):
                 if self.state == STARTUP:
                     if not self._startup_packet():
                         return
@@ -301,7 +304,8 @@ class Client:
             self.protocol_violation(str(exc))
 
     def _startup_packet(self) -> bool:
-        buf = self.startup
+        login = self.login
+        buf = login.startup
         if len(buf) < 8:
             return False
         length, code = struct.unpack_from("!II", buf)
@@ -309,7 +313,7 @@ class Client:
             raise protocol.ProtocolError(f"invalid length of startup packet: {length}")
         if len(buf) < length:
             return False
-        body, self.startup = buf[8:length], buf[length:]
+        body, login.startup = buf[8:length], buf[length:]
         if code in (protocol.SSL_REQUEST_CODE, protocol.GSSENC_REQUEST_CODE) and length == 8:
             if code == protocol.SSL_REQUEST_CODE and self._ssl_request():
                 return False
@@ -322,7 +326,7 @@ class Client:
         if code >> 16 != 3:
             raise protocol.ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xffff}: "
                                          "server supports 3.0")
-        if self.app.tls.client_required and not self.unix and \
+        if self.app.tls.client_required and not login.unix and \
                 self.transport.get_extra_info("ssl_object") is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, "SSL required")      # PgBouncer's words
             return False
@@ -360,15 +364,16 @@ class Client:
 
     def _start(self, params: dict[str, str]) -> None:
         app = self.app
-        self.user = sys.intern(params.pop("user", ""))     # shared by every client of that user
-        if not self.user:
+        login = self.login
+        user = self.user = sys.intern(params.pop("user", ""))     # shared by every client of that user
+        if not user:
             self.fatal(protocol.PROTOCOL_VIOLATION, "no username supplied")
             return
-        self.dbname = sys.intern(params.pop("database", "") or self.user)
+        dbname = login.dbname = sys.intern(params.pop("database", "") or user)
         cfg = app.config
         remote_access = cfg.get("remote_access")
         refused = remote_access != "all" and remote_refusal(
-            remote_access, self.transport.get_extra_info("peername"), self.user, self.dbname,
+            remote_access, self.transport.get_extra_info("peername"), user, dbname,
             cfg.get("admin_users") + cfg.get("stats_users"))
         if refused:
             self.fatal(protocol.INVALID_AUTHORIZATION, refused)
@@ -385,19 +390,19 @@ class Client:
         if app.client_count() > app.config.get("max_client_conn"):
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
-        if app.shutting_down and self.dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
+        if app.shutting_down and dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
             self.fatal(protocol.CANNOT_CONNECT_NOW, "pooler is shutting down")
             return
-        if self.unix and self.user == OWN_CONSOLE_USER and \
-                is_own_user(peer_uid(self.transport.get_extra_info("socket")), os.getuid(), self.user, self.dbname):
-            self.own_user = True
+        if login.unix and user == OWN_CONSOLE_USER and \
+                is_own_user(peer_uid(self.transport.get_extra_info("socket")), os.getuid(), user, dbname):
+            login.own_user = True
             app.log_event(log, "pgbouncer access from unix socket", self)
             self._authenticated()
             return
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
         # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).
-        secret = app.user_secret(self.user)
-        if secret is None and app.auth_query.enabled(self.dbname):
+        secret = app.user_secret(user)
+        if secret is None and app.auth_query.enabled(dbname):
             self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
             self.pause_reading("auth_query")
             app.spawn(self._query_secret())
@@ -459,17 +464,20 @@ class Client:
         As in PgBouncer, each `-c name=value` of `options` counts as a startup parameter of that name, and
         an ignored name, or `options` in ignore_startup_parameters, ignores it. Unlike PgBouncer, any other
         setting is kept rather than refused: the pooler applies it on every server the client lands on."""
-        ignored = {p.lower() for p in self.app.config.get("ignore_startup_parameters") or ()}
+        ignored = self.app.config.get("ignore_startup_parameters")
+        ignored = {p.lower() for p in ignored} if ignored else ()
+        given = params.pop("options", "")
         try:
-            settings = protocol.parse_options(params.pop("options", ""))
+            settings = protocol.parse_options(given) if given else ()
         except ValueError as exc:
             self.fatal(protocol.PROTOCOL_VIOLATION, str(exc))
             return False
+        tracked = self.params
         options = {}      # no dict kept when there are none: most clients set nothing
         for name, value in settings:     # before the other parameters, which win over them, as in PostgreSQL
             canonical = _CANONICAL.get(name.lower())
             if canonical is not None:
-                self.params[canonical] = value
+                tracked[canonical] = value
             elif name.lower() not in ignored and "options" not in ignored:
                 options[name.lower()] = value
         if options:
@@ -477,56 +485,62 @@ class Client:
         for name, value in params.items():
             canonical = _CANONICAL.get(name.lower())
             if canonical is not None:
-                self.params[canonical] = value
+                tracked[canonical] = value
             elif name.lower() not in ignored:
                 self.fatal(protocol.PROTOCOL_VIOLATION, f"unsupported startup parameter: {name}")
                 return False
         return True
 
     def _password_message(self) -> bool:
-        messages, used = protocol.split_messages(self.startup, 65536)
+        login = self.login
+        buf = login.startup
+        messages, used = protocol.split_messages(buf, 65536)
         if not messages:
-            if len(self.startup) >= 5 and self.startup[0] != 0x70:
-                raise protocol.ProtocolError("expected password response, got message type "
-                                             f"{self.startup[0]}")
+            if len(buf) >= 5 and buf[0] != 0x70:
+                raise protocol.ProtocolError(f"expected password response, got message type {buf[0]}")
             return False
         kind, body = messages[0]
-        self.startup = self.startup[5 + len(body):]
+        login.startup = buf[5 + len(body):]
         if kind != 0x70:
             raise protocol.ProtocolError(f"expected password response, got message type {kind}")
+        auth = login.auth
         try:
-            reply, done = self.auth.feed(body)
+            reply, done = auth.feed(body)
         except AuthFailed as exc:
             self.app.log_event(log, f"login failed: {exc}", self)
-            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(self.auth.method))
+            self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(auth.method))
             return False
         if reply:
             self.transport.write(reply)
         if done:
-            keys, self.auth = self.auth.scram_keys, None
-            self._authenticated(keys)
+            login.auth = None
+            self._authenticated(auth.scram_keys)
         return True
 
     def _authenticated(self, scram_keys: tuple[bytes, bytes] | None = None) -> None:
-        db = self.app.config.database_for(self.dbname) if self.dbname != RESERVED_DATABASE else None
-        if self.dbname != RESERVED_DATABASE and db is None:
-            self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {self.dbname}")
+        app = self.app
+        login = self.login
+        dbname = login.dbname
+        console = dbname == RESERVED_DATABASE
+        db = None if console else app.config.database_for(dbname)
+        if not console and db is None:
+            self.fatal(protocol.PROTOCOL_VIOLATION, f"no such database: {dbname}")
             return
-        limits = self.app.db_limits.get(self.dbname)
+        limits = app.db_limits.get(dbname)
         if limits is not None and limits.disabled:
-            self.fatal(protocol.PROTOCOL_VIOLATION, f'database "{self.dbname}" is disabled')
+            self.fatal(protocol.PROTOCOL_VIOLATION, f'database "{dbname}" is disabled')
             return
         if db is not None:
-            exceeded = self.app.admit(self, db)
+            exceeded = app.admit(self, db, dbname)
             if exceeded:
                 self.fatal(protocol.PROTOCOL_VIOLATION, f"client connections exceeded ({exceeded})")
                 return
-        if self.dbname == RESERVED_DATABASE:
+        if console:
             self.transport.write(protocol.AUTH_OK)
             from .admin import start      # here, not above: the console imports this module
             start(self)
             return
-        pool = self.app.get_pool(self.dbname, self.user, db)
+        pool = app.get_pool(dbname, self.user, db)
         welcome = pool.welcome
         failing = pool.login_failing()
         if welcome is None or self.replication or failing:
@@ -540,8 +554,9 @@ class Client:
         self.pool = pool
         if scram_keys is not None and pool.server_user == self.user:
             pool.scram_keys = scram_keys        # the server login may need them (auth.ServerLogin)
-        if self.queried_secret and pool.db.user is None:     # auth_query's secret logs in to the server too
-            pool.server_password = pool.queried_secret = self.queried_secret
+        queried = login.queried_secret
+        if queried and pool.db.user is None:     # auth_query's secret logs in to the server too
+            pool.server_password = pool.queried_secret = queried
         pool.client_count += 1
         pool.stats.client_logins += 1
         if self.replication:
