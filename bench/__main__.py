@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {','.join(scenarios.SCENARIOS)} (default all)")
     p.add_argument("--targets", type=_csv(list(targets.TARGETS)), default=list(targets.DEFAULT_TARGETS),
                    help="comma-separated, from direct,pgbouncer,maitred,maitred-w2 (maitred with workers = 2), "
-                        "maitred-py (maitred's pure-Python hot path, for the compiled one's gain) "
+                        "maitred-py (maitred's pure-Python hot path, for the compiled one's gain), "
+                        "floor (canned answers on uvloop: the least a uvloop pooler pays per connection; S2 only) "
                         "(default direct,pgbouncer,maitred)")
     p.add_argument("--auth", choices=("scram-sha-256", "md5", "trust"), default="scram-sha-256",
                    help="auth_type of both poolers in every scenario but S2 (trust) and S2-scram "

@@ -9,9 +9,9 @@ from datetime import datetime
 from .scenarios import SCENARIOS, Scale
 
 LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2",
-          "maitred-py": "maitred pure Python"}
+          "maitred-py": "maitred pure Python", "floor": "uvloop floor"}
 RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"),
-          ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"))
+          ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"), ("floor", "pgbouncer"), ("maitred", "floor"))
 
 
 def cell(outcomes: list[dict], key: str) -> dict:

@@ -150,9 +150,9 @@ def run_load(load: str, target, scale: Scale, auth_type: str, ids: list[str],
              tls: TlsFiles | None = None) -> dict[str, dict]:
     """One measured run of `load` on `target` with poolers of `auth_type`, started fresh; an outcome for each
     scenario of `ids` (those of that load and auth)."""
-    if load == "idle" and target.name == "direct":
-        return {sid: not_applicable(f"{scale.idle_clients:,} direct PostgreSQL connections are not possible")
-                for sid in ids}
+    reason = target.inapplicable(load, auth_type)
+    if reason:
+        return {sid: not_applicable(reason) for sid in ids}
     reason = target.unavailable()
     if reason:
         return {sid: failed(reason) for sid in ids}

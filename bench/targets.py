@@ -115,6 +115,9 @@ class Direct:
     def unavailable(self) -> str | None:
         return None
 
+    def inapplicable(self, load: str, auth_type: str) -> str | None:
+        return "thousands of direct PostgreSQL connections are not possible" if load == "idle" else None
+
     def version(self) -> str:
         return version_line([os.path.join(self.pg.bindir, "postgres"), "--version"])
 
@@ -135,6 +138,10 @@ class _Pooler:
 
     def argv(self, config_path: str) -> list[str]:
         raise NotImplementedError
+
+    def inapplicable(self, load: str, auth_type: str) -> str | None:
+        """Why this target cannot run `load` with `auth_type` (reported n/a), or None."""
+        return None
 
     def config(self, settings: dict[str, dict[str, str]], run_dir: str) -> dict[str, dict[str, str]]:
         raise NotImplementedError
@@ -304,11 +311,43 @@ class MaitredPurePython(Maitred):
         return env
 
 
-TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py")
+@dataclass
+class UvloopFloor(_Pooler):
+    """Not a pooler: bench/floor.py, canned answers on uvloop with no PostgreSQL behind them, for the least a
+    pooler on uvloop pays per connection (S2). Only S2: with no server side, its S1 would be half a relay."""
+
+    name: str = "floor"
+    label: str = "uvloop floor"
+
+    def unavailable(self) -> str | None:
+        return None if importlib.util.find_spec("uvloop") else "uvloop is not installed"
+
+    def inapplicable(self, load: str, auth_type: str) -> str | None:
+        if load == "churn" and auth_type == "trust":
+            return None
+        return "the floor is for S2: it lets any login in and answers with canned bytes, with no server side"
+
+    def version(self) -> str:
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+
+    def argv(self, config_path: str) -> list[str]:
+        return [sys.executable, "-m", "bench.floor", self.port]
+
+    def config(self, settings, run_dir):
+        self.port = settings["pgbouncer"]["listen_port"]
+        return settings
+
+    def env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
+
+
+TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor")
 DEFAULT_TARGETS = ("direct", "pgbouncer", "maitred")
 
 
 def make_targets(names: list[str], pg: LocalPostgres) -> list:
     kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers,
-             "maitred-py": MaitredPurePython}
+             "maitred-py": MaitredPurePython, "floor": UvloopFloor}
     return [kinds[name](pg) for name in names]

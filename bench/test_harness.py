@@ -89,6 +89,9 @@ class _Recorder:
     def unavailable(self):
         return None
 
+    def inapplicable(self, load, auth_type):
+        return None
+
     @contextlib.contextmanager
     def serve(self, settings):
         self.auth_types.append(settings.auth_type)
@@ -221,3 +224,16 @@ def test_the_pure_python_target_runs_the_hot_path_from_its_py_files_and_maitred_
             assert _hot_modules_loaded(ep.pid) == set()
         with targets.Maitred(pg).serve(settings) as ep:
             assert _hot_modules_loaded(ep.pid) == set(HOT_MODULES)
+
+
+def test_the_uvloop_floor_answers_pgbench_connection_churn_and_is_not_applicable_elsewhere():
+    """The floor (bench/floor.py) serves S2 as a pooler would be measured, and only S2."""
+    _require(shutil.which("pgbench") is not None, "pgbench")
+    with targets.bench_postgres() as pg:
+        floor = targets.UvloopFloor(pg)
+        results = scenarios.run([floor], ["S1", "S2", "S2-scram"], scenarios.QUICK, "trust", say=lambda line: None)
+    (s2,) = results["S2"]["floor"]
+    assert s2["status"] == "ok" and s2["values"]["tps"] > 0, s2
+    for sid in ("S1", "S2-scram"):
+        (outcome,) = results[sid]["floor"]
+        assert outcome["status"] == "n/a" and "the floor is for S2" in outcome["reason"], (sid, outcome)
