@@ -157,6 +157,30 @@ class PoolerProcess:
         except OSError:
             return ""
 
+    def wait_log(self, *texts: str, count: int = 1, timeout: float = 10, path: str | Path | None = None) -> str:
+        """The log once each of `texts` is in it `count` times or more. The pooler writes the lines of an
+        event-loop iteration together at the iteration's end (pooler/logsink.py), after what the iteration sent
+        to its clients: a client can be answered before its line is in the file, so a test waits for the line
+        rather than reading the log once. `path`: the pooler's `logfile` instead of its output."""
+        assert texts, "wait_log needs a text to wait for"
+
+        def read() -> str:
+            if path is None:
+                return self.log_text()
+            try:
+                return Path(path).read_text(errors="replace")
+            except OSError:
+                return ""
+
+        def found() -> str | None:
+            text = read()
+            return text if all(text.count(t) >= count for t in texts) else None
+        try:
+            return wait_for(found, timeout, message=f"{list(texts)}{f' x{count}' if count > 1 else ''} in "
+                                                     f"{path or self.log_path}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its tail:\n{read()[-3000:]}") from None
+
     def dsn(self, user: str = "app", dbname: str = "app", password: str | None = None, **extra) -> str:
         password = PASSWORDS.get(user, "") if password is None else password
         parts = [f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}",

@@ -40,7 +40,7 @@ def test_a_failing_lookup_tells_the_client_bouncer_config_error_and_the_log_why(
     error = refusal(pooler.port)
     assert (error.fields.get("S"), error.sqlstate, error.message) == ("FATAL", "08P01", "bouncer config error")
     assert detail not in str(error.fields) and SUPERUSER not in str(error.fields)
-    assert detail in pooler.log_text()
+    pooler.wait_log(detail)
 
 
 def test_an_auth_dbname_missing_from_databases_is_a_config_error_too(pooler_factory):
@@ -48,7 +48,7 @@ def test_an_auth_dbname_missing_from_databases_is_a_config_error_too(pooler_fact
                             userlist={SUPERUSER: SUPERUSER_PASSWORD})
     error = refusal(pooler.port)
     assert (error.sqlstate, error.message) == ("08P01", "bouncer config error")
-    assert 'authentication database "authdb" is not configured' in pooler.log_text()
+    pooler.wait_log('authentication database "authdb" is not configured')
 
 
 def test_a_working_lookup_still_logs_the_client_in(pooler_factory):

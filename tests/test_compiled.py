@@ -35,7 +35,8 @@ def test_version_says_whether_the_hot_path_is_compiled():
 
 
 def test_the_startup_line_says_whether_the_hot_path_is_compiled(pooler):
-    assert f"process up: maitred pooler, pid {pooler.proc.pid}, {compiled.describe()}" in pooler.log_text()
+    # Logged once the loop runs, after the port is bound (which is all the pooler fixture waits for).
+    pooler.wait_log(f"process up: maitred pooler, pid {pooler.proc.pid}, {compiled.describe()}")
 
 
 def scratch_tree(tmp_path: Path) -> Path:

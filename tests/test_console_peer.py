@@ -58,7 +58,7 @@ def test_pgbouncer_user_of_the_pooler_os_user_gets_the_console_over_the_unix_soc
         conn.execute("SET default_pool_size = 7")        # admin rights: SET is for admin_users only
         config = {row[0]: row[1] for row in conn.execute("SHOW CONFIG").fetchall()}
         assert config["default_pool_size"] == "7"
-    assert "pgbouncer access from unix socket" in pooler.log_text()
+    pooler.wait_log("pgbouncer access from unix socket")
 
 
 def test_pgbouncer_user_of_another_os_user_is_refused(pooler, socket_dir):

@@ -133,7 +133,7 @@ def test_a_host_that_refuses_is_skipped_and_no_client_sees_it(pooler_factory, pg
         thread.join()
     assert errors == []
     assert ports_serving(pooler, 3) == [pg.port] * 3
-    assert f"cannot connect to server 127.0.0.1:{dead}" in pooler.log_text()
+    pooler.wait_log(f"cannot connect to server 127.0.0.1:{dead}")
 
 
 def test_show_databases_and_pools_name_the_list_and_its_mode(pooler_factory, pg, second_pg):

@@ -104,7 +104,7 @@ def test_daemon_detaches_writes_its_pidfile_and_serves_until_sigterm(config):
     try:
         wait_serving(config)
         assert os.getsid(pid) != os.getsid(0)   # a session of its own: no terminal to hang up on it
-        assert "process up" in open(logfile).read()
+        config.wait_log("process up", path=logfile)
     finally:
         stop(pid)
     assert not os.path.exists(pidfile)
@@ -140,7 +140,7 @@ def test_user_switch_drops_to_that_user_after_binding(config):
     try:
         wait_serving(config)
         assert uid_of(proc.pid) == account.pw_uid
-        assert "switched to user postgres" in open(config.settings["logfile"]).read()
+        config.wait_log("switched to user postgres", path=config.settings["logfile"])
     finally:
         proc.terminate()
         proc.wait(15)

@@ -133,7 +133,7 @@ def test_connect_query_runs_on_each_new_server_and_a_failing_one_is_only_logged(
         assert second.rows("SELECT current_setting('maitred.probe')") == [("42",)]
     with login(pooler, database="broken") as wire:
         assert wire.rows("SELECT 1") == [("1",)]
-    assert "connect_query failed: function no_such_function() does not exist" in pooler.log_text()
+    pooler.wait_log("connect_query failed: function no_such_function() does not exist")
 
 
 @pytest.mark.parametrize("fast_close", [True, False])

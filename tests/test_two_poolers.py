@@ -21,14 +21,16 @@ def test_two_poolers_with_one_http_port_both_serve_and_the_second_says_where_its
     second = pooler_factory(maitred={"http_port": http_port})
     assert serves(first) and serves(second)
     assert http_get(http_port, "/healthz") == (200, "ok\n")
-    moved = re.search(rf"HTTP port {http_port} is in use .*are on 127\.0\.0\.1:(\d+) instead", second.log_text())
-    assert moved, second.log_text()
+    log = second.wait_log(f"HTTP port {http_port} is in use")
+    moved = re.search(rf"HTTP port {http_port} is in use .*are on 127\.0\.0\.1:(\d+) instead", log)
+    assert moved, log[-3000:]
     status, text = http_get(int(moved.group(1)), "/metrics")
     assert status == 200 and "maitred_up 1.0" in text
-    assert "is in use" not in first.log_text()
+    log = first.wait_log("process up")      # logged after the HTTP endpoint started (or said why it moved)
+    assert "is in use" not in log, log[-3000:]
 
 
 def test_a_pooler_whose_http_address_cannot_be_had_serves_without_the_endpoint(pooler_factory):
     pooler = pooler_factory(maitred={"http_addr": "192.0.2.1", "http_port": free_port()})   # TEST-NET-1
     assert serves(pooler)
-    assert "HTTP endpoint not started, the pooler serves without /metrics /healthz /readyz" in pooler.log_text()
+    pooler.wait_log("HTTP endpoint not started, the pooler serves without /metrics /healthz /readyz")
