@@ -122,7 +122,7 @@ def test_auth_type_cert_logs_in_the_user_named_by_the_certificate(kind, pg, pool
 def test_hba_cert_lines_use_the_ident_map_for_other_users(pooler_factory, pg, files):
     pooler = pooler_factory(databases=databases(pg), userlist=USERLIST, auth_type="hba",
                             auth_hba_file=str(files / "cert-hba.conf"), auth_ident_file=str(files / "ident.conf"),
-                            **tls_settings(files, "verify-ca"))
+                            log_connections=1, **tls_settings(files, "verify-ca"))
     assert login(pooler.port, "app", tls=client_context(files)) == ("ok", "app")
     assert login(pooler.port, "md5_role", tls=client_context(files)) == ("ok", "md5_role")   # certs: app → md5_role
     assert login(pooler.port, "plain_role", tls=client_context(files)) == REJECTED            # no line
