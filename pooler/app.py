@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Awaitable
 
 from . import hba, logsink, peers
@@ -258,7 +259,8 @@ class Pooler:
         addrs = [a.strip() for a in (cfg.get("listen_addr") or "").split(",") if a.strip()]
         for addr in addrs:
             host = None if addr == "*" else addr
-            server = await self.loop.create_server(lambda: Client(self), host, port, backlog=backlog,
+            # functools.partial, not a lambda: uvloop calls it per accepted connection, without a Python frame.
+            server = await self.loop.create_server(partial(Client, self), host, port, backlog=backlog,
                                                    reuse_address=True, reuse_port=reuse_port)
             self.listeners.append(server)
             for sock in server.sockets:
