@@ -755,8 +755,11 @@ class Client:
             server.detach()
 
     def describe(self) -> str:
-        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port`."""
-        return f"C-{id(self):#x}: {self.dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer}"
+        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port` (a line per login and logout: the
+        database read as the `dbname` field reads it, its pool's name, without the field's Python-level call)."""
+        pool = self.pool
+        dbname = pool.name if pool is not None else self.dbname
+        return f"C-{hex(id(self))}: {dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer}"
 
     def tls_info(self) -> str:
         """`no`, or the protocol and cipher, as PgBouncer's login line has them."""

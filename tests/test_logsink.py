@@ -84,21 +84,26 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
     assert sorted(lines) == ["child's line", "parent's line"]
 
 
-def test_a_connection_line_written_past_logging_reads_as_logging_writes_it():
-    logger, out, handler = sink()
-    text = "C-0x7f00: db/app@127.0.0.1:5000 closing because: client close request (age=0s)"
-
+def _direct_and_logged(logger: logging.Logger, handler: logsink.IterationHandler, text: str, written) -> None:
+    """`text` once straight to `handler` (`info`) and once through logging, in one loop iteration; `written()`
+    is what the handler has written so far."""
     async def main() -> None:
         logsink.route_lines([handler])
         try:
-            logsink.info(logger, text)      # straight to the handler
-            logger.info("%s", text)         # through logging
-            assert out.getvalue() == ""     # both wait for the end of the iteration
+            logsink.info(logger, text)
+            logger.info("%s", text)
+            assert not written()            # both wait for the end of the iteration
             await asyncio.sleep(0)
         finally:
             logsink.route_lines([])
 
     asyncio.run(main())
+
+
+def test_a_connection_line_written_past_logging_reads_as_logging_writes_it():
+    logger, out, handler = sink()
+    text = "C-0x7f00: db/app@127.0.0.1:5000 closing because: client close request (age=0s)"
+    _direct_and_logged(logger, handler, text, out.getvalue)
     direct, logged = out.getvalue().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     assert re.fullmatch(stamp + re.escape(f"[{os.getpid()}] INFO {logger.name}: {text}"), direct), direct
@@ -131,3 +136,16 @@ def test_a_forked_child_writes_its_own_pid(tmp_path):
         logsink.route_lines([])
     handler.close()
     assert f"[{pid}] INFO maitred.test.forkpid: child's line" in path.read_text()
+
+
+def test_the_logfile_holds_the_utf8_bytes_of_its_lines_as_a_text_file_would(tmp_path):
+    path = tmp_path / "log"
+    handler, logger = _file_logger(path, "maitred.test.bytes")
+    text = "C-0x7f00: dbé/üser@127.0.0.1:5000 login attempt: db=dbé user=üser tls=no"
+    _direct_and_logged(logger, handler, text, path.read_bytes)
+    logger.warning("after the loop: ✓")         # outside a loop, at once
+    written = path.read_bytes()
+    handler.close()
+    lines = written.decode("utf-8").splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [text, text, "after the loop: ✓"]
+    assert written.endswith("after the loop: ✓\n".encode("utf-8"))
