@@ -329,7 +329,7 @@ class UvloopFloor(_Pooler):
 
     def version(self) -> str:
         import uvloop
-        return f"uvloop {uvloop.__version__}"
+        return f"(uvloop {uvloop.__version__})"
 
     def argv(self, config_path: str) -> list[str]:
         return [sys.executable, "-m", "bench.floor", self.port]

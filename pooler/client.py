@@ -302,6 +302,10 @@ class Client:
                         return
         except protocol.ProtocolError as exc:
             self.protocol_violation(str(exc))
+            return
+        # Sent before ReadyForQuery, while the login waits for a server: kept for finish_login, within bounds.
+        if self.state == LOGIN_WAIT and len(login.startup) > PENDING_LIMIT:
+            self.pause_reading("waiting")
 
     def _startup_packet(self) -> bool:
         login = self.login
@@ -589,9 +593,15 @@ class Client:
             greeting, parameters, protocol.backend_key_data(self.cancel_key),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
-        self.login = None
+        login, self.login = self.login, None
         self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
-        # Bytes that arrived while we were logging in are ordinary traffic.
+        # What the client sent without waiting for ReadyForQuery (after its startup packet or password, or while
+        # the login waited for a server) is ordinary traffic.
+        leftover = login.startup if login is not None else b""
+        if leftover:
+            login.startup = b""
+            self.resume_reading("waiting")
+            self.received(leftover)
         if self.pending:
             pending, self.pending = self.pending, ()
             self.pending_bytes = self.pending_syncs = 0

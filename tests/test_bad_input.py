@@ -6,6 +6,7 @@ that the pooler holds no more sockets than before and no more server connections
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import struct
 import time
 
@@ -338,3 +339,33 @@ def test_fuzzed_messages_after_login_leave_other_clients_and_the_pool_alone(pool
     assert max(peak) <= POOL_SIZE, peak
     assert pooler.alive()
     assert_pool_whole(pooler, pg)
+
+
+# -- a client that does not wait for ReadyForQuery -----------------------------------------------------------
+
+def _rows(messages: list) -> list[bytes]:
+    return [body for kind, body in messages if kind == b"D"]
+
+
+@pytest.mark.parametrize("auth", ["trust", "md5"])
+def test_a_query_sent_with_the_login_is_answered_after_it(pooler_factory, pg, auth):
+    """Bytes in the same read as the startup packet or the password are ordinary traffic once the login ends,
+    whether the login waits for the pool's first server (the first client) or not (the second): nothing the
+    client sent is lost."""
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=POOL_SIZE, auth_type=auth)
+    for n in (1, 2):
+        with Wire(pooler.port) as wire:
+            ask = query(f"SELECT 40 + {n}")
+            if auth == "trust":
+                wire.send(startup_packet("app", "app") + ask)
+            else:
+                wire.send(startup_packet("app", "app"))
+                kind, body = wire.read_message()
+                assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 5, (kind, body)
+                inner = hashlib.md5((PASSWORDS["app"] + "app").encode()).hexdigest()
+                wire.send(message(b"p", b"md5" + hashlib.md5(inner.encode() + body[4:8]).hexdigest().encode()
+                                  + b"\0") + ask)
+            wire.read_until(b"Z")       # the login's ReadyForQuery
+            answer = wire.read_until(b"Z")
+            assert [row[-2:] for row in _rows(answer)] == [f"4{n}".encode()], answer
+            assert wire.rows("SELECT 'next'") == [("next",)]
