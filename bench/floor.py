@@ -19,13 +19,11 @@ import sys
 
 import uvloop
 
+from .pgclient import message
+
 _LENGTH = struct.Struct("!I")
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
-
-
-def message(kind: bytes, body: bytes) -> bytes:
-    return kind + _LENGTH.pack(len(body) + 4) + body
 
 
 def _parameter(name: str, value: str) -> bytes:

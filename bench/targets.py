@@ -96,6 +96,12 @@ def bench_postgres(settings: dict[str, str] | None = None) -> Iterator[LocalPost
         yield pg
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH: its `pooler` and `bench` packages are the ones run."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
+
+
 def client_env() -> dict[str, str]:
     """libpq settings for pgbench: the password, and no TLS or GSS negotiation round trip on any target."""
     return dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable")
@@ -267,8 +273,7 @@ class Maitred(_Pooler):
         return ([exe] if exe else [sys.executable, "-m", "maitred.cli"]) + ["pooler", "-q", config_path]
 
     def env(self) -> dict[str, str]:
-        path = os.environ.get("PYTHONPATH")
-        return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
+        return checkout_env()
 
     def config(self, settings, run_dir):
         return poolconf.for_maitred(settings, logfile=os.path.join(run_dir, "maitred.log"))
@@ -339,8 +344,7 @@ class UvloopFloor(_Pooler):
         return settings
 
     def env(self) -> dict[str, str]:
-        path = os.environ.get("PYTHONPATH")
-        return dict(os.environ, PYTHONPATH=REPO + (os.pathsep + path if path else ""))
+        return checkout_env()
 
 
 TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor")

@@ -602,11 +602,6 @@ class Client:
             login.startup = b""
             self.resume_reading("waiting")
             self.received(leftover)
-        if self.pending:
-            pending, self.pending = self.pending, ()
-            self.pending_bytes = self.pending_syncs = 0
-            for chunk in pending:
-                self.data_received(chunk)
 
     @property
     def closed(self) -> bool:

@@ -40,11 +40,10 @@ class Formatter(logging.Formatter):
         return f"{self._date},{'%03d' % msecs}"     # %03d, as logging's: a float msecs truncated
 
     def _turn(self, created: float) -> None:
-        """The date text of `created`'s second, formatted once per second."""
+        """The date text of `created`'s second, formatted once per second (the callers check the second)."""
         second = int(created)
-        if second != self._second:
-            self._date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-            self._second = second
+        self._date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        self._second = second
 
     def format(self, record: logging.LogRecord) -> str:
         """LINE_FORMAT's line, put together without logging's generic %-style pass (a line per login and logout)."""
