@@ -302,11 +302,18 @@ class Pooler:
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
+    def log_login(self, logger: logging.Logger, client: Client) -> None:
+        """log_connections: PgBouncer's `login attempt: db=… user=… tls=…` line about `client` (a line per
+        connection: an f-string of its fields, not log_event's %-formatting)."""
+        if self.log_connections and logger.isEnabledFor(logging.INFO) and type(client) is not SiblingClient:
+            logsink.info(logger, f"{client.describe()} login attempt: db={client.dbname} user={client.user} "
+                                 f"tls={client.tls_info()}")
+
     def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
         """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
         if self.log_disconnections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logsink.info(logger, "%s closing because: %s (age=%ds)" % (conn.describe(), reason,
-                                                                      self.now() - conn.connected_at))
+            logsink.info(logger, f"{conn.describe()} closing because: {reason} "
+                                 f"(age={int(self.now() - conn.connected_at)}s)")    # %d's truncation
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

@@ -45,3 +45,18 @@ cdef class Client:
     cpdef _gone(self, reason=*)
     @cython.locals(pending=object)
     cpdef attach(self, Server server, double now=*)
+
+    # The login path: C calls between its steps instead of a method lookup and a Python-level call each (a
+    # connection per transaction runs all of them).
+    cpdef _login_data(self, data)
+    @cython.locals(length=Py_ssize_t, code=Py_ssize_t, buf=bytes)
+    cpdef bint _startup_packet(self) except -1
+    cpdef _start(self, dict params)
+    cpdef _check_secret(self, secret, bint queried=*)
+    cpdef bint _start_params(self, dict params) except -1
+    cpdef bint _password_message(self) except -1
+    @cython.locals(pool=Pool)
+    cpdef _authenticated(self, scram_keys=*)
+    cpdef finish_login(self, welcome, bytes greeting=*)
+    cpdef str describe(self)
+    cpdef str tls_info(self)

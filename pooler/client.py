@@ -594,7 +594,7 @@ class Client:
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         login, self.login = self.login, None
-        self.app.log_event(log, "login attempt: db=%s user=%s tls=%s", self, self.dbname, self.user, self.tls_info())
+        self.app.log_login(log, self)
         # What the client sent without waiting for ReadyForQuery (after its startup packet or password, or while
         # the login waited for a server) is ordinary traffic.
         leftover = login.startup if login is not None else b""

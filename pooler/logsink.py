@@ -18,6 +18,7 @@ import time
 import weakref
 
 LINE_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+_MSECS = tuple("%03d" % ms for ms in range(1000))     # the stamp's milliseconds, as logging's %03d writes them
 
 _pid = os.getpid()      # for records made without it (use_cheap_records); a forked child takes its own
 
@@ -30,6 +31,7 @@ class Formatter(logging.Formatter):
         super().__init__(LINE_FORMAT)
         self._second = -1
         self._date = ""
+        self._middles: dict[str, str] = {}     # info_line's ` [pid] INFO name: `, by logger name (pid: _pid's)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self.stamp(record.created, record.msecs)
@@ -61,6 +63,16 @@ class Formatter(logging.Formatter):
         if int(created) != self._second:
             self._turn(created)
         return f"{self._date},{'%03d' % msecs} [{pid}] {level} {name}: {message}"
+
+    def info_line(self, created: float, msecs: int, name: str, message: str) -> str:
+        """An INFO line of this process (`info`), as `line` writes it, with the milliseconds' text and the
+        ` [pid] INFO name: ` middle looked up rather than formatted: two lines per connection."""
+        if int(created) != self._second:
+            self._turn(created)
+        middle = self._middles.get(name)
+        if middle is None:
+            middle = self._middles[name] = f" [{_pid}] INFO {name}: "
+        return f"{self._date},{_MSECS[msecs]}{middle}{message}"
 
 
 _handlers: "weakref.WeakSet[IterationHandler]" = weakref.WeakSet()
@@ -152,6 +164,8 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
     for handler in list(_handlers):
         handler.drop_pending()
+        if isinstance(handler.formatter, Formatter):
+            handler.formatter._middles = {}      # they name the parent's pid
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -178,7 +192,7 @@ def info(logger: logging.Logger, text: str) -> None:
     created = time.time()
     msecs = int((created - int(created)) * 1000)
     for handler in _direct:
-        handler.add(handler.formatter.line(created, msecs, _pid, "INFO", logger.name, text))
+        handler.add(handler.formatter.info_line(created, msecs, logger.name, text))
 
 
 def file_handler(path: str) -> IterationHandler:

@@ -127,6 +127,7 @@ def test_a_forked_child_writes_its_own_pid(tmp_path):
     handler, logger = _file_logger(path, "maitred.test.forkpid")
     logsink.route_lines([handler])
     try:
+        logsink.info(logger, "parent's line")      # the parent's pid is in the formatter's kept line middles
         pid = os.fork()
         if pid == 0:
             logsink.info(logger, "child's line")
@@ -135,7 +136,9 @@ def test_a_forked_child_writes_its_own_pid(tmp_path):
     finally:
         logsink.route_lines([])
     handler.close()
-    assert f"[{pid}] INFO maitred.test.forkpid: child's line" in path.read_text()
+    text = path.read_text()
+    assert f"[{os.getpid()}] INFO maitred.test.forkpid: parent's line" in text
+    assert f"[{pid}] INFO maitred.test.forkpid: child's line" in text
 
 
 def test_the_logfile_holds_the_utf8_bytes_of_its_lines_as_a_text_file_would(tmp_path):
