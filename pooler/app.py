@@ -140,18 +140,23 @@ class Pooler:
     def admit(self, client: Client, db, dbname: str) -> str | None:
         """Count a logged-in client of `dbname` against max_db_client_connections and max_user_client_connections
         (its database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
-        user = self.config.users.get(client.user)
+        config = self.config
         db_count = self.db_clients.get(dbname, 0)
-        user_count = self.user_clients.get(client.user, 0)
-        db_max = db.max_db_client_connections
-        user_max = user.max_user_client_connections if user is not None else None
-        for name, own, count in (("max_db_client_connections", db_max, db_count),
-                                 ("max_user_client_connections", user_max, user_count)):
-            limit = self.config.get(name) if own is None else own
-            if limit and count >= limit:
-                return name
+        limit = db.max_db_client_connections
+        if limit is None:
+            limit = config.get("max_db_client_connections")
+        if limit and db_count >= limit:
+            return "max_db_client_connections"
+        name = client.user
+        user = config.users.get(name)
+        user_count = self.user_clients.get(name, 0)
+        limit = user.max_user_client_connections if user is not None else None
+        if limit is None:
+            limit = config.get("max_user_client_connections")
+        if limit and user_count >= limit:
+            return "max_user_client_connections"
         self.db_clients[dbname] = db_count + 1
-        self.user_clients[client.user] = user_count + 1
+        self.user_clients[name] = user_count + 1
         client.counted = True
         return None
 

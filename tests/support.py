@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -228,14 +229,16 @@ def run_threads(target, count: int) -> list[str]:
     return errors
 
 
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str = "condition"):
+def wait_for(predicate, timeout: float = 10, interval: float = 0.05, message: str | Callable[[], str] = "condition"):
+    """predicate()'s first true value within `timeout`; `message` says what was awaited (a callable: built at
+    the timeout, e.g. from a log's tail as it was then)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {message() if callable(message) else message}")
 
 
 # -- raw protocol, for what no driver will send ----------------------------------------------------------

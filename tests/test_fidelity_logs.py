@@ -99,7 +99,7 @@ def test_the_log_says_it_in_pgbouncers_words(pooler_factory, pg, event):
                                                                              maitred.log_text)):
             action(port)
             logs[name] = wait_for(lambda: re.search(pattern, read()) and read(), timeout=10,
-                                  message=f"{pattern!r} in {name}'s log:\n{read()[-2000:]}")
+                                  message=lambda: f"{pattern!r} in {name}'s log:\n{read()[-2000:]}")
     finally:
         bouncer.stop()
     assert all(re.search(pattern, text) for text in logs.values())
