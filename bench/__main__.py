@@ -1,6 +1,7 @@
 """`python3 -m bench`: direct connections, PgBouncer and maitred under the same loads, side by side.
 (`python3 -m bench autotune` is the autotuner against fixed pool sizes, see bench/autotune/; `python3 -m bench
-autotune-scale` times its pure policy and budget.)
+autotune-scale` times its pure policy and budget; `python3 -m bench instructions` counts instructions per
+connection and per transaction with callgrind, see bench/instructions.py.)
 
 Starts its own PostgreSQL (scale-1 pgbench database), then for each scenario and round starts each pooler
 fresh from equivalent configs and measures it. All load goes to 127.0.0.1 and every run is bounded in time
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return autotune(argv[1:])
     if argv[:1] == ["autotune-scale"]:
         return autotune_scale.main(argv[1:])
+    if argv[:1] == ["instructions"]:
+        from .instructions import main as instructions
+
+        return instructions(argv[1:])
     args = build_parser().parse_args(argv)
     scale = scenarios.QUICK if args.quick else scenarios.FULL
     overrides = {"rounds": args.rounds, "duration": args.duration, "idle_clients": args.idle_clients}

@@ -141,6 +141,7 @@ class _Pooler:
     start_timeout: float = 20.0
     stop_timeout: float = 10.0
     run_as: str | None = field(default=None)
+    prefix: tuple[str, ...] = ()        # a program the pooler runs under (bench/instructions.py: callgrind)
 
     def argv(self, config_path: str) -> list[str]:
         raise NotImplementedError
@@ -174,7 +175,7 @@ class _Pooler:
             self._write(config_path, poolconf.render_ini(self.config(shared, run_dir)))
             log_path = os.path.join(run_dir, "output.log")
             with open(log_path, "wb") as log:
-                proc = subprocess.Popen(self.argv(config_path), stdout=log, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen([*self.prefix, *self.argv(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=run_dir, env=self.env(),
                                         user=self.run_as, start_new_session=True,
                                         preexec_fn=die_with_parent)

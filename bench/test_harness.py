@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bench import pgbench, poolconf, report, scenarios, targets
+from bench import instructions, pgbench, poolconf, report, scenarios, targets
 from bench.pgclient import md5_password, startup_message
 from tests.support import missing
 
@@ -237,3 +237,47 @@ def test_the_uvloop_floor_answers_pgbench_connection_churn_and_is_not_applicable
     for sid in ("S1", "S2-scram"):
         (outcome,) = results[sid]["floor"]
         assert outcome["status"] == "n/a" and "the floor is for S2" in outcome["reason"], (sid, outcome)
+
+
+# -- instructions per connection and per transaction (bench/instructions.py) ---------------------------------
+
+CALLGRIND_HEAD = "# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 7\ncmd: python3\npart: 1\n"
+
+
+def test_instruction_counts_come_from_callgrinds_summary_and_per_unit_is_the_runs_difference(tmp_path):
+    out = tmp_path / "floor.callgrind"
+    out.write_text(CALLGRIND_HEAD + "events: Ir\nsummary: 1234567\n\nfl=(1) x.c\nfn=(1) main\n0 1234567\n")
+    assert instructions.totals(str(out)) == 1234567
+    out.write_text(CALLGRIND_HEAD + "events: Ir\n")
+    with pytest.raises(ValueError):
+        instructions.totals(str(out))
+    # 100 connections in 3,000,000 instructions and 500 in 11,000,000: 20,000 per connection, start-up cancelled
+    assert instructions.per_unit(3_000_000, 11_000_000, 100, 500) == 20_000
+
+
+def test_instruction_table_has_a_row_per_load_and_maitreds_ratios():
+    rows = {"S2": {"pgbouncer": 35_000.0, "maitred": 140_000.0, "floor": 40_000.0},
+            "S1": {"pgbouncer": 4_600.0, "maitred": 11_500.0, "floor": "n/a"}}
+    text = instructions.table(rows, {"pgbouncer": "PgBouncer", "maitred": "maitred", "floor": "uvloop floor"})
+    lines = text.splitlines()
+    assert lines[0] == ("| load | instructions per | PgBouncer | maitred | uvloop floor | maitred/PgBouncer "
+                        "| maitred/uvloop floor |")
+    assert lines[2] == "| S2 | connection | 35,000 | 140,000 | 40,000 | 4.00 | 3.50 |"
+    assert lines[3] == "| S1 | transaction | 4,600 | 11,500 | n/a | 2.50 | – |"
+
+
+def test_instructions_run_counts_the_floors_connections_under_callgrind():
+    """One small real run: the floor under callgrind, S2 counted, S1 not applicable to it."""
+    _require(shutil.which("valgrind") is not None, "valgrind (Debian package valgrind)")
+    _require(shutil.which("pgbench") is not None, "pgbench")
+    proc = subprocess.run([sys.executable, "-m", "bench", "instructions", "--targets", "floor", "--loads", "S2,S1",
+                           "--scale", "0.2"], cwd=REPO, env=targets.checkout_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in proc.stdout.splitlines() if line.startswith("| S"))}
+    per_connection = float(rows["S2"][2].replace(",", ""))
+    # uvloop's accept, transport, one read and one write per message, and close: tens of thousands, not zero
+    # and not millions (a count that did not cancel start-up would be far larger)
+    assert 5_000 < per_connection < 500_000, proc.stdout
+    assert rows["S1"][2] == "n/a", proc.stdout

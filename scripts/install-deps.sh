@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what maitred and its tests need, when missing: Debian's PostgreSQL, PgBouncer, Prometheus (with
-# promtool), node-exporter and Lua 5.1 packages, a JDK, Maven, Node.js and npm for the driver tests (whose
+# promtool), node-exporter, valgrind and Lua 5.1 packages, a JDK, Maven, Node.js and npm for the driver tests (whose
 # npm and Maven dependencies scripts/build-drivers.sh fetches once into ~/.cache/maitred/drivers), what the
 # real node runs on (containerd, runc, the CNI plugins, buildah, debootstrap, iptables), the Python
 # distribution with its test and benchmark extras in the checkout's own virtual environment .venv, and the
@@ -32,6 +32,7 @@ has debootstrap || need_apt+=(debootstrap)
 has iptables || need_apt+=(iptables)
 has prometheus || need_apt+=(prometheus)
 has prometheus-node-exporter || need_apt+=(prometheus-node-exporter)
+has valgrind || need_apt+=(valgrind)   # python3 -m bench instructions (callgrind), and its harness test
 has lua5.1 || need_apt+=(lua5.1)   # runs the chart's Argo CD health check (Argo CD's Lua is 5.1)
 has java && has javac || need_apt+=(default-jdk-headless)   # pgjdbc and HikariCP (tests/drivers/pgjdbc)
 has mvn || need_apt+=(maven)
