@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
 import re
 import shutil
@@ -54,6 +55,31 @@ LOADS = {
 AUTH = "trust"      # S2's; under S1 a login is part of start-up, which cancels out
 
 
+@dataclasses.dataclass
+class Baseline(targets.Maitred):
+    """maitred from another checkout, first on PYTHONPATH: a git worktree of an earlier commit, with its hot path
+    built there (scripts/build-hotpath.sh), so that one run counts a change before and after."""
+
+    name: str = "baseline"
+    label: str = "maitred baseline"
+    tree: str = ""
+
+    def unavailable(self) -> str | None:
+        if not glob.glob(os.path.join(self.tree, "pooler", "client.*.so")):
+            return f"{self.tree}: no compiled hot path (run scripts/build-hotpath.sh there)"
+        return None
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = os.pathsep.join([self.tree, os.path.join(self.tree, "operator"), env["PYTHONPATH"]])
+        return env
+
+
+def baseline(pg, tree: str) -> Baseline:
+    commit = targets.version_line(["git", "-C", tree, "rev-parse", "--short", "HEAD"])
+    return Baseline(pg, tree=os.path.abspath(tree), label=f"maitred at {commit}")
+
+
 def totals(callgrind_out: str) -> int:
     """The instructions a callgrind output file counts in all."""
     with open(callgrind_out) as f:
@@ -90,7 +116,8 @@ def measure(target, load: Load, out_dir: str) -> float:
 def table(rows: dict[str, dict[str, float | str]], labels: dict[str, str]) -> str:
     """Markdown: a row per load, a column per target, and maitred's ratios to PgBouncer and to the floor."""
     names = list(labels)
-    ratios = [(a, b) for a, b in (("maitred", "pgbouncer"), ("maitred", "floor")) if a in names and b in names]
+    ratios = [(a, b) for a, b in (("maitred", "baseline"), ("maitred", "pgbouncer"), ("maitred", "floor"))
+              if a in names and b in names]
     head = ["load", "instructions per", *(labels[n] for n in names), *(f"{labels[a]}/{labels[b]}" for a, b in ratios)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for load_name, values in rows.items():
@@ -108,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default="pgbouncer,maitred,floor",
                    help="comma-separated, from pgbouncer,maitred,maitred-py,floor (default pgbouncer,maitred,floor)")
     p.add_argument("--loads", default="S2,S1", help="comma-separated, from S2,S1 (default both)")
+    p.add_argument("--baseline", metavar="TREE",
+                   help="also count maitred from this checkout (e.g. `git worktree add TREE COMMIT`, then "
+                        "scripts/build-hotpath.sh in it), for a change's before and after")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiplies both runs' transactions per client (default 1: S2 100 and 500 "
                         "connections, S1 40 and 200 transactions for each of 50 clients)")
@@ -131,7 +161,12 @@ def main(argv: list[str]) -> int:
     rows: dict[str, dict[str, float | str]] = {}
     with targets.bench_postgres() as pg, tempfile.TemporaryDirectory(prefix="maitred-instructions-") as out_dir:
         os.chmod(out_dir, 0o777)        # PgBouncer runs as an unprivileged account and writes its count here
-        chosen = targets.make_targets(names, pg)
+        chosen = targets.make_targets(names, pg) + ([baseline(pg, args.baseline)] if args.baseline else [])
+        for target in chosen:
+            reason = target.unavailable()
+            if reason:
+                print(f"{target.label}: {reason}", file=sys.stderr)
+                return 2
         labels = {t.name: t.label for t in chosen}
         for name in loads:
             load = scaled[name]

@@ -256,14 +256,15 @@ def test_instruction_counts_come_from_callgrinds_summary_and_per_unit_is_the_run
 
 
 def test_instruction_table_has_a_row_per_load_and_maitreds_ratios():
-    rows = {"S2": {"pgbouncer": 35_000.0, "maitred": 140_000.0, "floor": 40_000.0},
-            "S1": {"pgbouncer": 4_600.0, "maitred": 11_500.0, "floor": "n/a"}}
-    text = instructions.table(rows, {"pgbouncer": "PgBouncer", "maitred": "maitred", "floor": "uvloop floor"})
+    rows = {"S2": {"pgbouncer": 35_000.0, "maitred": 140_000.0, "floor": 40_000.0, "baseline": 175_000.0},
+            "S1": {"pgbouncer": 4_600.0, "maitred": 11_500.0, "floor": "n/a", "baseline": 11_500.0}}
+    text = instructions.table(rows, {"pgbouncer": "PgBouncer", "maitred": "maitred", "floor": "uvloop floor",
+                                     "baseline": "maitred at abc1234"})
     lines = text.splitlines()
-    assert lines[0] == ("| load | instructions per | PgBouncer | maitred | uvloop floor | maitred/PgBouncer "
-                        "| maitred/uvloop floor |")
-    assert lines[2] == "| S2 | connection | 35,000 | 140,000 | 40,000 | 4.00 | 3.50 |"
-    assert lines[3] == "| S1 | transaction | 4,600 | 11,500 | n/a | 2.50 | – |"
+    assert lines[0] == ("| load | instructions per | PgBouncer | maitred | uvloop floor | maitred at abc1234 "
+                        "| maitred/maitred at abc1234 | maitred/PgBouncer | maitred/uvloop floor |")
+    assert lines[2] == "| S2 | connection | 35,000 | 140,000 | 40,000 | 175,000 | 0.80 | 4.00 | 3.50 |"
+    assert lines[3] == "| S1 | transaction | 4,600 | 11,500 | n/a | 11,500 | 1.00 | 2.50 | – |"
 
 
 def test_instructions_run_counts_the_floors_connections_under_callgrind():
