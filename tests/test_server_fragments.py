@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.support import PASSWORDS, wait_for
-from tests.wire import Wire, query
+from tests.wire import SYNC, Wire, bind, execute, parse, query
 
 SEEDS = [int(s) for s in os.environ.get("FRAGMENT_SEEDS", "7,2026").split(",")]
 CUTS = ["bytes"] + [f"random-{seed}" for seed in SEEDS]
@@ -344,3 +344,30 @@ def test_copy_to_stdout_of_thousands_of_rows_cut_in_pieces(through_relay, pool_m
         assert data == b"".join(b"%d\t%d\n" % (g, g % 7) for g in range(1, 3001))
         assert conn.execute("SELECT 'after copy'").fetchone() == ("after copy",)
 
+
+# -- a second batch sent while the first one's answer is still arriving -------------------------------------
+
+@pytest.mark.parametrize("second", ["same-text", "new-text"])
+def test_a_batch_pipelined_while_the_previous_answer_arrives_in_pieces(through_relay, second):
+    """A Bind/Execute/Sync batch goes on the relay's fast path; before its answer is through, the client sends a
+    batch with a Parse, which the pooler tracks (answered by the pooler for a text the server has, or prepared
+    there). The first batch's answer still owed must come first, whole, and count: the server is free again
+    for another client afterwards."""
+    pooler = through_relay(pool_mode="transaction")
+    rows = "SELECT g FROM generate_series(1, 30) g"
+    text = rows if second == "same-text" else rows + " -- other text"
+    with Wire(pooler.port) as wire, Wire(pooler.port) as other:
+        wire.login("app", PASSWORDS["app"])
+        other.login("app", PASSWORDS["app"])
+        wire.send(parse(rows, "s1") + bind(statement="s1") + execute() + SYNC)
+        assert [k for k, _ in wire.read_until(b"Z")] == [b"1", b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        wire.send(bind(statement="s1") + execute() + SYNC)
+        assert wire.sock.recv(1, socket.MSG_PEEK) == b"2"       # the first batch's answer has started to arrive
+        wire.send(parse(text, "s2") + bind(statement="s2") + execute() + SYNC)
+        first = wire.read_until(b"Z")
+        assert [k for k, _ in first] == [b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        second_batch = wire.read_until(b"Z")
+        assert [k for k, _ in second_batch] == [b"1", b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        assert first[1:-2] == second_batch[2:-2] and first[-1] == (b"Z", b"I")
+        assert other.rows("SELECT 'the server is free'", limit=5) == [("the server is free",)]
+        assert wire.rows("SELECT 'and comes back'", limit=5) == [("and comes back",)]
