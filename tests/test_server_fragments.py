@@ -227,20 +227,26 @@ def test_simple_query_answers_cut_in_pieces_are_the_messages_postgresql_sends(th
 
 # -- ParameterStatus ---------------------------------------------------------------------------------------
 
-def test_a_parameter_change_cut_in_pieces_is_tracked_for_the_next_client_of_the_server(through_relay):
-    """SET application_name comes back as a ParameterStatus in pieces; the pooler must still see it, or the
-    other client of the one server would inherit the first one's name (and the first lose it)."""
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
+def test_a_parameter_change_cut_in_pieces_is_tracked_for_the_next_client_of_the_server(through_relay, extended):
+    """SET application_name comes back as a ParameterStatus in pieces (on the relay's fast path, or on the
+    tracked path when the SET is an extended-protocol statement); the pooler must still see it, or the other
+    client of the one server would inherit the first one's name (and the first lose it)."""
     pooler = through_relay(pool_mode="transaction")
+    setting = "SET application_name = 'frag_changed'"
     with Wire(pooler.port) as first, Wire(pooler.port) as second:
         first.login("app", PASSWORDS["app"], application_name="frag_first")
         second.login("app", PASSWORDS["app"], application_name="frag_second")
-        answer = first.query("SET application_name = 'frag_changed'")
+        if extended:
+            first.send(parse(setting) + bind() + execute() + SYNC)
+            answer = first.read_until(b"Z")
+        else:
+            answer = first.query(setting)
         assert (b"S", b"application_name\0frag_changed\0") in answer
         for _ in range(3):
             assert second.rows("SHOW application_name") == [("frag_second",)]
             assert first.rows("SHOW application_name") == [("frag_changed",)]
-        assert second.rows("SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE usename = 'app'"
-                           " AND backend_type = 'client backend'") == [("1",)]
+        assert first.rows("SELECT pg_backend_pid()") == second.rows("SELECT pg_backend_pid()")
 
 
 # -- prepared statements in transaction mode ---------------------------------------------------------------
