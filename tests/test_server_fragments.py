@@ -182,14 +182,17 @@ def through_relay(relay, pooler_factory):
     relay.check()
 
 
-def _exchange(port: int, statements: list[str]) -> list[list[tuple[bytes, bytes]]]:
-    """Every message each simple query is answered with, through to its ReadyForQuery."""
+def _exchange(port: int, statements: list[str], between: Wire | None = None) -> list[list[tuple[bytes, bytes]]]:
+    """Every message each simple query is answered with, through to its ReadyForQuery; `between`, a client that
+    must get the server after each answer."""
     answers = []
     with Wire(port) as wire:
         wire.login("app", PASSWORDS["app"])
-        for sql in statements:
+        for n, sql in enumerate(statements):
             wire.send(query(sql))
             answers.append(wire.read_until(b"Z", 15, raise_errors=False))
+            if between is not None:
+                assert between.rows(f"SELECT {n}", limit=5) == [(str(n),)], f"the server was not free after {sql!r}"
     return answers
 
 
@@ -216,10 +219,13 @@ SIMPLE = [
 
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
 def test_simple_query_answers_cut_in_pieces_are_the_messages_postgresql_sends(through_relay, pg, pool_mode):
-    """Rows, an error and the queries after it: the client gets byte for byte what PostgreSQL itself sends."""
+    """Rows, an error and the queries after it: the client gets byte for byte what PostgreSQL itself sends, and
+    in transaction mode another client gets the one server after each answer."""
     pooler = through_relay(pool_mode=pool_mode)
     direct = _exchange(pg.port, SIMPLE)
-    pooled = _exchange(pooler.port, SIMPLE)
+    with Wire(pooler.port) as other:
+        other.login("app", PASSWORDS["app"])
+        pooled = _exchange(pooler.port, SIMPLE, other if pool_mode == "transaction" else None)
     for sql, want, got in zip(SIMPLE, direct, pooled):
         assert got == want, sql
     assert [k for k, _ in pooled[1]] == [b"E", b"Z"] and [k for k, _ in pooled[0]].count(b"D") == 40
@@ -282,7 +288,7 @@ def test_prepared_statements_of_three_clients_on_one_server_with_its_answers_cut
             await asyncio.gather(*(client(c, n, (1, 2)) for n, c in enumerate(conns)))
         finally:
             for conn in conns:
-                await conn.close()
+                conn.terminate()        # no graceful close to wait on after a failure
 
     asyncio.run(asyncio.wait_for(main(), 15))
 
@@ -308,6 +314,29 @@ def test_errors_cut_in_pieces_while_statements_are_tracked(through_relay, pg):
         for client in (conn, other, conn):
             assert client.execute("SELECT * FROM frag_stale", prepare=True).fetchall() == [(1, 2)]
             assert client.execute("SELECT %s::int + 1", (5,), prepare=True).fetchone() == (6,)
+
+
+def test_a_stale_plan_error_cut_in_pieces_on_the_tracked_path_has_the_statement_prepared_again(through_relay, pg):
+    """A Parse the pooler answers itself (the server has the text) with its Bind in one batch: the stale plan's
+    ErrorResponse comes on the tracked path, in pieces, and must still mark the statement for preparing again,
+    or every retry would fail the same way."""
+    pg.psql("DROP TABLE IF EXISTS frag_stale2; CREATE TABLE frag_stale2 (a int); INSERT INTO frag_stale2 "
+            "VALUES (1); GRANT ALL ON frag_stale2 TO app", dbname="app")
+    pooler = through_relay(pool_mode="transaction")
+    text = "SELECT * FROM frag_stale2"
+    with Wire(pooler.port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        for name, step in (("s1", "prepare"), ("s2", "alter"), ("s3", "retry")):
+            if step == "alter":
+                pg.psql("ALTER TABLE frag_stale2 ADD COLUMN b int DEFAULT 2", dbname="app")
+            wire.send(parse(text, name) + bind(statement=name) + execute() + SYNC)
+            if step == "alter":
+                assert "cached plan must not change result type" in wire.expect_error().message
+                assert wire.read_until(b"Z") == [(b"Z", b"I")]
+            else:
+                answer = wire.read_until(b"Z")
+                assert [k for k, _ in answer] == [b"1", b"2", b"D", b"C", b"Z"], answer
+                assert answer[2][1].endswith(b"1" if step == "prepare" else b"2")
 
 
 # -- transactions ------------------------------------------------------------------------------------------
