@@ -18,7 +18,7 @@ from . import identity, protocol
 from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
-from .prepare import EXTENDED, FRONTEND_TYPES, QUERY, Tracker, client_data
+from .prepare import EXTENDED, FRONTEND_TYPES, Tracker, client_data
 from .config import RESERVED_DATABASE
 from .login import Database, Login, LoginField
 from .counters import next_socket_id
@@ -250,10 +250,8 @@ class Client:
         self.partial = b""
         self.tracker = Tracker()
         server = self.server
-        if server is not None:
-            self.tracker.queue.extend((QUERY, None) for _ in range(server.expected))
-            if server.partial:
-                server.forwarded_partial = len(server.partial)
+        if server is not None and server.partial:
+            server.forwarded_partial = len(server.partial)
         self._tracked_data(scan[pos:])
 
     def _tracked_data(self, data: bytes) -> None:

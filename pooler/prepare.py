@@ -139,6 +139,10 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
     out: list[bytes] = []
     queue = tracker.queue
     was_empty = not queue
+    if was_empty and server.expected:
+        # Answers the fast path still relays (an earlier batch, simple queries) come first: what this data is
+        # answered with, made up or not, queues behind them, and their ReadyForQuery messages count here.
+        queue.extend((QUERY, None) for _ in range(server.expected))
     kind = 0
     cache = server.cache
     stats = client.pool.stats

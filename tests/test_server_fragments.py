@@ -1,0 +1,408 @@
+"""PostgreSQL's replies cut at every place on their way to the pooler.
+
+The pooler reads the server's byte stream as it relays it (message headers, ReadyForQuery, ParameterStatus,
+ErrorResponse, and every answer while prepared statements are tracked), so a message cut between two reads takes
+its own paths. PostgreSQL's replies normally arrive as the kernel batches them; here a relay between the pooler
+and PostgreSQL sends them on in pieces of one byte, or of seeded random sizes of 1..7 bytes, each piece once the
+pooler has read the one before (asked of the kernel through sock_diag), so every cut is a cut the pooler sees.
+A failure names its cut in the test id (`random-<seed>`); FRAGMENT_SEEDS=1,2,3 runs other seeds.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support import PASSWORDS, wait_for
+from tests.wire import SYNC, Wire, bind, execute, parse, query
+
+SEEDS = [int(s) for s in os.environ.get("FRAGMENT_SEEDS", "7,2026").split(",")]
+CUTS = ["bytes"] + [f"random-{seed}" for seed in SEEDS]
+USERS = {**PASSWORDS, "admin": "admin-secret"}
+
+_SOCK_DIAG_BY_FAMILY = 20
+_NETLINK_SOCK_DIAG = 4
+_INET_DIAG_INFO = 2
+
+
+def _received(diag: socket.socket, local: tuple, remote: tuple) -> tuple[int, int]:
+    """For the TCP socket local -> remote: the bytes it has received in all, and those its process has not
+    read yet (sock_diag: tcp_info's tcpi_bytes_received, inet_diag_msg's idiag_rqueue)."""
+    sockid = (struct.pack("!HH", local[1], remote[1]) + socket.inet_aton(local[0]) + bytes(12)
+              + socket.inet_aton(remote[0]) + bytes(12) + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF))
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 1 << (_INET_DIAG_INFO - 1), 0,
+                          0xFFFFFFFF) + sockid
+    diag.send(struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 0, 0) + request)
+    reply = diag.recv(65536)
+    if struct.unpack_from("=H", reply, 4)[0] != _SOCK_DIAG_BY_FAMILY:
+        raise ConnectionError("the pooler's socket is gone")
+    unread = struct.unpack_from("=I", reply, 16 + 4 + 48 + 4)[0]
+    pos = 16 + 72
+    while pos + 4 <= len(reply):
+        length, kind = struct.unpack_from("=HH", reply, pos)
+        if kind == _INET_DIAG_INFO:
+            return struct.unpack_from("=Q", reply, pos + 4 + 128)[0], unread
+        pos += (length + 3) & ~3
+    raise ConnectionError("sock_diag gave no tcp_info")
+
+
+class CuttingRelay:
+    """127.0.0.1:port -> PostgreSQL. What the pooler sends passes as it is; what PostgreSQL answers goes back in
+    pieces of `cut` sizes ("bytes": 1; "random-<seed>": 1..7, from a generator seeded by the seed and the
+    connection's number), each sent alone once the pooler has read everything before it."""
+
+    def __init__(self, pg_port: int, cut: str):
+        self.pg_port = pg_port
+        self.cut = cut
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.pieces = 0           # pieces sent to the pooler
+        self.largest = 0          # the largest of them
+        self.closing = False
+        self._spawn(self._accept)
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _sizes(self, number: int):
+        if self.cut == "bytes":
+            while True:
+                yield 1
+        rng = random.Random(f"{self.cut}/{number}")
+        while True:
+            yield rng.randint(1, 7)
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                pooler_side, _ = self.listener.accept()
+            except OSError:
+                return
+            server_side = socket.create_connection(("127.0.0.1", self.pg_port))
+            for sock in (pooler_side, server_side):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sockets.append(sock)
+            self._spawn(self._upstream, pooler_side, server_side)
+            self._spawn(self._downstream, server_side, pooler_side, self._sizes(number))
+            number += 1
+
+    def _upstream(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _downstream(self, source: socket.socket, sink: socket.socket, sizes) -> None:
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+        pooler_end = (sink.getpeername(), sink.getsockname())
+        try:
+            sent = 0
+            while data := source.recv(65536):
+                pos = 0
+                while pos < len(data):
+                    piece = data[pos:pos + next(sizes)]
+                    sink.sendall(piece)
+                    pos += len(piece)
+                    sent += len(piece)
+                    self.pieces += 1
+                    self.largest = max(self.largest, len(piece))
+                    self._wait_read(diag, pooler_end, sent)
+            sink.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError) as exc:      # ValueError: a socket closed by close()
+            if not self.closing and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                self.errors.append(repr(exc))
+        except AssertionError as exc:
+            self.errors.append(str(exc))
+        finally:
+            diag.close()
+
+    @staticmethod
+    def _wait_read(diag: socket.socket, pooler_end: tuple, sent: int) -> None:
+        """Until the pooler's socket has received all `sent` bytes and the pooler has read them."""
+        deadline = time.monotonic() + 10
+        while True:
+            received, unread = _received(diag, *pooler_end)
+            if received >= sent and unread == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the pooler did not read a piece within 10 s ({received} of {sent} bytes "
+                                     f"received, {unread} unread)")
+            time.sleep(0)
+
+    def check(self) -> None:
+        """The relay did cut, and met no trouble of its own."""
+        assert not self.errors, f"relay ({self.cut}): {self.errors}"
+        assert self.pieces > 0 and self.largest <= (1 if self.cut == "bytes" else 7), (self.pieces, self.largest)
+
+    def close(self) -> None:
+        self.closing = True
+        self.listener.shutdown(socket.SHUT_RDWR)     # wakes the accept
+        self.listener.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture(params=CUTS)
+def relay(request, pg):
+    cutting = CuttingRelay(pg.port, request.param)
+    yield cutting
+    cutting.close()
+
+
+@pytest.fixture
+def through_relay(relay, pooler_factory):
+    """Start a pooler whose server connections go through the relay; the relay outlives the pooler."""
+    def start(**settings):
+        settings.setdefault("default_pool_size", 1)
+        return pooler_factory(databases={"app": f"host=127.0.0.1 port={relay.port} dbname=app"},
+                              userlist=USERS, admin_users="admin", **settings)
+    yield start
+    relay.check()
+
+
+def _exchange(port: int, statements: list[str], between: Wire | None = None) -> list[list[tuple[bytes, bytes]]]:
+    """Every message each simple query is answered with, through to its ReadyForQuery; `between`, a client that
+    must get the server after each answer."""
+    answers = []
+    with Wire(port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        for n, sql in enumerate(statements):
+            wire.send(query(sql))
+            answers.append(wire.read_until(b"Z", 15, raise_errors=False))
+            if between is not None:
+                assert between.rows(f"SELECT {n}", limit=5) == [(str(n),)], f"the server was not free after {sql!r}"
+    return answers
+
+
+def _pools(pooler) -> list[dict]:
+    with psycopg.connect(pooler.dsn(user="admin", dbname="pgbouncer", password=USERS["admin"]),
+                         autocommit=True, prepare_threshold=None) as console:
+        cur = console.execute("SHOW POOLS")
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall() if row[0] == "app"]
+
+
+# -- simple queries ----------------------------------------------------------------------------------------
+
+SIMPLE = [
+    "SELECT g, repeat('x', g), g % 3 = 0 FROM generate_series(1, 40) g",
+    "SELECT 1/0",
+    "SELECT 'after the error', 42",
+    "SELECT 1; SELECT 2/0; SELECT 3",
+    "",
+    "SELECT NULL::text, ''::text, E'\\\\x00'::bytea",
+    "BEGIN; SELECT 5; COMMIT",
+]
+
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_simple_query_answers_cut_in_pieces_are_the_messages_postgresql_sends(through_relay, pg, pool_mode):
+    """Rows, an error and the queries after it: the client gets byte for byte what PostgreSQL itself sends, and
+    in transaction mode another client gets the one server after each answer."""
+    pooler = through_relay(pool_mode=pool_mode)
+    direct = _exchange(pg.port, SIMPLE)
+    with Wire(pooler.port) as other:
+        other.login("app", PASSWORDS["app"])
+        pooled = _exchange(pooler.port, SIMPLE, other if pool_mode == "transaction" else None)
+    for sql, want, got in zip(SIMPLE, direct, pooled):
+        assert got == want, sql
+    assert [k for k, _ in pooled[1]] == [b"E", b"Z"] and [k for k, _ in pooled[0]].count(b"D") == 40
+
+
+# -- ParameterStatus ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
+def test_a_parameter_change_cut_in_pieces_is_tracked_for_the_next_client_of_the_server(through_relay, extended):
+    """SET application_name comes back as a ParameterStatus in pieces (on the relay's fast path, or on the
+    tracked path when the SET is an extended-protocol statement); the pooler must still see it, or the other
+    client of the one server would inherit the first one's name (and the first lose it)."""
+    pooler = through_relay(pool_mode="transaction")
+    setting = "SET application_name = 'frag_changed'"
+    with Wire(pooler.port) as first, Wire(pooler.port) as second:
+        first.login("app", PASSWORDS["app"], application_name="frag_first")
+        second.login("app", PASSWORDS["app"], application_name="frag_second")
+        if extended:
+            first.send(parse(setting) + bind() + execute() + SYNC)
+            answer = first.read_until(b"Z")
+        else:
+            answer = first.query(setting)
+        assert (b"S", b"application_name\0frag_changed\0") in answer
+        for _ in range(3):
+            assert second.rows("SHOW application_name") == [("frag_second",)]
+            assert first.rows("SHOW application_name") == [("frag_changed",)]
+        assert first.rows("SELECT pg_backend_pid()") == second.rows("SELECT pg_backend_pid()")
+
+
+# -- prepared statements in transaction mode ---------------------------------------------------------------
+
+def test_prepared_statements_of_three_clients_on_one_server_with_its_answers_cut(through_relay, pg):
+    """asyncpg's statement cache over a pool of one with room for two statements: the server prepares,
+    closes and prepares again all the time, so swallowed ParseComplete and CloseComplete arrive cut; then a
+    table change makes plans stale, and asyncpg's retry must get the new shape."""
+    pg.psql("DROP TABLE IF EXISTS frag_shape; CREATE TABLE frag_shape (a int); INSERT INTO frag_shape VALUES (1);"
+            "GRANT ALL ON frag_shape TO app", dbname="app")
+    pooler = through_relay(pool_mode="transaction", max_prepared_statements=2)
+
+    async def client(conn: asyncpg.Connection, n: int, shape: tuple) -> None:
+        for i in range(8):
+            assert await conn.fetchval("SELECT $1::int * 3", i + n) == 3 * (i + n)
+            rows = await conn.fetch("SELECT g, $1::text FROM generate_series(1, $2::int) g", f"c{n}", i % 4 + 1)
+            assert [tuple(r) for r in rows] == [(g, f"c{n}") for g in range(1, i % 4 + 2)]
+            async with conn.transaction():
+                assert await conn.fetchval("SELECT $1::text || 'x'", f"t{n}.{i}") == f"t{n}.{i}x"
+                assert [tuple(r) for r in await conn.fetch("SELECT * FROM frag_shape")] == [shape]
+
+    async def main() -> None:
+        conns = [await asyncpg.connect(pooler.url(), statement_cache_size=100) for _ in range(3)]
+        try:
+            await asyncio.gather(*(client(c, n, (1,)) for n, c in enumerate(conns)))
+            pg.psql("ALTER TABLE frag_shape ADD COLUMN b int DEFAULT 2", dbname="app")
+            # Outside a transaction, asyncpg prepares again after the stale plan's error. The others drop their
+            # cache: the server's statement is shared, and once prepared again it would answer their stale
+            # description with the new shape instead of an error (a limit of sharing, cut or not).
+            assert [tuple(r) for r in await conns[0].fetch("SELECT * FROM frag_shape")] == [(1, 2)]
+            for conn in conns[1:]:
+                await conn.reload_schema_state()
+            await asyncio.gather(*(client(c, n, (1, 2)) for n, c in enumerate(conns)))
+        finally:
+            for conn in conns:
+                conn.terminate()        # no graceful close to wait on after a failure
+
+    asyncio.run(asyncio.wait_for(main(), 15))
+
+
+def test_errors_cut_in_pieces_while_statements_are_tracked(through_relay, pg):
+    """Errors at Parse, at Execute after a Parse, and a stale plan, each arriving in pieces; after each, the
+    next statement on the same client and on another one is answered right."""
+    pg.psql("DROP TABLE IF EXISTS frag_stale; CREATE TABLE frag_stale (a int); INSERT INTO frag_stale VALUES (1);"
+            "GRANT ALL ON frag_stale TO app", dbname="app")
+    pooler = through_relay(pool_mode="transaction")
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn, \
+            psycopg.connect(pooler.dsn(), autocommit=True) as other:
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("SELEC %s::int", (1,), prepare=True)
+        assert other.execute("SELECT %s::int + 1", (1,), prepare=True).fetchone() == (2,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / %s::int", (0,), prepare=True)
+        assert conn.execute("SELECT 1 / %s::int", (1,), prepare=True).fetchone() == (1,)
+        assert conn.execute("SELECT * FROM frag_stale", prepare=True).fetchall() == [(1,)]
+        pg.psql("ALTER TABLE frag_stale ADD COLUMN b int DEFAULT 2", dbname="app")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type"):
+            conn.execute("SELECT * FROM frag_stale", prepare=True)
+        for client in (conn, other, conn):
+            assert client.execute("SELECT * FROM frag_stale", prepare=True).fetchall() == [(1, 2)]
+            assert client.execute("SELECT %s::int + 1", (5,), prepare=True).fetchone() == (6,)
+
+
+def test_a_stale_plan_error_cut_in_pieces_on_the_tracked_path_has_the_statement_prepared_again(through_relay, pg):
+    """A Parse the pooler answers itself (the server has the text) with its Bind in one batch: the stale plan's
+    ErrorResponse comes on the tracked path, in pieces, and must still mark the statement for preparing again,
+    or every retry would fail the same way."""
+    pg.psql("DROP TABLE IF EXISTS frag_stale2; CREATE TABLE frag_stale2 (a int); INSERT INTO frag_stale2 "
+            "VALUES (1); GRANT ALL ON frag_stale2 TO app", dbname="app")
+    pooler = through_relay(pool_mode="transaction")
+    text = "SELECT * FROM frag_stale2"
+    with Wire(pooler.port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        for name, step in (("s1", "prepare"), ("s2", "alter"), ("s3", "retry")):
+            if step == "alter":
+                pg.psql("ALTER TABLE frag_stale2 ADD COLUMN b int DEFAULT 2", dbname="app")
+            wire.send(parse(text, name) + bind(statement=name) + execute() + SYNC)
+            if step == "alter":
+                assert "cached plan must not change result type" in wire.expect_error().message
+                assert wire.read_until(b"Z") == [(b"Z", b"I")]
+            else:
+                answer = wire.read_until(b"Z")
+                assert [k for k, _ in answer] == [b"1", b"2", b"D", b"C", b"Z"], answer
+                assert answer[2][1].endswith(b"1" if step == "prepare" else b"2")
+
+
+# -- transactions ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
+def test_the_server_goes_to_a_waiting_client_only_at_the_true_end_of_a_transaction(through_relay, pg, extended):
+    """Every ReadyForQuery(T) of the transaction arrives in pieces, as does the final ReadyForQuery(I): the
+    waiting client must get the server after COMMIT, not inside the transaction."""
+    pg.psql("DROP TABLE IF EXISTS frag_tx; CREATE TABLE frag_tx (n int); GRANT ALL ON frag_tx TO app",
+            dbname="app")
+    pooler = through_relay(pool_mode="transaction")
+    answers: list[tuple] = []
+    with psycopg.connect(pooler.dsn(), prepare_threshold=0 if extended else None) as holder, \
+            psycopg.connect(pooler.dsn(), autocommit=True) as waiter:
+        holder.execute("INSERT INTO frag_tx VALUES (1)")       # psycopg's BEGIN first: a transaction is open
+        thread = threading.Thread(target=lambda: answers.append(waiter.execute(
+            "SELECT txid_current_if_assigned() IS NULL, (SELECT count(*) FROM frag_tx)").fetchone()))
+        thread.start()
+        try:
+            wait_for(lambda: any(p["cl_waiting"] for p in _pools(pooler)), message="the second client waiting")
+            for n in range(2, 5):
+                holder.execute("INSERT INTO frag_tx VALUES (%s)", (n,))
+                assert holder.execute("SELECT count(*) FROM frag_tx").fetchone() == (n,)
+            assert answers == []
+            holder.commit()
+        finally:
+            thread.join(10)
+    assert answers == [(True, 4)]
+
+
+# -- COPY --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_copy_to_stdout_of_thousands_of_rows_cut_in_pieces(through_relay, pool_mode):
+    """CopyData messages cut everywhere; every row arrives, in order, and the client can go on."""
+    pooler = through_relay(pool_mode=pool_mode)
+    with psycopg.connect(pooler.dsn(), autocommit=True) as conn:
+        with conn.cursor().copy("COPY (SELECT g, g % 7 FROM generate_series(1, 3000) g) TO STDOUT") as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
+        assert data == b"".join(b"%d\t%d\n" % (g, g % 7) for g in range(1, 3001))
+        assert conn.execute("SELECT 'after copy'").fetchone() == ("after copy",)
+
+
+# -- a second batch sent while the first one's answer is still arriving -------------------------------------
+
+@pytest.mark.parametrize("second", ["same-text", "new-text"])
+def test_a_batch_pipelined_while_the_previous_answer_arrives_in_pieces(through_relay, second):
+    """A Bind/Execute/Sync batch goes on the relay's fast path; before its answer is through, the client sends a
+    batch with a Parse, which the pooler tracks (answered by the pooler for a text the server has, or prepared
+    there). The first batch's answer still owed must come first, whole, and count: the server is free again
+    for another client afterwards."""
+    pooler = through_relay(pool_mode="transaction")
+    rows = "SELECT g FROM generate_series(1, 30) g"
+    text = rows if second == "same-text" else rows + " -- other text"
+    with Wire(pooler.port) as wire, Wire(pooler.port) as other:
+        wire.login("app", PASSWORDS["app"])
+        other.login("app", PASSWORDS["app"])
+        wire.send(parse(rows, "s1") + bind(statement="s1") + execute() + SYNC)
+        assert [k for k, _ in wire.read_until(b"Z")] == [b"1", b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        wire.send(bind(statement="s1") + execute() + SYNC)
+        assert wire.sock.recv(1, socket.MSG_PEEK) == b"2"       # the first batch's answer has started to arrive
+        wire.send(parse(text, "s2") + bind(statement="s2") + execute() + SYNC)
+        first = wire.read_until(b"Z")
+        assert [k for k, _ in first] == [b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        second_batch = wire.read_until(b"Z")
+        assert [k for k, _ in second_batch] == [b"1", b"2"] + [b"D"] * 30 + [b"C", b"Z"]
+        assert first[1:-2] == second_batch[2:-2] and first[-1] == (b"Z", b"I")
+        assert other.rows("SELECT 'the server is free'", limit=5) == [("the server is free",)]
+        assert wire.rows("SELECT 'and comes back'", limit=5) == [("and comes back",)]
