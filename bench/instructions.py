@@ -77,7 +77,9 @@ class Baseline(targets.Maitred):
 
 def baseline(pg, tree: str) -> Baseline:
     commit = targets.version_line(["git", "-C", tree, "rev-parse", "--short", "HEAD"])
-    return Baseline(pg, tree=os.path.abspath(tree), label=f"maitred at {commit}")
+    changed = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True).stdout.strip()     # "+": edited since that commit
+    return Baseline(pg, tree=os.path.abspath(tree), label=f"maitred at {commit}{'+' if changed else ''}")
 
 
 def totals(callgrind_out: str) -> int:

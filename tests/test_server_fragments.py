@@ -341,7 +341,7 @@ def test_a_stale_plan_error_cut_in_pieces_on_the_tracked_path_has_the_statement_
 
 # -- transactions ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
+@pytest.mark.parametrize("extended", [False, True], ids=["unnamed", "prepared"])   # psycopg's parameters: extended
 def test_the_server_goes_to_a_waiting_client_only_at_the_true_end_of_a_transaction(through_relay, pg, extended):
     """Every ReadyForQuery(T) of the transaction arrives in pieces, as does the final ReadyForQuery(I): the
     waiting client must get the server after COMMIT, not inside the transaction."""
@@ -406,3 +406,20 @@ def test_a_batch_pipelined_while_the_previous_answer_arrives_in_pieces(through_r
         assert first[1:-2] == second_batch[2:-2] and first[-1] == (b"Z", b"I")
         assert other.rows("SELECT 'the server is free'", limit=5) == [("the server is free",)]
         assert wire.rows("SELECT 'and comes back'", limit=5) == [("and comes back",)]
+
+
+def test_a_waiting_clients_simple_query_ahead_of_its_extended_batch_is_counted_when_the_server_comes(through_relay):
+    """A client waiting for the server sends a simple query and an extended batch in one write: when the server
+    comes, attach() sends the query on the fast path and the batch is tracked behind it. The query's
+    ReadyForQuery must count too, or the server stays with that client for good."""
+    pooler = through_relay(pool_mode="transaction")
+    with Wire(pooler.port) as holder, Wire(pooler.port) as waiter, Wire(pooler.port) as third:
+        for wire in (holder, waiter, third):
+            wire.login("app", PASSWORDS["app"])
+        holder.query("BEGIN")
+        waiter.send(query("SELECT 1") + parse("SELECT 2", "s") + bind(statement="s") + execute() + SYNC)
+        wait_for(lambda: any(p["cl_waiting"] for p in _pools(pooler)), message="the second client waiting")
+        holder.query("COMMIT")
+        assert [k for k, _ in waiter.read_until(b"Z", 10)] == [b"T", b"D", b"C", b"Z"]
+        assert [k for k, _ in waiter.read_until(b"Z", 10)] == [b"1", b"2", b"D", b"C", b"Z"]
+        assert third.rows("SELECT 'the server is free'", limit=5) == [("the server is free",)]
