@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 
-from . import targets
-from .targets import Endpoint, PoolSettings
+from . import pgbench, targets
+from .targets import PoolSettings
 
 VALGRIND = "valgrind"
 START_TIMEOUT = 300.0      # a Python program starts some 50 times slower under callgrind
@@ -41,11 +41,6 @@ class Load:
     connect_per_tx: bool
     short: int           # transactions per client in the short run
     long: int            # ... and in the long one
-
-    def argv(self, endpoint: Endpoint, per_client: int) -> list[str]:
-        return ["pgbench", "-n", "-S", *(["-C"] if self.connect_per_tx else []), "-c", str(self.clients),
-                "-j", str(self.threads), "-t", str(per_client), "-h", endpoint.host, "-p", str(endpoint.port),
-                "-U", endpoint.user, endpoint.database]
 
 
 LOADS = {
@@ -96,23 +91,22 @@ def per_unit(short: int, long: int, short_units: int, long_units: int) -> float:
     return (long - short) / (long_units - short_units)
 
 
-def count(target, load: Load, per_client: int, out_dir: str) -> int:
-    """The instructions `target`'s process runs from start to stop, serving `per_client` of `load` per client."""
+def count(target, load: Load, per_client: int, out_dir: str) -> tuple[int, int]:
+    """(the instructions `target`'s process runs from start to stop, the transactions pgbench made), serving
+    `per_client` transactions of `load` per client."""
     out = os.path.join(out_dir, f"{target.name}-{load.name}-{per_client}.callgrind")
     counted = dataclasses.replace(target, prefix=(VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out}"),
                                   start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT)
     with counted.serve(PoolSettings(pool_size=10, max_client_conn=300, auth_type=AUTH)) as endpoint:
-        proc = subprocess.run(load.argv(endpoint, per_client), env=targets.client_env(), capture_output=True,
-                              text=True, timeout=PGBENCH_TIMEOUT)
-        if proc.returncode != 0:
-            raise targets.TargetError(f"pgbench against {target.label} failed: {proc.stderr.strip()[-500:]}")
-    return totals(out)
+        result = pgbench.run(endpoint, clients=load.clients, threads=load.threads, transactions=per_client,
+                             connect_per_tx=load.connect_per_tx, slack=PGBENCH_TIMEOUT)
+    return totals(out), result.transactions
 
 
 def measure(target, load: Load, out_dir: str) -> float:
-    short = count(target, load, load.short, out_dir)
-    long = count(target, load, load.long, out_dir)
-    return per_unit(short, long, load.clients * load.short, load.clients * load.long)
+    short, short_units = count(target, load, load.short, out_dir)
+    long, long_units = count(target, load, load.long, out_dir)
+    return per_unit(short, long, short_units, long_units)
 
 
 def table(rows: dict[str, dict[str, float | str]], labels: dict[str, str]) -> str:

@@ -73,13 +73,16 @@ def failure_reason(returncode: int, stdout: str, stderr: str) -> str | None:
     return None
 
 
-def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int, connect_per_tx: bool = False,
-        prepared: bool = False, log_latencies: bool = False, script: str | None = None,
-        slack: float = 60.0, sslmode: str = "disable") -> PgbenchResult:
-    """pgbench for `duration` seconds, select-only or the custom `script` file; killed after
-    `duration + slack` seconds at the latest."""
+def run(endpoint: Endpoint, *, clients: int, threads: int, duration: int = 0, transactions: int | None = None,
+        connect_per_tx: bool = False, prepared: bool = False, log_latencies: bool = False,
+        script: str | None = None, slack: float = 60.0, sslmode: str = "disable") -> PgbenchResult:
+    """pgbench for `duration` seconds, or for `transactions` per client when given, select-only or the custom
+    `script` file; killed after `duration + slack` seconds at the latest."""
+    if transactions is None and duration < 1:
+        raise ValueError("pgbench.run needs a duration or a count of transactions")
+    length = ["-t", str(transactions)] if transactions is not None else ["-T", str(duration)]
     argv = ["pgbench", "-n", *(["-f", script] if script else ["-S"]), "-c", str(clients),
-            "-j", str(min(threads, clients)), "-T", str(duration),
+            "-j", str(min(threads, clients)), *length,
             "-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user]
     if connect_per_tx:
         argv.append("-C")

@@ -42,31 +42,24 @@ class Formatter(logging.Formatter):
         return f"{self._date},{'%03d' % msecs}"     # %03d, as logging's: a float msecs truncated
 
     def _turn(self, created: float) -> None:
-        """The date text of `created`'s second, formatted once per second (the callers check the second)."""
+        """The date text of `created`'s second, formatted once per second (stamp and info_line check the second)."""
         second = int(created)
         self._date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
         self._second = second
 
     def format(self, record: logging.LogRecord) -> str:
-        """LINE_FORMAT's line, put together without logging's generic %-style pass (a line per login and logout)."""
+        """LINE_FORMAT's line, put together without logging's generic %-style pass."""
         if record.process is None:
             record.process = _pid
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
         record.message = record.getMessage()
-        return self.line(record.created, record.msecs, record.process, record.levelname, record.name,
-                         record.message)
-
-    def line(self, created: float, msecs: float, pid: int, level: str, name: str, message: str) -> str:
-        """LINE_FORMAT's one shape, for a record (format) and for a line without one (`info`): stamp's text in the
-        same f-string, one call and one string fewer per line (two lines per connection)."""
-        if int(created) != self._second:
-            self._turn(created)
-        return f"{self._date},{'%03d' % msecs} [{pid}] {level} {name}: {message}"
+        return (f"{self.stamp(record.created, record.msecs)} [{record.process}] {record.levelname} {record.name}: "
+                f"{record.message}")
 
     def info_line(self, created: float, msecs: int, name: str, message: str) -> str:
-        """An INFO line of this process (`info`), as `line` writes it, with the milliseconds' text and the
-        ` [pid] INFO name: ` middle looked up rather than formatted: two lines per connection."""
+        """An INFO line of this process (`info`), as `format` writes it, with `stamp` inlined and the milliseconds'
+        text and the ` [pid] INFO name: ` middle looked up rather than formatted: two lines per connection."""
         if int(created) != self._second:
             self._turn(created)
         middle = self._middles.get(name)
