@@ -10,6 +10,13 @@ server was never sent (a Parse of a statement the server already has, a Close) a
 To keep that order, a tracking client's requests queue one entry each; the server's responses are matched
 against the queue. After an error in an extended-protocol exchange, PostgreSQL ignores everything up to the
 next Sync, and so does the queue.
+
+A table change can change a statement's result columns. PostgreSQL then refuses the statement in every session
+that prepared it ("cached plan must not change result type") until that session prepares it again: its driver
+described the old columns. The pooler keeps that promise per client although the server's statement is shared:
+the first stale-plan error retires the Statement (`Registry.retire`), every server prepares its successor again
+before using it, and a client still holding the retired one is refused as PostgreSQL would refuse it, until it
+sends a Parse.
 """
 from __future__ import annotations
 
@@ -25,25 +32,34 @@ if TYPE_CHECKING:
 
 _unpack_int = struct.Struct("!I").unpack_from
 
-# Queue entries: (kind, internal statement name or None).
+# Queue entries: (kind, internal statement name or None; for STALE, the ErrorResponse the client gets).
 PARSE, BIND, CLOSE, DESCRIBE, EXECUTE, SYNC, QUERY = range(7)
 SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE = range(7, 11)
+# A Bind of a retired statement, sent to the server under a name no server has (RETIRED_NAME): the server's "does
+# not exist" error, and its skip to the next Sync, stand for the stale-plan error, which the client gets in its
+# place: the one PostgreSQL gave when the statement was retired (drivers read its fields: asyncpg prepares again
+# on its routine, RevalidateCachedQuery). A Describe of one is sent for its successor and answered with the successor's
+# ParameterDescription, as PostgreSQL answers it before finding the plan stale; the columns are swallowed
+# (SWALLOW_DESCRIBE) and a Bind of RETIRED_NAME follows, for the error.
+STALE, SWALLOW_DESCRIBE = 11, 12
 
 # The response that completes each kind of request (besides an ErrorResponse).
 _DONE = {PARSE: b"1", SWALLOW_PARSE: b"1", BIND: b"2", CLOSE: b"3", SWALLOW_CLOSE: b"3",
-         DESCRIBE: b"Tn", EXECUTE: b"CIs", SYNC: b"Z", QUERY: b"Z"}
+         DESCRIBE: b"Tn", SWALLOW_DESCRIBE: b"Tn", EXECUTE: b"CIs", SYNC: b"Z", QUERY: b"Z"}
 _FAKE = {FAKE_PARSE: protocol.message(b"1"), FAKE_CLOSE: protocol.message(b"3")}
-_SWALLOWED = (SWALLOW_PARSE, SWALLOW_CLOSE)
+_SWALLOWED = (SWALLOW_PARSE, SWALLOW_CLOSE, SWALLOW_DESCRIBE)
 # Entries whose answers the pooler rewrites (or whose failure changes what a server has prepared): while
 # one is queued, the server's answers go through `server_data`; otherwise the relay's fast path is exact.
-_SPECIAL = (PARSE, SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE)
+_SPECIAL = (PARSE, SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE, STALE, SWALLOW_DESCRIBE)
 _DONE_TABLE = []
-for _kind in range(11):
+for _kind in range(13):
     _row = bytearray(256)
     for _b in _DONE.get(_kind, b""):
         _row[_b] = 1
     _DONE_TABLE.append(bytes(_row))
 _STALE_PLAN = b"cached plan must not change result type"
+RETIRED_NAME = b"MAITRED_RETIRED"      # internal names are MAITRED_<n>: no server ever has this one
+_BIND_RETIRED = protocol.message(b"B", b"\x00" + RETIRED_NAME + b"\x00" + bytes(6))    # no parameters
 
 # PostgreSQL's frontend message types.
 FRONTEND_TYPES = bytearray(256)
@@ -61,11 +77,12 @@ _RESET_COMMANDS = (b"DEALLOCATE ALL", b"DISCARD ALL")
 class Statement:
     """One distinct query text + parameter types, and the name every server knows it by."""
 
-    __slots__ = ("name", "tail")
+    __slots__ = ("name", "tail", "retired")
 
     def __init__(self, name: bytes, tail: bytes):
         self.name = name      # internal name, without the NUL
         self.tail = tail      # the Parse body after the statement name: query\0 + parameter types
+        self.retired = b""    # once its columns may have changed: PostgreSQL's ErrorResponse that said so
 
 
 class Registry:
@@ -79,6 +96,14 @@ class Registry:
         if stmt is None:
             stmt = self.statements[tail] = Statement(b"MAITRED_%d" % (len(self.statements) + 1), tail)
         return stmt
+
+    def retire(self, stmt: Statement, error_body: bytes) -> None:
+        """A server said `stmt`'s plan is stale (`error_body`): its text now gets a successor under the same
+        internal name, which the next Parse of it returns. Once only: a retired statement's other servers say
+        it again."""
+        if not stmt.retired and self.statements.get(stmt.tail) is stmt:
+            stmt.retired = protocol.message(b"E", error_body)
+            self.statements[stmt.tail] = Statement(stmt.name, stmt.tail)
 
 
 class ServerCache:
@@ -103,9 +128,14 @@ class ServerCache:
                 self.to_close.add(each)
 
 
-def stale_plan(server: "Server", error_body: bytes) -> None:
-    """An ErrorResponse seen on the fast path: after a DDL change, every statement on it is suspect."""
+def stale_plan(server: "Server", tracker: "Tracker", error_body: bytes) -> None:
+    """An ErrorResponse seen on the fast path: after a DDL change, every statement on it is suspect, and one of
+    those the client bound since the server last owed nothing has changed its columns. Which one, the fast path
+    does not know (in the usual batch there is only one): all of them are retired."""
     if _STALE_PLAN in error_body:
+        registry = server.pool.app.statements
+        for stmt in tracker.bound:
+            registry.retire(stmt, error_body)
         server.cache.stale()
 
 
@@ -119,12 +149,13 @@ def _cstr_end(body: bytes, start: int) -> int:
 class Tracker:
     """A tracking client's side: its statement names, and the queue of responses its server owes."""
 
-    __slots__ = ("statements", "queue", "held")
+    __slots__ = ("statements", "queue", "held", "bound")
 
     def __init__(self):
         self.statements: dict[bytes, Statement] = {}
         self.queue: deque[tuple[int, bytes | None]] = deque()
         self.held = b""       # the start of a message not complete yet: rewriting needs whole messages
+        self.bound: list[Statement] = []     # bound since its server last owed it nothing (stale_plan)
 
 
 def client_data(client: "Client", server: "Server", data: bytes) -> bool:
@@ -138,6 +169,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         tracker.held = b""
     out: list[bytes] = []
     queue = tracker.queue
+    if tracker.bound and not server.expected:
+        tracker.bound.clear()
     was_empty = not queue
     if was_empty and server.expected:
         # Answers the fast path still relays (an earlier batch, simple queries) come first: what this data is
@@ -187,8 +220,12 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             if stmt is None:
                 out.append(data[pos:stop])
                 queue.append((BIND, None))
+            elif stmt.retired:
+                out.append(protocol.message(b"B", body[:portal_end + 1] + RETIRED_NAME + body[name_end:]))
+                queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
+                tracker.bound.append(stmt)
                 out.append(protocol.message(b"B", body[:portal_end + 1] + stmt.name + body[name_end:]))
                 queue.append((BIND, stmt.name))
                 if _resets(stmt.tail):      # a named DEALLOCATE ALL / DISCARD ALL
@@ -203,6 +240,13 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             elif stmt is None:
                 out.append(data[pos:stop])
                 queue.append((DESCRIBE if kind == 0x44 else CLOSE, None))
+            elif stmt.retired:      # PostgreSQL checks a statement's plan when describing it, too
+                successor = client.app.statements.get(stmt.tail)
+                _ensure(server, successor, out, queue, swallow=True)
+                out.append(protocol.message(b"D", b"S" + successor.name + b"\x00"))
+                out.append(_BIND_RETIRED)
+                queue.append((SWALLOW_DESCRIBE, successor.name))
+                queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
                 out.append(protocol.message(b"D", b"S" + stmt.name + b"\x00"))
@@ -259,9 +303,14 @@ def _ensure(server: "Server", stmt: Statement, out: list[bytes], queue, swallow:
     """
     cache = server.cache
     name = stmt.name
-    if name in cache.prepared:
-        cache.prepared.move_to_end(name)
-        return True
+    held = cache.prepared.get(name)
+    if held is not None:
+        if not held.retired:
+            cache.prepared.move_to_end(name)
+            return True
+        # Prepared here before another server found the plan stale: this server's plan is just as stale.
+        del cache.prepared[name]
+        cache.to_close.add(name)
     if name in cache.to_close:
         cache.to_close.discard(name)
         out.append(protocol.message(b"C", b"S" + name + b"\x00"))
@@ -316,20 +365,27 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
             break
         kind = data[pos]
         stop = pos + 1 + _unpack_int(data, pos + 1)[0] if end - pos >= 5 else end + 1
-        if stop > end and (end - pos < 5 or kind in b"EZS"):
-            # Whole messages only; forward the start now unless it may be an answer to swallow.
+        head = queue[0][0] if queue else None
+        # An answer to swallow, or the error that stands for a stale plan: none of it may reach the client.
+        withheld = head is not None and (head in _SWALLOWED and _DONE_TABLE[head][kind]
+                                         or head == STALE and kind == 0x45)
+        if stop > end and (end - pos < 5 or kind in b"EZS" or withheld):
+            # Whole messages only; forward the start now unless it is withheld.
             server.partial = data[pos:]
-            if kind in b"13" and queue and queue[0][0] in _SWALLOWED:
+            if withheld:
                 end = pos
             else:
                 server.forwarded_partial = end - pos
             break
-        head = queue[0][0] if queue else None
         if kind == 0x45:      # ErrorResponse
+            if head == STALE:     # "does not exist" for RETIRED_NAME: the client gets the stale plan's error
+                out.append(data[start:pos])
+                out.append(queue[0][1])
+                start = stop
             if head is not None and head != QUERY:
                 _extended_error(server, queue, data[pos + 5:stop])
             else:
-                stale_plan(server, data[pos + 5:stop])
+                stale_plan(server, tracker, data[pos + 5:stop])
         elif kind == 0x53:
             server._parameter_changed(data[pos + 5:stop])
         elif head is not None and _DONE_TABLE[head][kind]:
@@ -362,6 +418,9 @@ def _extended_error(server: "Server", queue, body: bytes) -> None:
     if kind in (PARSE, SWALLOW_PARSE) and name:
         cache.prepared.pop(name, None)
     elif kind in (BIND, DESCRIBE) and name and _STALE_PLAN in body:
+        held = cache.prepared.get(name)
+        if held is not None:
+            server.pool.app.statements.retire(held, body)
         cache.stale(name)
     while queue and queue[0][0] != SYNC:
         kind, name = queue.popleft()

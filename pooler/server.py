@@ -460,7 +460,7 @@ class Server:
                 elif kind == _S:
                     self._parameter_changed(scan[pos + 5:stop])
                 elif tracker is not None:
-                    stale_plan(self, scan[pos + 5:stop])
+                    stale_plan(self, tracker, scan[pos + 5:stop])
             pos = stop
         if pos < end:           # a header cut short
             self.partial = scan[pos:]

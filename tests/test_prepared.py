@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.support import PASSWORDS, run_threads
-from tests.wire import Wire
+from tests.wire import SYNC, Wire, bind, execute, message, parse
 
 
 @pytest.fixture
@@ -101,15 +101,111 @@ def test_a_statement_the_client_never_prepared_gives_postgresql_error(tx_pooler)
         assert b"MAITRED" not in res.error_message
 
 
-def test_changed_result_type_gives_postgresql_error_then_the_retry_works(tx_pooler, pg):
+def _answers(wire: Wire, data: bytes) -> list:
+    """What `data` (ending in Sync) is answered with, message kind by kind: an error as its SQLSTATE and text, a
+    row description or data row as its number of columns."""
+    wire.send(data)
+    out = []
+    for kind, body in wire.read_until(b"Z", raise_errors=False):
+        if kind == b"E":
+            fields = dict((f[:1], f[1:]) for f in body.split(b"\0") if f)
+            out.append(("E", fields[b"C"].decode(), fields[b"M"].decode()))
+        elif kind in b"TD":
+            out.append((kind.decode(), struct.unpack("!H", body[:2])[0]))
+        else:
+            out.append((kind.decode(),))
+    return out
+
+
+def _describe_statement(name: str) -> bytes:
+    return message(b"D", b"S" + name.encode() + b"\0")
+
+
+def stale_statement_steps(pg, port: int) -> list:
+    """Two clients prepare one text (through a pooler with one server, that is one server statement), then a table
+    change alters its columns; what each step is answered with (see test_a_table_change_refuses_…)."""
+    text = "SELECT * FROM reshaped"
+    run = bind(statement="{}") + execute() + SYNC
+    pg.psql("DROP TABLE IF EXISTS reshaped; CREATE TABLE reshaped (a int); INSERT INTO reshaped VALUES (1);"
+            "GRANT ALL ON reshaped TO app", dbname="app")
+    with Wire(port) as first, Wire(port) as second:
+        first.login("app", PASSWORDS["app"])
+        second.login("app", PASSWORDS["app"])
+        seen = [_answers(first, parse(text, "f1") + run.replace(b"{}", b"f1")),
+                _answers(second, parse(text, "s1") + run.replace(b"{}", b"s1"))]
+        pg.psql("ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2", dbname="app")
+        seen += [_answers(first, run.replace(b"{}", b"f1")),                       # refused
+                 _answers(first, parse(text, "f2") + run.replace(b"{}", b"f2")),   # prepared again: 2 columns
+                 _answers(second, run.replace(b"{}", b"s1")),                      # refused too, not 2 columns
+                 _answers(second, _describe_statement("s1") + SYNC),               # its description as well
+                 _answers(second, run.replace(b"{}", b"s1") + run.replace(b"{}", b"s1")),   # until it prepares
+                 _answers(second, parse(text, "s2") + run.replace(b"{}", b"s2")),
+                 _answers(first, run.replace(b"{}", b"f2"))]
+    return seen
+
+
+STALE_PLAN = ("E", "0A000", "cached plan must not change result type")
+
+
+def test_a_table_change_refuses_every_client_statement_prepared_before_it_as_postgresql_does(pooler_factory, pg):
+    """PostgreSQL refuses each session's statement whose columns a table change altered, until that session
+    prepares it again: its driver described the old columns. Through the pooler, where the two clients' texts
+    are one statement on the server, the second client must be refused the same way, not handed rows of the new
+    shape by the statement the first client's retry prepared again; and a Describe of it answers as
+    PostgreSQL's does (its parameters, then the error)."""
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    direct = stale_statement_steps(pg, pg.port)
+    assert direct[2] == [STALE_PLAN, ("Z",)] and direct[4] == [STALE_PLAN, ("Z",)], direct
+    assert stale_statement_steps(pg, pooler.port) == direct
+
+
+def test_after_a_table_change_every_server_prepares_the_statement_again_before_using_it(pooler_factory, pg):
+    """A statement prepared on both servers of a pool before a table change: one server's stale-plan error retires
+    it, and a client that then prepares the text (which PostgreSQL would never refuse) gets its new columns on
+    the other server too, which prepares it again first instead of answering from its stale plan."""
+    pg.psql("DROP TABLE IF EXISTS reshaped2; CREATE TABLE reshaped2 (a int); INSERT INTO reshaped2 VALUES (1);"
+            "GRANT ALL ON reshaped2 TO app", dbname="app")
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=2)
+    text = "SELECT * FROM reshaped2"
+
+    def run(wire: Wire, name: str, prepare: bool = True) -> list:
+        return _answers(wire, (parse(text, name) if prepare else b"") + bind(statement=name) + execute() + SYNC)
+
+    with Wire(pooler.port) as first, Wire(pooler.port) as second:
+        for wire in (first, second):
+            wire.login("app", PASSWORDS["app"])
+        pids = set()
+        for wire, name in ((first, "f1"), (second, "s1")):      # each holds a server: both prepare it
+            wire.query("BEGIN")
+            assert run(wire, name) == [("1",), ("2",), ("D", 1), ("C",), ("Z",)]
+            pids.add(wire.rows("SELECT pg_backend_pid()")[0][0])
+        assert len(pids) == 2
+        for wire in (first, second):
+            wire.query("COMMIT")
+        pg.psql("ALTER TABLE reshaped2 ADD COLUMN b int DEFAULT 2", dbname="app")
+        assert run(first, "f1", prepare=False)[0] == STALE_PLAN
+        pids = set()
+        for wire, name in ((first, "f2"), (second, "s2")):      # on both servers again
+            wire.query("BEGIN")
+            assert run(wire, name) == [("1",), ("2",), ("D", 2), ("C",), ("Z",)]
+            pids.add(wire.rows("SELECT pg_backend_pid()")[0][0])
+        assert len(pids) == 2
+        for wire in (first, second):
+            wire.query("COMMIT")
+
+
+def test_changed_result_type_gives_postgresql_error_until_the_client_prepares_again(tx_pooler, pg):
     pg.psql("DROP TABLE IF EXISTS shape; CREATE TABLE shape (a int); INSERT INTO shape VALUES (1);"
             "GRANT ALL ON shape TO app", dbname="app")
     with psycopg.connect(tx_pooler.dsn(), autocommit=True) as conn:
         assert conn.execute("SELECT * FROM shape", prepare=True).fetchall() == [(1,)]
         pg.psql("ALTER TABLE shape ADD COLUMN b int DEFAULT 2", dbname="app")
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type"):
-            conn.execute("SELECT * FROM shape", prepare=True)
-        # psycopg forgets its statements after the error; a client that does not, still works:
+        # psycopg keeps its statement after the error, and PostgreSQL refuses it every time, as here:
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.FeatureNotSupported,
+                               match="cached plan must not change result type"):
+                conn.execute("SELECT * FROM shape", prepare=True)
+        conn.execute("DEALLOCATE ALL")      # psycopg forgets its statements, and prepares this one again
         for _ in range(3):
             assert conn.execute("SELECT * FROM shape", prepare=True).fetchall() == [(1, 2)]
     async def keeps_its_name() -> None:
