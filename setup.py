@@ -1,5 +1,6 @@
-"""The compiled hot path: pooler/objects.py, server.py and client.py compiled by Cython (pure-Python mode, the
-types in the augmenting .pxd files next to them); everything else is in pyproject.toml.
+"""The compiled hot path: the modules pooler/compiled.py names, compiled by Cython (pure-Python mode: the relay's
+objects.py, server.py and client.py with the types in the augmenting .pxd files next to them, the connect path's
+modules as they are); everything else is in pyproject.toml.
 
 The .py files stay the source a person reads and the fallback: without a C compiler or Python's headers the
 build says so and the pure-Python modules run, except under CI=true, where that is a failure. The modules are
@@ -7,12 +8,15 @@ also built in place, next to their .py files, so that a checkout on PYTHONPATH i
 build-hotpath.sh rebuilds them when a .py or .pxd is newer (pooler/compiled.py refuses a stale one).
 """
 import os
+import runpy
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-HOT_MODULES = ("objects", "server", "client")
+# The list lives with the package's stale-build check; read from its file, as the package may not import yet.
+COMPILED_MODULES = runpy.run_path(str(Path(__file__).parent / "pooler" / "compiled.py"))["COMPILED_MODULES"]
 DIRECTIVES = {"language_level": 3, "annotation_typing": False}
 # gcc predefines the macro `unix`, which is also a Client field.
 COMPILE_ARGS = ["-O2", "-Uunix"]
@@ -53,7 +57,7 @@ def _extensions():
         print(FALLBACK.format(why=exc), file=sys.stderr)
         return []
     modules = [Extension(f"pooler.{name}", [f"pooler/{name}.py"], extra_compile_args=COMPILE_ARGS)
-               for name in HOT_MODULES]
+               for name in COMPILED_MODULES]
     return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)
 
 

@@ -208,13 +208,13 @@ def test_quick_run_measures_every_scenario_on_maitred_with_ratios(quick_run):
 
 
 def _hot_modules_loaded(pid: int) -> set[str]:
-    """The pooler's compiled hot modules mapped into a running process."""
+    """The pooler's compiled modules mapped into a running process."""
     with open(f"/proc/{pid}/maps") as f:
         return {line.rsplit("/", 1)[-1].split(".")[0] for line in f if "/pooler/" in line and ".so" in line}
 
 
 def test_the_pure_python_target_runs_the_hot_path_from_its_py_files_and_maitred_the_compiled_one():
-    from pooler.compiled import HOT_MODULES, is_compiled
+    from pooler.compiled import COMPILED_MODULES, is_compiled
 
     if not is_compiled():
         missing("the compiled hot path (scripts/build-hotpath.sh)")
@@ -223,7 +223,7 @@ def test_the_pure_python_target_runs_the_hot_path_from_its_py_files_and_maitred_
         with targets.MaitredPurePython(pg).serve(settings) as ep:
             assert _hot_modules_loaded(ep.pid) == set()
         with targets.Maitred(pg).serve(settings) as ep:
-            assert _hot_modules_loaded(ep.pid) == set(HOT_MODULES)
+            assert _hot_modules_loaded(ep.pid) == set(COMPILED_MODULES)
 
 
 def test_the_uvloop_floor_answers_pgbench_connection_churn_and_is_not_applicable_elsewhere():
