@@ -32,7 +32,7 @@ cdef class Client:
     cdef public object tracker
     cdef public object cancel_key
     cdef public bint counted
-    cdef public object id
+    cdef public long long id           # a C integer: an idle client keeps no int object for it
 
     @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, kind=int,
                    length=Py_ssize_t, scan=bytes, partial=bytes, unsynced=bint, track=bint, pool=Pool,
