@@ -35,12 +35,11 @@ _unpack_int = struct.Struct("!I").unpack_from
 # Queue entries: (kind, internal statement name or None; for STALE, the ErrorResponse the client gets).
 PARSE, BIND, CLOSE, DESCRIBE, EXECUTE, SYNC, QUERY = range(7)
 SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE = range(7, 11)
-# A Bind of a retired statement, sent to the server under a name no server has (RETIRED_NAME): the server's "does
-# not exist" error, and its skip to the next Sync, stand for the stale-plan error, which the client gets in its
-# place: the one PostgreSQL gave when the statement was retired (drivers read its fields: asyncpg prepares again
+# A Bind of a retired statement, sent to the server as a Bind it must refuse (_BIND_RETIRED): the server's error,
+# and its skip to the next Sync, stand for the stale-plan error, which the client gets in its place: the one PostgreSQL gave when the statement was retired (drivers read its fields: asyncpg prepares again
 # on its routine, RevalidateCachedQuery). A Describe of one is sent for its successor and answered with the successor's
 # ParameterDescription, as PostgreSQL answers it before finding the plan stale; the columns are swallowed
-# (SWALLOW_DESCRIBE) and a Bind of RETIRED_NAME follows, for the error.
+# (SWALLOW_DESCRIBE) and a _BIND_RETIRED follows, for the error.
 STALE, SWALLOW_DESCRIBE = 11, 12
 
 # The response that completes each kind of request (besides an ErrorResponse).
@@ -58,8 +57,11 @@ for _kind in range(13):
         _row[_b] = 1
     _DONE_TABLE.append(bytes(_row))
 _STALE_PLAN = b"cached plan must not change result type"
-RETIRED_NAME = b"MAITRED_RETIRED"      # internal names are MAITRED_<n>: no server ever has this one
-_BIND_RETIRED = protocol.message(b"B", b"\x00" + RETIRED_NAME + b"\x00" + bytes(6))    # no parameters
+# A Bind PostgreSQL refuses, with an ERROR: of a statement no server has (clients' names are rewritten to
+# MAITRED_<n>), and should a client's SQL-level PREPARE have made one of that name, cut short where it announces
+# 65535 parameter format codes ("insufficient data left in message").
+RETIRED_NAME = b"MAITRED_RETIRED"
+_BIND_RETIRED = protocol.message(b"B", b"\x00" + RETIRED_NAME + b"\x00\xff\xff")
 
 # PostgreSQL's frontend message types.
 FRONTEND_TYPES = bytearray(256)
@@ -129,13 +131,15 @@ class ServerCache:
 
 
 def stale_plan(server: "Server", tracker: "Tracker", error_body: bytes) -> None:
-    """An ErrorResponse seen on the fast path: after a DDL change, every statement on it is suspect, and one of
-    those the client bound since the server last owed nothing has changed its columns. Which one, the fast path
-    does not know (in the usual batch there is only one): all of them are retired."""
+    """An ErrorResponse seen on the fast path: after a DDL change, every statement on it is suspect, and the one
+    the failing batch binds or describes has changed its columns (a batch of two different ones never takes the
+    fast path: which one failed, only the answer queue knows)."""
     if _STALE_PLAN in error_body:
         registry = server.pool.app.statements
-        for stmt in tracker.bound:
-            registry.retire(stmt, error_body)
+        failing = server.z_count + 1        # the batch this error belongs to ends with the next ReadyForQuery
+        for z, stmt in tracker.bound:
+            if z == failing:
+                registry.retire(stmt, error_body)
         server.cache.stale()
 
 
@@ -155,7 +159,9 @@ class Tracker:
         self.statements: dict[bytes, Statement] = {}
         self.queue: deque[tuple[int, bytes | None]] = deque()
         self.held = b""       # the start of a message not complete yet: rewriting needs whole messages
-        self.bound: list[Statement] = []     # bound since its server last owed it nothing (stale_plan)
+        # (the ReadyForQuery number that ends its batch, the named statement the batch binds or describes), for
+        # the batches its server still owes (stale_plan)
+        self.bound: deque[tuple[int, Statement]] = deque()
 
 
 def client_data(client: "Client", server: "Server", data: bytes) -> bool:
@@ -169,8 +175,16 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         tracker.held = b""
     out: list[bytes] = []
     queue = tracker.queue
-    if tracker.bound and not server.expected:
-        tracker.bound.clear()
+    bound = tracker.bound
+    if bound:
+        if not server.expected:
+            bound.clear()
+        else:
+            while bound and bound[0][0] <= server.z_count:
+                bound.popleft()
+    batch_z = server.z_count + server.expected + 1
+    batch_stmt = None     # the named statement the batch so far binds or describes (stale_plan)
+    crowded = False       # a batch with two different ones: on the fast path, a stale plan's would be ambiguous
     was_empty = not queue
     if was_empty and server.expected:
         # Answers the fast path still relays (an earlier batch, simple queries) come first: what this data is
@@ -221,11 +235,14 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
                 out.append(data[pos:stop])
                 queue.append((BIND, None))
             elif stmt.retired:
-                out.append(protocol.message(b"B", body[:portal_end + 1] + RETIRED_NAME + body[name_end:]))
+                out.append(_BIND_RETIRED)
                 queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
-                tracker.bound.append(stmt)
+                if stmt is not batch_stmt:
+                    crowded = crowded or batch_stmt is not None
+                    batch_stmt = stmt
+                    bound.append((batch_z, stmt))
                 out.append(protocol.message(b"B", body[:portal_end + 1] + stmt.name + body[name_end:]))
                 queue.append((BIND, stmt.name))
                 if _resets(stmt.tail):      # a named DEALLOCATE ALL / DISCARD ALL
@@ -249,6 +266,10 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
                 queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
+                if stmt is not batch_stmt:
+                    crowded = crowded or batch_stmt is not None
+                    batch_stmt = stmt
+                    bound.append((batch_z, stmt))
                 out.append(protocol.message(b"D", b"S" + stmt.name + b"\x00"))
                 queue.append((DESCRIBE, stmt.name))
         elif kind == 0x45:    # Execute
@@ -258,6 +279,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             out.append(data[pos:stop])
             queue.append((SYNC, None) if kind == 0x53 else (QUERY, None))
             syncs += 1
+            batch_z += 1
+            batch_stmt = None
             if kind == 0x51 and _resets(data[pos + 5:stop]):
                 _forget_all(tracker, cache)
         elif kind == 0x58:    # Terminate: the server stays with the pooler
@@ -269,7 +292,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
         else:
             raise protocol.ProtocolError(f"invalid frontend message type {kind}")
         pos = stop
-    if was_empty and kind == 0x53 and not tracker.held and not any(e[0] in _SPECIAL for e in queue):
+    if was_empty and kind == 0x53 and not tracker.held and not crowded and \
+            not any(e[0] in _SPECIAL for e in queue):
         # Nothing rewritten in the answers, and a Sync ends the batch: the fast path can count them.
         queue.clear()
     else:
@@ -378,7 +402,7 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
                 server.forwarded_partial = end - pos
             break
         if kind == 0x45:      # ErrorResponse
-            if head == STALE:     # "does not exist" for RETIRED_NAME: the client gets the stale plan's error
+            if head == STALE:     # the refusal of _BIND_RETIRED: the client gets the stale plan's error
                 out.append(data[start:pos])
                 out.append(queue[0][1])
                 start = stop

@@ -159,6 +159,90 @@ def test_a_table_change_refuses_every_client_statement_prepared_before_it_as_pos
     assert stale_statement_steps(pg, pooler.port) == direct
 
 
+def _new_table(pg, name: str) -> None:
+    pg.psql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (a int); INSERT INTO {name} VALUES (1);"
+            f"GRANT ALL ON {name} TO app", dbname="app")
+
+
+def _run(name: str) -> bytes:
+    return bind(statement=name) + execute() + SYNC
+
+
+def _two_clients(port: int):
+    first, second = Wire(port), Wire(port)
+    first.login("app", PASSWORDS["app"])
+    second.login("app", PASSWORDS["app"])
+    return first, second
+
+
+def test_a_stale_plan_a_describe_finds_retires_the_statement_too(pooler_factory, pg):
+    """The first use after the table change is a Describe, which needs no rewriting (the relay's fast path)."""
+    def steps(port: int) -> list:
+        _new_table(pg, "described")
+        text = "SELECT * FROM described"
+        first, second = _two_clients(port)
+        with first, second:
+            seen = [_answers(first, parse(text, "f1") + _run("f1")), _answers(second, parse(text, "s1") + _run("s1"))]
+            pg.psql("ALTER TABLE described ADD COLUMN b int DEFAULT 2", dbname="app")
+            return seen + [_answers(first, _describe_statement("f1") + SYNC), _answers(second, _run("s1")),
+                           _answers(first, _run("f1"))]
+
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    direct = steps(pg.port)
+    assert direct[2][-2:] == [STALE_PLAN, ("Z",)] and direct[3] == [STALE_PLAN, ("Z",)], direct
+    assert steps(pooler.port) == direct
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one-batch", "pipelined-batches"])
+def test_a_statement_whose_columns_did_not_change_is_not_refused(pooler_factory, pg, pipelined):
+    """Two statements used together, of which only one's table changes: only that one is refused, whether both
+    are in the batch that fails or the other in a batch before it, still unanswered (pg_sleep) when the failing
+    one goes out."""
+    def steps(port: int) -> list:
+        _new_table(pg, "kept")
+        _new_table(pg, "changed")
+        kept, changed = "SELECT a FROM kept, pg_sleep(0.3)", "SELECT * FROM changed"
+        first, second = _two_clients(port)
+        with first, second:
+            seen = [_answers(first, parse(kept, "k") + parse(changed, "c") + bind(statement="k") + execute()
+                             + _run("c")),
+                    _answers(second, parse(kept, "k2") + _run("k2"))]
+            pg.psql("ALTER TABLE changed ADD COLUMN b int DEFAULT 2", dbname="app")
+            if pipelined:
+                first.send(_run("k"))
+                time.sleep(0.1)     # sent on to PostgreSQL, not answered yet
+                seen += [_answers(first, _run("c")), [m[0] for m in first.read_until(b"Z", raise_errors=False)]]
+            else:
+                seen.append(_answers(first, bind(statement="k") + execute() + bind(statement="c") + execute() + SYNC))
+            return seen + [_answers(second, _run("k2")), _answers(first, _run("k"))]
+
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    direct = steps(pg.port)
+    assert direct[-2:] == [[("2",), ("D", 1), ("C",), ("Z",)]] * 2, direct
+    assert steps(pooler.port) == direct
+
+
+def test_a_session_statement_cannot_take_the_name_a_retired_statement_is_sent_under(pooler_factory, pg):
+    """A retired statement's Bind goes to the server under a name no server has (prepare.RETIRED_NAME); should a
+    client's SQL-level PREPARE make one of that name, the server must still refuse it, not answer with that
+    statement's rows."""
+    from pooler.prepare import RETIRED_NAME
+
+    _new_table(pg, "named_like")
+    text = "SELECT * FROM named_like"
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    first, second = _two_clients(pooler.port)
+    with first, second:
+        _answers(first, parse(text, "f1") + _run("f1"))
+        _answers(second, parse(text, "s1") + _run("s1"))
+        second.query(f'PREPARE "{RETIRED_NAME.decode()}" AS SELECT 42')
+        pg.psql("ALTER TABLE named_like ADD COLUMN b int DEFAULT 2", dbname="app")
+        assert _answers(first, _run("f1")) == [STALE_PLAN, ("Z",)]
+        assert _answers(second, _run("s1")) == [STALE_PLAN, ("Z",)]
+        assert _answers(first, _run("f1")) == [STALE_PLAN, ("Z",)]
+        assert second.rows("SELECT 1") == [("1",)]
+
+
 def test_after_a_table_change_every_server_prepares_the_statement_again_before_using_it(pooler_factory, pg):
     """A statement prepared on both servers of a pool before a table change: one server's stale-plan error retires
     it, and a client that then prepares the text (which PostgreSQL would never refuse) gets its new columns on
