@@ -61,6 +61,9 @@ _STALE_PLAN = b"cached plan must not change result type"
 # MAITRED_<n>), and should a client's SQL-level PREPARE have made one of that name, cut short where it announces
 # 65535 parameter format codes ("insufficient data left in message").
 RETIRED_NAME = b"MAITRED_RETIRED"
+# What PostgreSQL refuses a statement with in a failed transaction, before it looks at the statement's plan.
+_IN_FAILED_TRANSACTION = protocol.error_response(
+    "25P02", "current transaction is aborted, commands ignored until end of transaction block")
 _BIND_RETIRED = protocol.message(b"B", b"\x00" + RETIRED_NAME + b"\x00\xff\xff")
 
 # PostgreSQL's frontend message types.
@@ -404,7 +407,7 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
         if kind == 0x45:      # ErrorResponse
             if head == STALE:     # the refusal of _BIND_RETIRED: the client gets the stale plan's error
                 out.append(data[start:pos])
-                out.append(queue[0][1])
+                out.append(_IN_FAILED_TRANSACTION if server.status == protocol.FAILED_TRANSACTION else queue[0][1])
                 start = stop
             if head is not None and head != QUERY:
                 _extended_error(server, queue, data[pos + 5:stop])

@@ -243,6 +243,28 @@ def test_a_session_statement_cannot_take_the_name_a_retired_statement_is_sent_un
         assert second.rows("SELECT 1") == [("1",)]
 
 
+def test_in_a_failed_transaction_a_retired_statement_gets_the_error_postgresql_gives_there(pooler_factory, pg):
+    """PostgreSQL refuses anything but the transaction's end in a failed transaction, before it checks a plan."""
+    def steps(port: int) -> list:
+        _new_table(pg, "failed_first")
+        text = "SELECT * FROM failed_first"
+        first, second = _two_clients(port)
+        with first, second:
+            seen = [_answers(first, parse(text, "f1") + _run("f1")), _answers(second, parse(text, "s1") + _run("s1"))]
+            pg.psql("ALTER TABLE failed_first ADD COLUMN b int DEFAULT 2", dbname="app")
+            seen.append(_answers(first, _run("f1")))
+            seen.append(_answers(second, message(b"Q", b"BEGIN\0")))
+            seen.append(_answers(second, message(b"Q", b"SELECT 1/0\0")))
+            seen += [_answers(second, _run("s1")), _answers(second, _describe_statement("s1") + SYNC)]
+            seen.append(_answers(second, message(b"Q", b"ROLLBACK\0")))
+            return seen + [_answers(second, _run("s1"))]
+
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    direct = steps(pg.port)
+    assert direct[5][0][1] == "25P02" and direct[-1] == [STALE_PLAN, ("Z",)], direct
+    assert steps(pooler.port) == direct
+
+
 def test_after_a_table_change_every_server_prepares_the_statement_again_before_using_it(pooler_factory, pg):
     """A statement prepared on both servers of a pool before a table change: one server's stale-plan error retires
     it, and a client that then prepares the text (which PostgreSQL would never refuse) gets its new columns on
