@@ -33,6 +33,8 @@ cdef class Client:
     cdef public object cancel_key
     cdef public bint counted
     cdef public long long id           # a C integer: an idle client keeps no int object for it
+    cdef public unsigned int peer_ip4
+    cdef public unsigned short peer_port
 
     @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, kind=int,
                    length=Py_ssize_t, scan=bytes, partial=bytes, unsynced=bint, track=bint, pool=Pool,
@@ -59,4 +61,6 @@ cdef class Client:
     cpdef _authenticated(self, scram_keys=*)
     cpdef finish_login(self, welcome, bytes greeting=*)
     cpdef str describe(self)
+    @cython.locals(port=cython.ushort, ip=cython.uint)
+    cpdef str peer(self)
     cpdef str tls_info(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import struct
 import sys
 from types import MappingProxyType
@@ -89,13 +90,14 @@ class Client:
                  "replication", "param_key", "login",
                  "pending", "pending_bytes", "pending_syncs", "requested", "skip", "partial",
                  "wait_started", "connected_at", "idle_since", "active", "paused_by", "write_blocked",
-                 "unsynced", "tracker", "cancel_key", "counted", "id")
+                 "unsynced", "tracker", "cancel_key", "counted", "id", "peer_ip4", "peer_port")
 
     # Kept only until login (login.py): a logged-in client reads them as b"", None and False.
     startup = LoginField("startup")
     auth = LoginField("auth")
     queried_secret = LoginField("queried_secret")
     handshaking = LoginField("handshaking")
+    tls = LoginField("tls")                         # it made a TLS handshake (tls_info reads it during the login)
     own_user = LoginField("own_user")
     unix = LoginField("unix")
     wait_notified = LoginField("wait_notified")     # told once it is queued (query_wait_notify): few ever are
@@ -133,6 +135,8 @@ class Client:
         self.tracker: Tracker | None = None     # set once the client uses the extended protocol (see prepare)
         self.cancel_key = 0                     # BackendKeyData as one int: pid << 32 | key
         self.counted = False                    # in app.db_clients and app.user_clients
+        self.peer_ip4 = 0                       # an IPv4 peer's address and port, once a log line asked (peer)
+        self.peer_port = 0
 
     def eof_received(self):
         return None
@@ -358,6 +362,7 @@ class Client:
             self.close()
             return
         self.handshaking = False
+        self.tls = True
         if self.closed or transport.is_closing():     # closed by the pooler (login timeout, shutdown) meanwhile
             transport.close()
             self.close()
@@ -591,8 +596,8 @@ class Client:
             greeting, parameters, protocol.backend_key_data(self.cancel_key),
             login_notice(self.app), protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
+        self.app.log_login(log, self)       # while the client still has its Login (tls_info)
         login, self.login = self.login, None
-        self.app.log_login(log, self)
         # What the client sent without waiting for ReadyForQuery (after its startup packet or password, or while
         # the login waited for a server) is ordinary traffic.
         leftover = login.startup if login is not None else b""
@@ -762,17 +767,30 @@ class Client:
         database read as the `dbname` field reads it, its pool's name, without the field's Python-level call)."""
         pool = self.pool
         dbname = pool.name if pool is not None else self.dbname
-        return f"C-{hex(id(self))}: {dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer}"
+        return f"C-{hex(id(self))}: {dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer()}"
 
     def tls_info(self) -> str:
         """`no`, or the protocol and cipher, as PgBouncer's login line has them."""
+        login = self.login
+        if login is not None and not login.tls:     # while it logs in, the client knows whether it made a handshake
+            return "no"
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
         if ssl_object is None:
             return "no"
         return f"{ssl_object.version()}/{ssl_object.cipher()[0]}"
 
-    @property
     def peer(self) -> str:
-        """host:port of the client, asked of the socket when a log line needs it (not kept per client)."""
+        """host:port of the client, asked of the socket when a log line first needs it. An IPv4 peer is then kept
+        in two C integers of the compiled Client, which cost an idle client nothing (its object's size class stays
+        the same), for the next line about it: a line per login and per logout."""
+        port = self.peer_port
+        if port:
+            ip = self.peer_ip4
+            return f"{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{port}"
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        if not isinstance(peer, tuple):
+            return "unix"
+        if len(peer) == 2:      # (host, port) of IPv4; IPv6 has four
+            self.peer_ip4 = int.from_bytes(socket.inet_aton(peer[0]), "big")
+            self.peer_port = peer[1]
+        return f"{peer[0]}:{peer[1]}"

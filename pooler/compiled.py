@@ -13,7 +13,8 @@ from pathlib import Path
 # The relay: compiled with the C types of their .pxd files, which cimport each other's.
 HOT_MODULES = ("objects", "server", "client")
 # The rest of a login and a logout (a connection per transaction runs them all): compiled as they are, without
-# types, which takes the interpreter's dispatch out of their calls (bench/README.md, "A compiled hot path").
+# types, which takes the interpreter's dispatch out of their calls (bench/README.md, "A compiled hot path"), but
+# for the connection lines' path in logsink, typed in logsink.pxd.
 UNTYPED_MODULES = ("app", "logsink", "session", "protocol", "config", "identity", "registry", "login",
                    "counters", "tls", "access")
 COMPILED_MODULES = HOT_MODULES + UNTYPED_MODULES
@@ -31,8 +32,9 @@ def build_problems(package: Path = PACKAGE) -> list[str]:
     found, unbuilt = [], []
     pxds = [package / f"{m}.pxd" for m in HOT_MODULES]
     for name in COMPILED_MODULES:
-        # A .pxd change reaches every one of the hot three.
-        sources = [p for p in (package / f"{name}.py", *(pxds if name in HOT_MODULES else ())) if p.exists()]
+        # A module's own .pxd types it; one of the hot three's reaches all three.
+        own = [package / f"{name}.py", package / f"{name}.pxd"]
+        sources = [p for p in dict.fromkeys(own + (pxds if name in HOT_MODULES else [])) if p.exists()]
         built = [package / f"{name}{suffix}" for suffix in EXTENSION_SUFFIXES if (package / f"{name}{suffix}").exists()]
         if not built:
             unbuilt.append(name)

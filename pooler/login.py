@@ -14,13 +14,15 @@ if TYPE_CHECKING:
 
 
 class Login:
-    __slots__ = ("startup", "auth", "queried_secret", "handshaking", "own_user", "unix", "wait_notified", "dbname")
+    __slots__ = ("startup", "auth", "queried_secret", "handshaking", "tls", "own_user", "unix", "wait_notified",
+                 "dbname")
 
     def __init__(self, unix: bool = False) -> None:
         self.startup = b""                      # bytes read from the client and not yet handled
         self.auth: ClientAuth | None = None
         self.queried_secret: str | None = None  # what auth_query gave for this user (auth_query.py)
         self.handshaking = False                # the TLS layer owns the socket until its handshake ends
+        self.tls = False                        # its handshake succeeded: the login line names its protocol
         self.own_user = False                   # the console's `pgbouncer` of the pooler's OS user (access.py)
         self.unix = unix                        # connected over the Unix socket
         self.wait_notified = False              # told once that it is queued (query_wait_notify)

@@ -7,6 +7,9 @@ connections skip the LogRecord and logging's walk altogether when they go to the
 (`info`); and lines are written once per event-loop iteration (all the lines of one iteration in one write and
 one flush; to the logfile one os.write of their bytes) instead of a write and a flush per line. A line is never
 held past the iteration that made it; outside a running loop (start, shutdown) it is written at once.
+
+Compiled, the connection lines' path (`info`, Clock, Batch) is typed by logsink.pxd: it reads C fields and
+makes C calls from the line's text to the logfile's write.
 """
 from __future__ import annotations
 
@@ -23,29 +26,47 @@ _MSECS = tuple("%03d" % ms for ms in range(1000))     # the stamp's milliseconds
 _pid = os.getpid()      # for records made without it (use_cheap_records); a forked child takes its own
 
 
+class Clock:
+    """The date text of the current second, formatted once per second, and the ` [pid] INFO name: ` middle of an
+    INFO line per logger name: what every line's stamp needs, kept where the connection lines reach it in C."""
+
+    def __init__(self, converter) -> None:
+        self.converter = converter      # the Formatter's (time.localtime, or time.gmtime if a user set that)
+        self.second = -1
+        self.date = ""
+        self.middles: dict[str, str] = {}      # info_line's middles, by logger name (pid: _pid's)
+
+    def stamp(self, created: float, msecs: float) -> str:
+        if int(created) != self.second:
+            self.turn(created)
+        return f"{self.date},{'%03d' % msecs}"     # %03d, as logging's: a float msecs truncated
+
+    def turn(self, created: float) -> None:
+        second = int(created)
+        self.date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        self.second = second
+
+    def info_line(self, created: float, msecs: int, name: str, message: str) -> str:
+        """An INFO line of this process, as Formatter.format writes it, with the milliseconds' text and the
+        middle looked up rather than formatted: two lines per connection."""
+        if int(created) != self.second:
+            self.turn(created)
+        middle = self.middles.get(name)
+        if middle is None:
+            middle = self.middles[name] = f" [{_pid}] INFO {name}: "
+        return f"{self.date},{_MSECS[msecs]}{middle}{message}"
+
+
 class Formatter(logging.Formatter):
     """logging's default line, `2026-12-01 02:03:04,567 [pid] LEVEL name: message`, with the date text of the
-    current second cached."""
+    current second cached (Clock)."""
 
     def __init__(self) -> None:
         super().__init__(LINE_FORMAT)
-        self._second = -1
-        self._date = ""
-        self._middles: dict[str, str] = {}     # info_line's ` [pid] INFO name: `, by logger name (pid: _pid's)
+        self.clock = Clock(self.converter)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return self.stamp(record.created, record.msecs)
-
-    def stamp(self, created: float, msecs: float) -> str:
-        if int(created) != self._second:
-            self._turn(created)
-        return f"{self._date},{'%03d' % msecs}"     # %03d, as logging's: a float msecs truncated
-
-    def _turn(self, created: float) -> None:
-        """The date text of `created`'s second, formatted once per second (stamp and info_line check the second)."""
-        second = int(created)
-        self._date = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        self._second = second
+        return self.clock.stamp(record.created, record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         """LINE_FORMAT's line, put together without logging's generic %-style pass."""
@@ -54,18 +75,46 @@ class Formatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
         record.message = record.getMessage()
-        return (f"{self.stamp(record.created, record.msecs)} [{record.process}] {record.levelname} {record.name}: "
-                f"{record.message}")
+        return (f"{self.clock.stamp(record.created, record.msecs)} [{record.process}] {record.levelname} "
+                f"{record.name}: {record.message}")
 
-    def info_line(self, created: float, msecs: int, name: str, message: str) -> str:
-        """An INFO line of this process (`info`), as `format` writes it, with `stamp` inlined and the milliseconds'
-        text and the ` [pid] INFO name: ` middle looked up rather than formatted: two lines per connection."""
-        if int(created) != self._second:
-            self._turn(created)
-        middle = self._middles.get(name)
-        if middle is None:
-            middle = self._middles[name] = f" [{_pid}] INFO {name}: "
-        return f"{self._date},{_MSECS[msecs]}{middle}{message}"
+
+class Batch:
+    """An IterationHandler's lines of one event-loop iteration, waiting for its end."""
+
+    def __init__(self, handler: "IterationHandler") -> None:
+        self.lines: list[str] = []
+        self.scheduled_on: asyncio.AbstractEventLoop | None = None
+        self.handler = handler
+        self.fd = -1        # the handler's raw descriptor (_raw_fd), which `write` writes to; -1: its flush writes
+
+    def add(self, line: str) -> None:
+        """Hold `line` for the end of this iteration (at once outside a running loop)."""
+        self.lines.append(line)
+        scheduled = self.scheduled_on
+        if scheduled is not None and scheduled.is_running():
+            return          # this iteration's flush is already on its way
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.handler.flush()
+            return
+        if scheduled is not loop:
+            self.scheduled_on = loop
+            loop.call_soon(self.write if self.fd >= 0 else self.handler.flush)
+
+    def write(self) -> None:
+        """The iteration's end, for the logfile: its lines' bytes in one write, under the handler's lock as its
+        flush takes it (the handler's path costs a few thousand instructions more, per iteration that logs)."""
+        lock = self.handler.lock
+        lock.acquire()
+        try:
+            self.scheduled_on = None
+            if self.lines and self.fd >= 0:
+                lines, self.lines = self.lines, []     # a line `info` adds meanwhile waits for the next
+                _write_all(self.fd, ("\n".join(lines) + "\n").encode())
+        finally:
+            lock.release()
 
 
 _handlers: "weakref.WeakSet[IterationHandler]" = weakref.WeakSet()
@@ -77,10 +126,17 @@ class IterationHandler(logging.StreamHandler):
     def __init__(self, stream, owns_stream: bool = False) -> None:
         super().__init__(stream)
         self.owns_stream = owns_stream
+        self.batch = Batch(self)
         self.fd = _raw_fd(stream)      # -1: written through the stream's own layers
-        self.pending: list[str] = []
-        self.scheduled_on: asyncio.AbstractEventLoop | None = None
         _handlers.add(self)
+
+    @property
+    def fd(self) -> int:
+        return self.batch.fd
+
+    @fd.setter
+    def fd(self, fd: int) -> None:
+        self.batch.fd = fd
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -88,29 +144,15 @@ class IterationHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
-        self.add(line)
-
-    def add(self, line: str) -> None:
-        """Hold `line` for the end of this iteration (at once outside a running loop)."""
-        self.pending.append(line)
-        scheduled = self.scheduled_on
-        if scheduled is not None and scheduled.is_running():
-            return          # this iteration's flush is already on its way
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        if scheduled is not loop:
-            self.scheduled_on = loop
-            loop.call_soon(self.flush)
+        self.batch.add(line)
 
     def flush(self) -> None:
         with self.lock:     # the handler's RLock itself: acquire() and release() are two calls more per iteration
-            self.scheduled_on = None
-            if self.pending and self.stream is not None:
-                pending, self.pending = self.pending, []     # a line `info` adds meanwhile waits for the next
-                text = "\n".join(pending) + "\n"
+            batch = self.batch
+            batch.scheduled_on = None
+            if batch.lines and self.stream is not None:
+                lines, batch.lines = batch.lines, []     # a line `info` adds meanwhile waits for the next
+                text = "\n".join(lines) + "\n"
                 if self.fd < 0:
                     self.stream.write(text)
                 else:
@@ -134,8 +176,8 @@ class IterationHandler(logging.StreamHandler):
 
     def drop_pending(self) -> None:
         """A forked child must not write its parent's lines again."""
-        self.pending = []
-        self.scheduled_on = None
+        self.batch.lines = []
+        self.batch.scheduled_on = None
 
 
 def _raw_fd(stream) -> int:
@@ -158,13 +200,14 @@ def _after_fork_in_child() -> None:
     for handler in list(_handlers):
         handler.drop_pending()
         if isinstance(handler.formatter, Formatter):
-            handler.formatter._middles = {}      # they name the parent's pid
+            handler.formatter.clock.middles = {}      # they name the parent's pid
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-_direct: list[IterationHandler] = []     # the pooler's own handlers, when they are the only ones (route_lines)
+# The pooler's own handlers' clocks and batches, when they are the only handlers (route_lines).
+_routes: list[tuple[Clock, Batch]] = []
 
 
 def route_lines(handlers: list[logging.Handler]) -> None:
@@ -172,20 +215,21 @@ def route_lines(handlers: list[logging.Handler]) -> None:
     with the Formatter, and no filter is set: the pooler's own logging (main.setup_logging), which nothing
     changes afterwards."""
     direct = all(type(h) is IterationHandler and type(h.formatter) is Formatter and not h.filters for h in handlers)
-    _direct[:] = handlers if direct and handlers else []
+    _routes[:] = [(h.formatter.clock, h.batch) for h in handlers] if direct and handlers else []
 
 
 def info(logger: logging.Logger, text: str) -> None:
     """An INFO line, exactly as logger.info("%s", text) writes it (the caller checked the level), without a
     LogRecord and logging's walk when the lines go to the pooler's own handlers only: PgBouncer logs a line per
     login and per logout by default, and that walk is a sizeable share of a connection's setup."""
-    if not _direct or logger.filters:
+    if not _routes or logger.filters:
         logger.info("%s", text)
         return
     created = time.time()
     msecs = int((created - int(created)) * 1000)
-    for handler in _direct:
-        handler.add(handler.formatter.info_line(created, msecs, logger.name, text))
+    name = logger.name
+    for clock, batch in _routes:
+        batch.add(clock.info_line(created, msecs, name, text))
 
 
 def file_handler(path: str) -> IterationHandler:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the compiled hot path (setup.py: the modules pooler/compiled.py names, by Cython) next to the .py files
-# when one is missing or older than its .py or a hot .pxd, with the checkout's .venv (or the Python given).
+# when one is missing or older than its .py or a .pxd, with the checkout's .venv (or the Python given).
 # A no-op when up to date. Without a compiler or Python's headers the pure-Python modules run, except under
 # CI=true, where that is a failure.
 set -euo pipefail
@@ -17,7 +17,7 @@ for name in $modules; do
   built=(pooler/"$name".cpython-*.so)
   [ -e "${built[0]}" ] || stale=1
   for so in "${built[@]}"; do
-    for source in "pooler/$name.py" pooler/objects.pxd pooler/server.pxd pooler/client.pxd; do
+    for source in "pooler/$name.py" pooler/*.pxd; do
       if [ "$source" -nt "$so" ]; then stale=1; fi
     done
   done

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import re
 import ssl
 import subprocess
 import tempfile
@@ -189,11 +190,14 @@ def test_bytes_sent_in_plain_text_after_ssl_request_are_refused(pooler_factory, 
 
 
 def test_client_tls_allow_serves_tls_and_plain_text_clients(pooler_factory, certs, tls_pg):
-    pooler = tls_pooler(pooler_factory, certs, tls_pg, client_tls_sslmode="allow")
+    pooler = tls_pooler(pooler_factory, certs, tls_pg, client_tls_sslmode="allow", log_connections=1)
     for sslmode in ("require", "disable"):
         done = psql(pooler.dsn(sslmode=sslmode), "\\conninfo")
         assert done.returncode == 0, done.stderr
         assert ("SSL connection" in done.stdout) == (sslmode == "require"), done.stdout
+    # PgBouncer's login line names each one's TLS: the protocol and cipher, or no.
+    text = pooler.wait_log("tls=no", "login attempt: db=app user=app tls=TLSv1.3/")
+    assert re.search(r"login attempt: db=app user=app tls=TLSv1\.3/TLS_[A-Z0-9_]+\n", text), text
 
 
 def test_verify_ca_on_the_client_side_requires_a_client_certificate_from_client_tls_ca_file(
