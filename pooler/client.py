@@ -336,7 +336,7 @@ class Client:
                 self.transport.get_extra_info("ssl_object") is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, "SSL required")      # PgBouncer's words
             return False
-        self._start(protocol.parse_startup_params(body))
+        self._start(protocol.startup_params(body))
         return True
 
     def _ssl_request(self) -> bool:

@@ -180,6 +180,25 @@ def parse_startup_params(body: bytes) -> dict[str, str]:
     return dict(zip(pairs, pairs))
 
 
+_STARTUP_KEPT = 256           # distinct startup packets remembered (each at most _STARTUP_BODY_KEPT bytes)
+_STARTUP_BODY_KEPT = 1024
+_startup_params: dict[bytes, dict[str, str]] = {}
+
+
+def startup_params(body: bytes) -> dict[str, str]:
+    """parse_startup_params, remembered by the packet's bytes: an application's connections send one startup
+    packet over and over, and a connection per transaction parses it per transaction. A fresh dict each time,
+    which the login may change."""
+    known = _startup_params.get(body)
+    if known is None:
+        known = parse_startup_params(body)
+        if len(body) <= _STARTUP_BODY_KEPT:
+            if len(_startup_params) >= _STARTUP_KEPT:
+                _startup_params.clear()
+            _startup_params[body] = known
+    return dict(known)
+
+
 OPTIONS_ERROR = "unsupported options startup parameter: only '-c config=val' is allowed"    # PgBouncer's words
 
 

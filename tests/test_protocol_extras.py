@@ -279,6 +279,25 @@ def test_options_are_read_as_postgresql_reads_them():
             parse_options(malformed)
 
 
+def test_a_startup_packet_seen_before_is_read_from_memory_into_a_fresh_dict():
+    from pooler import protocol
+
+    body = b"user\0app\0database\0app\0application_name\0x\0\0"
+    first = protocol.startup_params(body)
+    assert first == {"user": "app", "database": "app", "application_name": "x"}
+    first.pop("user")                       # the login pops from it: the next one must not see that
+    assert protocol.startup_params(body) == {"user": "app", "database": "app", "application_name": "x"}
+    assert body in protocol._startup_params
+    big = b"user\0app\0application_name\0" + b"y" * 2000 + b"\0\0"
+    assert protocol.startup_params(big)["application_name"] == "y" * 2000
+    assert big not in protocol._startup_params         # a long one is parsed each time, not kept
+    for n in range(protocol._STARTUP_KEPT + 10):        # distinct packets past the bound: kept within it
+        protocol.startup_params(b"user\0u%d\0\0" % n)
+    assert len(protocol._startup_params) <= protocol._STARTUP_KEPT
+    with pytest.raises(protocol.ProtocolError):
+        protocol.startup_params(b"user\0app\0database\0")       # an odd count is refused, every time
+
+
 def test_options_reach_the_server_session_in_session_mode_and_leave_with_the_client(pooler_factory):
     pooler = pooler_factory(pool_mode="session", default_pool_size=1)
     with psycopg.connect(pooler.dsn(), options="-c search_path=foo -c statement_timeout=5000",
