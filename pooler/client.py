@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("maitred.client")
 
 _unpack_int = struct.Struct("!I").unpack_from
+_inet_aton = socket.inet_aton
 _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
 
 STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
@@ -791,6 +792,6 @@ class Client:
         if not isinstance(peer, tuple):
             return "unix"
         if len(peer) == 2:      # (host, port) of IPv4; IPv6 has four
-            self.peer_ip4 = int.from_bytes(socket.inet_aton(peer[0]), "big")
+            self.peer_ip4 = _unpack_int(_inet_aton(peer[0]))[0]
             self.peer_port = peer[1]
         return f"{peer[0]}:{peer[1]}"

@@ -85,6 +85,19 @@ EVENTS = {
 }
 
 
+def test_a_clients_login_and_logout_lines_name_it_alike(pooler_factory, pg):
+    """The logout line formats the peer the login line asked of the socket (Client.peer keeps it)."""
+    maitred = pooler_factory(userlist=USERS, **SETTINGS)
+    with login(maitred.port) as wire:
+        port = wire.sock.getsockname()[1]
+        wire.query("SELECT 1")
+        wire.send(TERMINATE)
+        assert wire.closed_by_peer(5)
+    text = maitred.wait_log(f"@127.0.0.1:{port} closing because")
+    prefix = re.search(rf"(C-0x[0-9a-f]+: app/app@127\.0\.0\.1:{port}) login attempt", text).group(1)
+    assert f"{prefix} closing because: client close request" in text
+
+
 @pytest.mark.parametrize("event", list(EVENTS))
 def test_the_log_says_it_in_pgbouncers_words(pooler_factory, pg, event):
     settings, extra, action, pattern = EVENTS[event]
