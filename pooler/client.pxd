@@ -34,7 +34,8 @@ cdef class Client:
     cdef public bint counted
     cdef public long long id           # a C integer: an idle client keeps no int object for it
 
-    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, kind=int,
+    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, begun=Py_ssize_t,
+                   sent=Py_ssize_t, kind=int,
                    length=Py_ssize_t, scan=bytes, partial=bytes, unsynced=bint, track=bint, pool=Pool,
                    max_length=Py_ssize_t)
     cpdef received(self, data)
