@@ -36,7 +36,8 @@ cdef class Client:
     cdef public unsigned int peer_ip4
     cdef public unsigned short peer_port
 
-    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, kind=int,
+    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, syncs=Py_ssize_t, terminate=Py_ssize_t, begun=Py_ssize_t,
+                   sent=Py_ssize_t, kind=int,
                    length=Py_ssize_t, scan=bytes, partial=bytes, unsynced=bint, track=bint, pool=Pool,
                    max_length=Py_ssize_t)
     cpdef received(self, data)

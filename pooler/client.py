@@ -164,15 +164,19 @@ class Client:
             return
         # Scan the message headers: count the ReadyForQuery messages this owes, find Terminate, refuse junk.
         partial = self.partial
+        sent = 0            # how much of `scan` the server has already
         if partial:
             scan = partial + data
             self.partial = b""
+            if partial[0] != _X:       # the start of a Terminate is never sent
+                sent = len(partial)
         else:
             scan = data
         pos = self.skip
         end = len(scan)
         syncs = 0
         terminate = -1
+        begun = -1          # where a Terminate cut short starts
         unsynced = self.unsynced
         pool = self.pool
         track = pool.tracks_statements and not self.replication
@@ -180,9 +184,16 @@ class Client:
         while pos < end:
             kind = scan[pos]
             if track and EXTENDED[kind]:
-                self._start_tracking(scan, len(partial), pos, syncs)
+                self._start_tracking(scan, sent, pos, syncs)
                 return
             if end - pos < 5:
+                # A header cut short: its start goes on now, but not junk's, nor a Terminate's (the server would
+                # wait for the rest, and could serve no one after).
+                if not FRONTEND_TYPES[kind]:
+                    self.protocol_violation(f"invalid frontend message type {kind}")
+                    return
+                if kind == _X:
+                    begun = pos
                 self.partial = scan[pos:]
                 pos = end
                 break
@@ -207,10 +218,10 @@ class Client:
         self.unsynced = unsynced
         if terminate >= 0:
             # Forward what came before Terminate; the server connection stays with the pooler.
-            data = scan[len(partial):terminate]
+            data = scan[sent:terminate]
             self.skip = 0
-            # Bytes of Terminate itself already went out with the last chunk: that server is not clean.
-            self.partial = partial if terminate < len(partial) else b""
+        elif begun >= 0:
+            data = scan[sent:begun]
         self._forward(data, syncs)
         if terminate >= 0:
             self._gone("client close request")
@@ -267,10 +278,13 @@ class Client:
                     self._gone("client close request")
                 return
             tracker = self.tracker
-            if data == protocol.TERMINATE and not tracker.held:     # a goodbye needs no server
-                self._gone("client close request")
+            held = tracker.held + data
+            if held and protocol.TERMINATE.startswith(held):      # a goodbye, whole or begun, needs no server
+                tracker.held = held
+                if held == protocol.TERMINATE:
+                    self._gone("client close request")
                 return
-            tracker.held += data
+            tracker.held = held
             if not self.requested:
                 self.requested = True
                 self.pool.acquire(self)
@@ -283,7 +297,7 @@ class Client:
         """No half-sent message is on its way to the server, so the server may go to someone else."""
         if self.tracker is not None:
             return not self.tracker.queue and not self.unsynced     # held bytes never reached the server
-        return self.skip == 0 and not self.partial and not self.unsynced
+        return self.skip == 0 and (not self.partial or self.partial[0] == _X) and not self.unsynced
 
     # -- login -----------------------------------------------------------------------------------------
 

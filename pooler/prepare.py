@@ -9,7 +9,8 @@ server was never sent (a Parse of a statement the server already has, a Close) a
 
 To keep that order, a tracking client's requests queue one entry each; the server's responses are matched
 against the queue. After an error in an extended-protocol exchange, PostgreSQL ignores everything up to the
-next Sync, and so does the queue.
+next Sync, and so does the queue; and when the error comes before that Sync has arrived from the client (a batch
+in several reads), so does the tracker, for what arrives until it does (Tracker.skipping).
 
 A table change can change a statement's result columns. PostgreSQL then refuses the statement in every session
 that prepared it ("cached plan must not change result type") until that session prepares it again: its driver
@@ -156,7 +157,7 @@ def _cstr_end(body: bytes, start: int) -> int:
 class Tracker:
     """A tracking client's side: its statement names, and the queue of responses its server owes."""
 
-    __slots__ = ("statements", "queue", "held", "bound")
+    __slots__ = ("statements", "queue", "held", "bound", "skipping")
 
     def __init__(self):
         self.statements: dict[bytes, Statement] = {}
@@ -165,6 +166,9 @@ class Tracker:
         # (the ReadyForQuery number that ends its batch, the named statement the batch binds or describes), for
         # the batches its server still owes (stale_plan)
         self.bound: deque[tuple[int, Statement]] = deque()
+        # PostgreSQL reported an error in an extended-protocol batch whose Sync the client has not sent yet: it
+        # ignores every message until that Sync, so none of them may be rewritten, prepared or wait for an answer
+        self.skipping = False
 
 
 def client_data(client: "Client", server: "Server", data: bytes) -> bool:
@@ -214,6 +218,12 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             break
         if EXTENDED[kind] or kind == 0x53:
             client.unsynced = kind != 0x53     # see Client.unsynced
+        if tracker.skipping and kind != 0x53 and kind != 0x58:
+            if not FRONTEND_TYPES[kind]:
+                raise protocol.ProtocolError(f"invalid frontend message type {kind}")
+            pos = stop          # ignored by PostgreSQL: it need not see it
+            continue
+        tracker.skipping = False
         if kind == 0x50:      # Parse
             body = data[pos + 5:stop]
             name_end = _cstr_end(body, 0)
@@ -410,7 +420,7 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
                 out.append(_IN_FAILED_TRANSACTION if server.status == protocol.FAILED_TRANSACTION else queue[0][1])
                 start = stop
             if head is not None and head != QUERY:
-                _extended_error(server, queue, data[pos + 5:stop])
+                _extended_error(server, tracker, data[pos + 5:stop])
             else:
                 stale_plan(server, tracker, data[pos + 5:stop])
         elif kind == 0x53:
@@ -438,8 +448,10 @@ def server_data(server: "Server", client: "Client", data: bytes) -> tuple[bool, 
     return finished, status
 
 
-def _extended_error(server: "Server", queue, body: bytes) -> None:
-    """PostgreSQL skips to the next Sync after an error: drop what it will never answer."""
+def _extended_error(server: "Server", tracker: Tracker, body: bytes) -> None:
+    """PostgreSQL skips to the next Sync after an error: drop what it will never answer, and what the client
+    sends until that Sync if it has not sent it yet."""
+    queue = tracker.queue
     kind, name = queue.popleft()
     cache = server.cache
     if kind in (PARSE, SWALLOW_PARSE) and name:
@@ -457,3 +469,5 @@ def _extended_error(server: "Server", queue, body: bytes) -> None:
             cache.to_close.add(name)         # never closed: close it before preparing it again
         elif kind == QUERY:
             server.expected = max(0, server.expected - 1)
+    if not queue:
+        tracker.skipping = True

@@ -377,3 +377,33 @@ def test_extended_messages_split_into_single_bytes_are_rewritten_correctly(tx_po
             replies = wire.read_until(b"Z")
             assert [k for k, _ in replies] == [b"1", b"2", b"D", b"C", b"3", b"Z"], replies
             assert dict(replies)[b"D"].endswith(str(round_ + 1).encode())
+
+
+def _error_before_the_sync(port: int, failing: str, other: Wire | None = None) -> list:
+    """A batch whose Sync comes only after PostgreSQL has reported its error (a client's batch over several
+    reads): what each part is answered with, then what the same text under another name is; `other`, a client
+    that must get the server after each answer."""
+    answers = []
+    with Wire(port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        wire.send(parse("SELEC 1", "broken") + bind(statement="broken") if failing == "parse" else
+                  parse("SELECT 1 / 0", "div") + bind(statement="div"))
+        answers.append([kind for kind, _ in wire.read_until(b"E", raise_errors=False)])
+        answers.append(_answers(wire, parse("SELECT 2", "late") + bind(statement="late") + execute() + SYNC))
+        if other is not None:
+            assert other.rows("SELECT 'the server is free'") == [("the server is free",)]
+        answers.append(_answers(wire, parse("SELECT 2", "again") + bind(statement="again") + execute() + SYNC))
+    return answers
+
+
+@pytest.mark.parametrize("failing", ["parse", "bind"])
+def test_what_a_client_sends_after_an_error_until_its_sync_is_ignored_as_postgresql_ignores_it(pooler_factory, pg,
+                                                                                               failing):
+    """PostgreSQL reports an error in an extended-protocol batch at once and ignores the rest up to the Sync. When
+    the rest arrives after the error, the pooler must not wait for answers to it, nor count as prepared what it
+    prepared for it: the client gets ReadyForQuery alone, as from PostgreSQL, the one server is free for another
+    client, and the same text prepared again runs."""
+    pooler = pooler_factory(pool_mode="transaction", default_pool_size=1)
+    with Wire(pooler.port) as other:
+        other.login("app", PASSWORDS["app"])
+        assert _error_before_the_sync(pooler.port, failing, other) == _error_before_the_sync(pg.port, failing)

@@ -4,170 +4,30 @@ The pooler reads the server's byte stream as it relays it (message headers, Read
 ErrorResponse, and every answer while prepared statements are tracked), so a message cut between two reads takes
 its own paths. PostgreSQL's replies normally arrive as the kernel batches them; here a relay between the pooler
 and PostgreSQL sends them on in pieces of one byte, or of seeded random sizes of 1..7 bytes, each piece once the
-pooler has read the one before (asked of the kernel through sock_diag), so every cut is a cut the pooler sees.
-A failure names its cut in the test id (`random-<seed>`); FRAGMENT_SEEDS=1,2,3 runs other seeds.
+pooler has read the one before (tests/cutting_relay.py), so every cut is a cut the pooler sees. A failure names
+its cut in the test id (`random-<seed>`); FRAGMENT_SEEDS=1,2,3 runs other seeds.
 """
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import socket
-import struct
 import threading
-import time
 
 import asyncpg
 import psycopg
 import pytest
 
+from tests.cutting_relay import CUTS, CuttingRelay
 from tests.support import PASSWORDS, wait_for
 from tests.test_prepared import stale_statement_steps
 from tests.wire import SYNC, Wire, bind, execute, parse, query
 
-SEEDS = [int(s) for s in os.environ.get("FRAGMENT_SEEDS", "7,2026").split(",")]
-CUTS = ["bytes"] + [f"random-{seed}" for seed in SEEDS]
 USERS = {**PASSWORDS, "admin": "admin-secret"}
-
-_SOCK_DIAG_BY_FAMILY = 20
-_NETLINK_SOCK_DIAG = 4
-_INET_DIAG_INFO = 2
-
-
-def _received(diag: socket.socket, local: tuple, remote: tuple) -> tuple[int, int]:
-    """For the TCP socket local -> remote: the bytes it has received in all, and those its process has not
-    read yet (sock_diag: tcp_info's tcpi_bytes_received, inet_diag_msg's idiag_rqueue)."""
-    sockid = (struct.pack("!HH", local[1], remote[1]) + socket.inet_aton(local[0]) + bytes(12)
-              + socket.inet_aton(remote[0]) + bytes(12) + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF))
-    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 1 << (_INET_DIAG_INFO - 1), 0,
-                          0xFFFFFFFF) + sockid
-    diag.send(struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 0, 0) + request)
-    reply = diag.recv(65536)
-    if struct.unpack_from("=H", reply, 4)[0] != _SOCK_DIAG_BY_FAMILY:
-        raise ConnectionError("the pooler's socket is gone")
-    unread = struct.unpack_from("=I", reply, 16 + 4 + 48 + 4)[0]
-    pos = 16 + 72
-    while pos + 4 <= len(reply):
-        length, kind = struct.unpack_from("=HH", reply, pos)
-        if kind == _INET_DIAG_INFO:
-            return struct.unpack_from("=Q", reply, pos + 4 + 128)[0], unread
-        pos += (length + 3) & ~3
-    raise ConnectionError("sock_diag gave no tcp_info")
-
-
-class CuttingRelay:
-    """127.0.0.1:port -> PostgreSQL. What the pooler sends passes as it is; what PostgreSQL answers goes back in
-    pieces of `cut` sizes ("bytes": 1; "random-<seed>": 1..7, from a generator seeded by the seed and the
-    connection's number), each sent alone once the pooler has read everything before it."""
-
-    def __init__(self, pg_port: int, cut: str):
-        self.pg_port = pg_port
-        self.cut = cut
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.threads: list[threading.Thread] = []
-        self.errors: list[str] = []
-        self.pieces = 0           # pieces sent to the pooler
-        self.largest = 0          # the largest of them
-        self.closing = False
-        self._spawn(self._accept)
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _sizes(self, number: int):
-        if self.cut == "bytes":
-            while True:
-                yield 1
-        rng = random.Random(f"{self.cut}/{number}")
-        while True:
-            yield rng.randint(1, 7)
-
-    def _accept(self) -> None:
-        number = 0
-        while True:
-            try:
-                pooler_side, _ = self.listener.accept()
-            except OSError:
-                return
-            server_side = socket.create_connection(("127.0.0.1", self.pg_port))
-            for sock in (pooler_side, server_side):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.sockets.append(sock)
-            self._spawn(self._upstream, pooler_side, server_side)
-            self._spawn(self._downstream, server_side, pooler_side, self._sizes(number))
-            number += 1
-
-    def _upstream(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def _downstream(self, source: socket.socket, sink: socket.socket, sizes) -> None:
-        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
-        pooler_end = (sink.getpeername(), sink.getsockname())
-        try:
-            sent = 0
-            while data := source.recv(65536):
-                pos = 0
-                while pos < len(data):
-                    piece = data[pos:pos + next(sizes)]
-                    sink.sendall(piece)
-                    pos += len(piece)
-                    sent += len(piece)
-                    self.pieces += 1
-                    self.largest = max(self.largest, len(piece))
-                    self._wait_read(diag, pooler_end, sent)
-            sink.shutdown(socket.SHUT_WR)
-        except (OSError, ValueError) as exc:      # ValueError: a socket closed by close()
-            if not self.closing and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                self.errors.append(repr(exc))
-        except AssertionError as exc:
-            self.errors.append(str(exc))
-        finally:
-            diag.close()
-
-    @staticmethod
-    def _wait_read(diag: socket.socket, pooler_end: tuple, sent: int) -> None:
-        """Until the pooler's socket has received all `sent` bytes and the pooler has read them."""
-        deadline = time.monotonic() + 10
-        while True:
-            received, unread = _received(diag, *pooler_end)
-            if received >= sent and unread == 0:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the pooler did not read a piece within 10 s ({received} of {sent} bytes "
-                                     f"received, {unread} unread)")
-            time.sleep(0)
-
-    def check(self) -> None:
-        """The relay did cut, and met no trouble of its own."""
-        assert not self.errors, f"relay ({self.cut}): {self.errors}"
-        assert self.pieces > 0 and self.largest <= (1 if self.cut == "bytes" else 7), (self.pieces, self.largest)
-
-    def close(self) -> None:
-        self.closing = True
-        self.listener.shutdown(socket.SHUT_RDWR)     # wakes the accept
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        for thread in self.threads:
-            thread.join(5)
 
 
 @pytest.fixture(params=CUTS)
 def relay(request, pg):
-    cutting = CuttingRelay(pg.port, request.param)
+    cutting = CuttingRelay(pg.port, request.param, cuts="answers")
     yield cutting
     cutting.close()
 
