@@ -37,8 +37,9 @@ _unpack_int = struct.Struct("!I").unpack_from
 PARSE, BIND, CLOSE, DESCRIBE, EXECUTE, SYNC, QUERY = range(7)
 SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE = range(7, 11)
 # A Bind of a retired statement, sent to the server as a Bind it must refuse (_BIND_RETIRED): the server's error,
-# and its skip to the next Sync, stand for the stale-plan error, which the client gets in its place: the one PostgreSQL gave when the statement was retired (drivers read its fields: asyncpg prepares again
-# on its routine, RevalidateCachedQuery). A Describe of one is sent for its successor and answered with the successor's
+# and its skip to the next Sync, stand for the stale-plan error, which the client gets in its place: the one
+# PostgreSQL gave when the statement was retired (drivers read its fields: asyncpg prepares again on its routine,
+# RevalidateCachedQuery). A Describe of one is sent for its successor and answered with the successor's
 # ParameterDescription, as PostgreSQL answers it before finding the plan stale; the columns are swallowed
 # (SWALLOW_DESCRIBE) and a _BIND_RETIRED follows, for the error.
 STALE, SWALLOW_DESCRIBE = 11, 12
@@ -52,7 +53,7 @@ _SWALLOWED = (SWALLOW_PARSE, SWALLOW_CLOSE, SWALLOW_DESCRIBE)
 # one is queued, the server's answers go through `server_data`; otherwise the relay's fast path is exact.
 _SPECIAL = (PARSE, SWALLOW_PARSE, SWALLOW_CLOSE, FAKE_PARSE, FAKE_CLOSE, STALE, SWALLOW_DESCRIBE)
 _DONE_TABLE = []
-for _kind in range(13):
+for _kind in range(SWALLOW_DESCRIBE + 1):
     _row = bytearray(256)
     for _b in _DONE.get(_kind, b""):
         _row[_b] = 1
@@ -183,12 +184,8 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
     out: list[bytes] = []
     queue = tracker.queue
     bound = tracker.bound
-    if bound:
-        if not server.expected:
-            bound.clear()
-        else:
-            while bound and bound[0][0] <= server.z_count:
-                bound.popleft()
+    while bound and bound[0][0] <= server.z_count:     # batches answered
+        bound.popleft()
     batch_z = server.z_count + server.expected + 1
     batch_stmt = None     # the named statement the batch so far binds or describes (stale_plan)
     crowded = False       # a batch with two different ones: on the fast path, a stale plan's would be ambiguous
@@ -205,6 +202,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
     syncs = 0
     terminated = False
     while pos < end:
+        used = None           # the named statement this message binds or describes
         if end - pos < 5:
             tracker.held = data[pos:]
             break
@@ -252,10 +250,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
                 queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
-                if stmt is not batch_stmt:
-                    crowded = crowded or batch_stmt is not None
-                    batch_stmt = stmt
-                    bound.append((batch_z, stmt))
+                used = stmt
                 out.append(protocol.message(b"B", body[:portal_end + 1] + stmt.name + body[name_end:]))
                 queue.append((BIND, stmt.name))
                 if _resets(stmt.tail):      # a named DEALLOCATE ALL / DISCARD ALL
@@ -279,10 +274,7 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
                 queue.append((STALE, stmt.retired))
             else:
                 _ensure(server, stmt, out, queue, swallow=True)
-                if stmt is not batch_stmt:
-                    crowded = crowded or batch_stmt is not None
-                    batch_stmt = stmt
-                    bound.append((batch_z, stmt))
+                used = stmt
                 out.append(protocol.message(b"D", b"S" + stmt.name + b"\x00"))
                 queue.append((DESCRIBE, stmt.name))
         elif kind == 0x45:    # Execute
@@ -304,6 +296,10 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             out.append(data[pos:stop])
         else:
             raise protocol.ProtocolError(f"invalid frontend message type {kind}")
+        if used is not None and used is not batch_stmt:
+            crowded = crowded or batch_stmt is not None
+            batch_stmt = used
+            bound.append((batch_z, used))
         pos = stop
     if was_empty and kind == 0x53 and not tracker.held and not crowded and \
             not any(e[0] in _SPECIAL for e in queue):

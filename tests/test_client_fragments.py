@@ -22,7 +22,7 @@ from tests.cutting_relay import CUTS, CuttingRelay
 from tests.support import PASSWORDS
 from tests.test_auth import REQUIRE_AUTH
 from tests.test_cancel import wait_until_sleeping
-from tests.wire import SYNC, TERMINATE, ServerError, Wire, bind, execute, message, parse, query
+from tests.wire import SYNC, TERMINATE, ServerError, Wire, bind, exchange, execute, message, parse, query
 
 USERS = {**PASSWORDS, "admin": "admin-secret"}
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -118,20 +118,6 @@ SIMPLE = [
 ]
 
 
-def _answers(port: int, statements: list[str], between: Wire | None = None) -> list:
-    """Every message each simple query is answered with; `between`, a client that must get the server after
-    each answer (in transaction mode: the pooler counted the ReadyForQuery it owed)."""
-    answers = []
-    with Wire(port) as wire:
-        wire.login("app", PASSWORDS["app"])
-        for n, sql in enumerate(statements):
-            wire.send(query(sql))
-            answers.append(wire.read_until(b"Z", 20, raise_errors=False))
-            if between is not None:
-                assert between.rows(f"SELECT {n}") == [(str(n),)], f"the server was not free after {sql[:40]!r}"
-    return answers
-
-
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
 def test_simple_queries_cut_in_pieces_are_answered_as_postgresql_answers_them(front, pg, pool_mode):
     """Rows, errors, several statements in one, an empty query and a query of 66 KB (its body over many reads,
@@ -139,10 +125,10 @@ def test_simple_queries_cut_in_pieces_are_answered_as_postgresql_answers_them(fr
     for another client after each."""
     front = front(pool_mode=pool_mode)
     statements = SIMPLE if pool_mode == "transaction" else [s for s in SIMPLE if s is not LONG]
-    direct = _answers(pg.port, statements)
+    direct = exchange(pg.port, statements, limit=20)
     with Wire(front.pooler.port) as other:
         other.login("app", PASSWORDS["app"])
-        cut = _answers(front.port, statements, other if pool_mode == "transaction" else None)
+        cut = exchange(front.port, statements, other if pool_mode == "transaction" else None, limit=20)
     for sql, want, got in zip(statements, direct, cut):
         assert got == want, sql[:40]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import struct
@@ -121,27 +122,47 @@ def _describe_statement(name: str) -> bytes:
     return message(b"D", b"S" + name.encode() + b"\0")
 
 
+def _new_table(pg, name: str) -> None:
+    pg.psql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (a int); INSERT INTO {name} VALUES (1);"
+            f"GRANT ALL ON {name} TO app", dbname="app")
+
+
+def _run(name: str) -> bytes:
+    return bind(statement=name) + execute() + SYNC
+
+
+def _two_clients(port: int):
+    first, second = Wire(port), Wire(port)
+    first.login("app", PASSWORDS["app"])
+    second.login("app", PASSWORDS["app"])
+    return first, second
+
+
+@contextlib.contextmanager
+def _prepared_before_a_change(pg, port: int, table: str):
+    """Two clients that prepared `SELECT * FROM table` (as f1 and s1) and ran it, then a table change that adds a
+    column: yields them and what their runs were answered with."""
+    _new_table(pg, table)
+    text = f"SELECT * FROM {table}"
+    first, second = _two_clients(port)
+    with first, second:
+        seen = [_answers(first, parse(text, "f1") + _run("f1")), _answers(second, parse(text, "s1") + _run("s1"))]
+        pg.psql(f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 2", dbname="app")
+        yield first, second, seen
+
+
 def stale_statement_steps(pg, port: int) -> list:
     """Two clients prepare one text (through a pooler with one server, that is one server statement), then a table
     change alters its columns; what each step is answered with (see test_a_table_change_refuses_…)."""
     text = "SELECT * FROM reshaped"
-    run = bind(statement="{}") + execute() + SYNC
-    pg.psql("DROP TABLE IF EXISTS reshaped; CREATE TABLE reshaped (a int); INSERT INTO reshaped VALUES (1);"
-            "GRANT ALL ON reshaped TO app", dbname="app")
-    with Wire(port) as first, Wire(port) as second:
-        first.login("app", PASSWORDS["app"])
-        second.login("app", PASSWORDS["app"])
-        seen = [_answers(first, parse(text, "f1") + run.replace(b"{}", b"f1")),
-                _answers(second, parse(text, "s1") + run.replace(b"{}", b"s1"))]
-        pg.psql("ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2", dbname="app")
-        seen += [_answers(first, run.replace(b"{}", b"f1")),                       # refused
-                 _answers(first, parse(text, "f2") + run.replace(b"{}", b"f2")),   # prepared again: 2 columns
-                 _answers(second, run.replace(b"{}", b"s1")),                      # refused too, not 2 columns
-                 _answers(second, _describe_statement("s1") + SYNC),               # its description as well
-                 _answers(second, run.replace(b"{}", b"s1") + run.replace(b"{}", b"s1")),   # until it prepares
-                 _answers(second, parse(text, "s2") + run.replace(b"{}", b"s2")),
-                 _answers(first, run.replace(b"{}", b"f2"))]
-    return seen
+    with _prepared_before_a_change(pg, port, "reshaped") as (first, second, seen):
+        return seen + [_answers(first, _run("f1")),                        # refused
+                       _answers(first, parse(text, "f2") + _run("f2")),    # prepared again: 2 columns
+                       _answers(second, _run("s1")),                       # refused too, not 2 columns
+                       _answers(second, _describe_statement("s1") + SYNC),  # its description as well
+                       _answers(second, _run("s1") + _run("s1")),          # until it prepares
+                       _answers(second, parse(text, "s2") + _run("s2")),
+                       _answers(first, _run("f2"))]
 
 
 STALE_PLAN = ("E", "0A000", "cached plan must not change result type")
@@ -159,31 +180,10 @@ def test_a_table_change_refuses_every_client_statement_prepared_before_it_as_pos
     assert stale_statement_steps(pg, pooler.port) == direct
 
 
-def _new_table(pg, name: str) -> None:
-    pg.psql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (a int); INSERT INTO {name} VALUES (1);"
-            f"GRANT ALL ON {name} TO app", dbname="app")
-
-
-def _run(name: str) -> bytes:
-    return bind(statement=name) + execute() + SYNC
-
-
-def _two_clients(port: int):
-    first, second = Wire(port), Wire(port)
-    first.login("app", PASSWORDS["app"])
-    second.login("app", PASSWORDS["app"])
-    return first, second
-
-
 def test_a_stale_plan_a_describe_finds_retires_the_statement_too(pooler_factory, pg):
     """The first use after the table change is a Describe, which needs no rewriting (the relay's fast path)."""
     def steps(port: int) -> list:
-        _new_table(pg, "described")
-        text = "SELECT * FROM described"
-        first, second = _two_clients(port)
-        with first, second:
-            seen = [_answers(first, parse(text, "f1") + _run("f1")), _answers(second, parse(text, "s1") + _run("s1"))]
-            pg.psql("ALTER TABLE described ADD COLUMN b int DEFAULT 2", dbname="app")
+        with _prepared_before_a_change(pg, port, "described") as (first, second, seen):
             return seen + [_answers(first, _describe_statement("f1") + SYNC), _answers(second, _run("s1")),
                            _answers(first, _run("f1"))]
 
@@ -246,12 +246,7 @@ def test_a_session_statement_cannot_take_the_name_a_retired_statement_is_sent_un
 def test_in_a_failed_transaction_a_retired_statement_gets_the_error_postgresql_gives_there(pooler_factory, pg):
     """PostgreSQL refuses anything but the transaction's end in a failed transaction, before it checks a plan."""
     def steps(port: int) -> list:
-        _new_table(pg, "failed_first")
-        text = "SELECT * FROM failed_first"
-        first, second = _two_clients(port)
-        with first, second:
-            seen = [_answers(first, parse(text, "f1") + _run("f1")), _answers(second, parse(text, "s1") + _run("s1"))]
-            pg.psql("ALTER TABLE failed_first ADD COLUMN b int DEFAULT 2", dbname="app")
+        with _prepared_before_a_change(pg, port, "failed_first") as (first, second, seen):
             seen.append(_answers(first, _run("f1")))
             seen.append(_answers(second, message(b"Q", b"BEGIN\0")))
             seen.append(_answers(second, message(b"Q", b"SELECT 1/0\0")))

@@ -20,7 +20,7 @@ import pytest
 from tests.cutting_relay import CUTS, CuttingRelay
 from tests.support import PASSWORDS, wait_for
 from tests.test_prepared import stale_statement_steps
-from tests.wire import SYNC, Wire, bind, execute, parse, query
+from tests.wire import SYNC, Wire, bind, exchange, execute, parse, query
 
 USERS = {**PASSWORDS, "admin": "admin-secret"}
 
@@ -41,20 +41,6 @@ def through_relay(relay, pooler_factory):
                               userlist=USERS, admin_users="admin", **settings)
     yield start
     relay.check()
-
-
-def _exchange(port: int, statements: list[str], between: Wire | None = None) -> list[list[tuple[bytes, bytes]]]:
-    """Every message each simple query is answered with, through to its ReadyForQuery; `between`, a client that
-    must get the server after each answer."""
-    answers = []
-    with Wire(port) as wire:
-        wire.login("app", PASSWORDS["app"])
-        for n, sql in enumerate(statements):
-            wire.send(query(sql))
-            answers.append(wire.read_until(b"Z", 15, raise_errors=False))
-            if between is not None:
-                assert between.rows(f"SELECT {n}", limit=5) == [(str(n),)], f"the server was not free after {sql!r}"
-    return answers
 
 
 def _pools(pooler) -> list[dict]:
@@ -83,10 +69,10 @@ def test_simple_query_answers_cut_in_pieces_are_the_messages_postgresql_sends(th
     """Rows, an error and the queries after it: the client gets byte for byte what PostgreSQL itself sends, and
     in transaction mode another client gets the one server after each answer."""
     pooler = through_relay(pool_mode=pool_mode)
-    direct = _exchange(pg.port, SIMPLE)
+    direct = exchange(pg.port, SIMPLE)
     with Wire(pooler.port) as other:
         other.login("app", PASSWORDS["app"])
-        pooled = _exchange(pooler.port, SIMPLE, other if pool_mode == "transaction" else None)
+        pooled = exchange(pooler.port, SIMPLE, other if pool_mode == "transaction" else None, between_limit=5)
     for sql, want, got in zip(SIMPLE, direct, pooled):
         assert got == want, sql
     assert [k for k, _ in pooled[1]] == [b"E", b"Z"] and [k for k, _ in pooled[0]].count(b"D") == 40

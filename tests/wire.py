@@ -9,7 +9,7 @@ import time
 
 from scramp import ScramClient
 
-from tests.support import error_fields, startup_packet
+from tests.support import PASSWORDS, error_fields, startup_packet
 
 
 class ServerError(Exception):
@@ -239,6 +239,23 @@ def send_cancel(port: int, pid: int, key: int) -> None:
             sock.recv(1)
         except OSError:
             pass
+
+
+def exchange(port: int, statements: list[str], between: "Wire | None" = None, limit: float = 15,
+             between_limit: float = 10) -> list[list[tuple[bytes, bytes]]]:
+    """Every message each simple query is answered with, through to its ReadyForQuery, as app; `between`, a client
+    that must get the server after each answer (in transaction mode: the pooler counted the ReadyForQuery it
+    owed)."""
+    answers = []
+    with Wire(port) as wire:
+        wire.login("app", PASSWORDS["app"])
+        for n, sql in enumerate(statements):
+            wire.send(query(sql))
+            answers.append(wire.read_until(b"Z", limit, raise_errors=False))
+            if between is not None:
+                assert between.rows(f"SELECT {n}", limit=between_limit) == [(str(n),)], \
+                    f"the server was not free after {sql[:40]!r}"
+    return answers
 
 
 def open_fds(pid: int) -> int:
