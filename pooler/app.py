@@ -10,7 +10,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Awaitable
 
-from . import hba, logsink, peers
+from . import hba, logsink, peers, sockopts
 from .auth_query import AuthQuery
 from .client import Client
 from .config import Config, DatabaseEntry, PeerEntry
@@ -70,6 +70,7 @@ class Pooler:
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.log_disconnections = bool(config.get("log_disconnections"))
+        self.socket_buffer = config.get("tcp_socket_buffer")     # 0: no system call per client (sockopts)
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload
@@ -257,7 +258,7 @@ class Pooler:
             if os.path.exists(path):
                 os.unlink(path)
             server = await self.loop.create_unix_server(lambda: Client(self, unix=True), path, backlog=backlog)
-            os.chmod(path, cfg.get("unix_socket_mode"))     # already a number: the loader read "0777" as octal
+            sockopts.unix_socket_access(path, cfg)
             self.listeners.append(server)
             self.unix_listener = server
             log.info("listening on unix:%s", path)
@@ -272,6 +273,7 @@ class Pooler:
                 log.info("listening on %s", _address(sock))
         if not self.listeners:
             raise RuntimeError("nothing to listen on: set listen_addr or unix_socket_dir")
+        sockopts.tune_listeners(self)
         if self.worker is not None:     # open until the process exits, so cancels reach a draining worker
             path = self.worker.socket_path(self.worker.index, port)
             if os.path.exists(path):

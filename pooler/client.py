@@ -15,7 +15,7 @@ import sys
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from . import identity, protocol
+from . import identity, protocol, sockopts
 from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
@@ -146,8 +146,11 @@ class Client:
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.app.client_connected(self)
-        if self.app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
+        app = self.app
+        app.client_connected(self)
+        if app.socket_buffer:
+            sockopts.tune_client(transport, app.socket_buffer)
+        if app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
             self.pause_reading("suspend")
 
     def connection_lost(self, exc) -> None:

@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from . import hba, protocol, tls
+from . import hba, protocol, sockopts, tls
 from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .objects import Limits
@@ -64,6 +64,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     if app.worker is None:          # a worker's peer id is fixed at its start, its siblings' follow it
         app.peer_id = new.get("peer_id")
     app.log_disconnections = bool(new.get("log_disconnections"))
+    app.socket_buffer = new.get("tcp_socket_buffer")
     app.load_userlist()
     app.hba = access
     if contexts is not None:
@@ -92,6 +93,8 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
         pool.user_limits.max_connections = user_entry.max_user_connections \
             if user_entry and user_entry.max_user_connections is not None else new.get("max_user_connections")
         pool.configure()
+    if any(old.get(name) != new.get(name) for name in sockopts.RELOADABLE):
+        sockopts.tune_listeners(app)
     if old.get("max_prepared_statements") != new.get("max_prepared_statements"):
         resize_statement_caches(app, new.get("max_prepared_statements"))
     for message in messages:

@@ -11,7 +11,7 @@ from bisect import bisect_left
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from . import protocol
+from . import protocol, sockopts
 from .auth import AuthFailed, ServerLogin
 from .hosts import Target, choice_for
 from .counters import WAIT_BUCKETS, next_socket_id
@@ -138,6 +138,7 @@ class Server:
         if self.address.startswith("unix:"):
             self.app.log_event(log, "new connection to server", self)
         else:
+            sockopts.tune_server(transport, self.app.config)
             local = transport.get_extra_info("sockname")
             self.app.log_event(log, "new connection to server (from %s:%s)", self, *local[:2])
         if self.app.tls.server is not None and not self.address.startswith("unix:"):

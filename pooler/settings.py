@@ -162,18 +162,25 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("transaction_timeout", "float_seconds", 0.0, "Close a client in a transaction this long; 0 off."),
     _S("suspend_timeout", "float_seconds", 10.0, "How long SUSPEND waits for buffers to flush."),
     # Low-level network
-    _S("pkt_buf", "int", 4096, "Packet buffer size in bytes.", reloadable=False),
+    _S("pkt_buf", "int", 4096, _NO_EFFECT + " (maitred forwards what each read brings, of any size.)",
+       reloadable=False),
     _S("max_packet_size", "int", 2147483647, "Largest protocol message accepted, in bytes."),
     _S("listen_backlog", "int", 128, "Backlog of listen(2).", reloadable=False),
     _S("sbuf_loopcnt", "int", 5, _NO_EFFECT + " (libevent fairness knob.)"),
     _S("so_reuseport", "bool", False, "Set SO_REUSEPORT so several processes share the port.", reloadable=False),
-    _S("tcp_defer_accept", "bool", True, "Set TCP_DEFER_ACCEPT on the listening sockets (Linux)."),
-    _S("tcp_socket_buffer", "int", 0, "Socket send and receive buffer size in bytes; 0 keeps the OS default."),
-    _S("tcp_keepalive", "bool", True, "Turn on TCP keepalive with the OS timers."),
-    _S("tcp_keepcnt", "int", 0, "TCP_KEEPCNT; 0 keeps the OS default."),
-    _S("tcp_keepidle", "int", 0, "TCP_KEEPIDLE in seconds; 0 keeps the OS default."),
-    _S("tcp_keepintvl", "int", 0, "TCP_KEEPINTVL in seconds; 0 keeps the OS default."),
-    _S("tcp_user_timeout", "int", 0, "TCP_USER_TIMEOUT in milliseconds; 0 keeps the OS default."),
+    # The tcp_* settings hold for client and server TCP connections (pooler/sockopts.py); RELOAD and SET apply
+    # them to the connections made next.
+    _S("tcp_defer_accept", "bool", True,
+       "TCP_DEFER_ACCEPT on the listening sockets: a client is accepted once it has sent something (or after "
+       "a second, as PgBouncer sets it)."),
+    _S("tcp_socket_buffer", "int", 0,
+       "Socket send and receive buffer size in bytes; 0 keeps the OS default (buffers that grow as needed)."),
+    _S("tcp_keepalive", "bool", True, "TCP keepalive, with the timers below."),
+    _S("tcp_keepcnt", "int", 0, "TCP_KEEPCNT: unanswered probes before a connection is dropped; 0: OS default."),
+    _S("tcp_keepidle", "int", 0, "TCP_KEEPIDLE: seconds idle before the first probe; 0 keeps the OS default."),
+    _S("tcp_keepintvl", "int", 0, "TCP_KEEPINTVL: seconds between probes; 0 keeps the OS default."),
+    _S("tcp_user_timeout", "int", 0, "TCP_USER_TIMEOUT: milliseconds sent data may stay unacknowledged before "
+       "the connection is dropped; 0 keeps the OS default."),
 )
 
 MAITRED_SETTINGS: dict[str, Setting] = _catalogue(

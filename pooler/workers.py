@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import systemd
+from . import sockopts, systemd
 from .config import Config, PeerEntry
 
 log = logging.getLogger("maitred")
@@ -80,7 +80,7 @@ def bind_unix_socket(config: Config) -> socket.socket | None:
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
-    os.chmod(path, config.get("unix_socket_mode"))
+    sockopts.unix_socket_access(path, config)
     sock.listen(config.get("listen_backlog"))
     log.info("listening on unix:%s (shared by %d workers)", path, config.get("workers"))
     return sock
