@@ -5,18 +5,33 @@ Apart from server.py so that client.py can import them without importing the ser
 the two modules import each other's types when they load)."""
 from __future__ import annotations
 
-TRACKED_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
-                  "application_name")
+BUILT_IN_PARAMS = ("client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name")
+
+# How PostgreSQL spells the parameters it reports. A setting's name is case-insensitive but a ParameterStatus
+# name is not, so a track_extra_parameters entry is matched to the reported name whatever its case.
+_REPORTED = {name.lower(): name for name in (
+    "application_name", "client_encoding", "DateStyle", "default_transaction_read_only", "in_hot_standby",
+    "integer_datetimes", "IntervalStyle", "is_superuser", "scram_iterations", "search_path", "server_encoding",
+    "server_version", "session_authorization", "standard_conforming_strings", "TimeZone")}
+
+
+def tracked_params(extra: tuple[str, ...]) -> dict[str, str]:
+    """The parameters kept per client, the built-in ones and track_extra_parameters (PgBouncer 1.20+), by
+    lower-case name: each once, spelled as PostgreSQL reports it (an extension's own as written)."""
+    tracked: dict[str, str] = {}
+    for name in BUILT_IN_PARAMS + tuple(extra):
+        tracked.setdefault(name.lower(), _REPORTED.get(name.lower(), name))
+    return tracked
 
 
 _param_keys: dict[tuple, tuple] = {}
 
 
-def param_key(params: dict[str, str], options: dict[str, str] | None = None) -> tuple:
-    """The tracked parameters, and the settings from `options` when there are any, as one interned tuple:
+def param_key(tracked: dict[str, str], params: dict[str, str], options: dict[str, str] | None = None) -> tuple:
+    """The `tracked` parameters, and the settings from `options` when there are any, as one interned tuple:
     equal sets of values are the same object, so the hand-off compares a client and a server with `is`
-    instead of six lookups."""
-    key = tuple(map(params.get, TRACKED_PARAMS))
+    instead of a lookup per parameter."""
+    key = tuple(map(params.get, tracked.values()))
     if options:
         key += (tuple(sorted(options.items())),)
     return _param_keys.setdefault(key, key)
