@@ -53,9 +53,16 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# A list whose names PostgreSQL quotes, reported so (`"$user", public`) on PostgreSQL 18 and with Citus: SET
+# would take a quoted value for one name, set_config reads it as a list, as `-c` does (PgBouncer sends it
+# unquoted, for the same reason).
+_QUOTED_LISTS = ("search_path",)
+
+
 def set_statement(diff: dict[str, str]) -> str:
-    """One simple query that brings a server's reported parameters to a client's values."""
-    return ";".join(f'SET "{name}" TO {_literal(value)}' for name, value in diff.items())
+    """One simple query that brings a server's tracked parameters to a client's values."""
+    return ";".join(f"SELECT pg_catalog.set_config('{name}', {_literal(value)}, false)" if name in _QUOTED_LISTS
+                    else f'SET "{name}" TO {_literal(value)}' for name, value in diff.items())
 
 
 def options_statements(current: dict[str, str], wanted: dict[str, str]) -> list[str]:
