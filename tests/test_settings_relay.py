@@ -4,6 +4,10 @@ words or format matter, next to Debian's PgBouncer 1.18 on the same exchange."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
+from socket import gethostname
 
 import pytest
 
@@ -111,6 +115,25 @@ def test_application_name_add_host_appends_the_client_address_as_pgbouncer_does(
     pooler = pooler_factory(pool_mode="transaction", userlist=USERS, application_name_add_host=1)
     told, server, address = _application_names(pooler.port, **startup)
     assert told == server == f"{name} - {address}"
+
+
+def test_application_name_add_host_names_a_unix_socket_client_by_its_pid_as_pgbouncer_does(pooler_factory, pg):
+    socket_dir = tempfile.mkdtemp(prefix="maitred-sockets-")
+    os.chmod(socket_dir, 0o777)          # PgBouncer runs as postgres when the tests run as root
+    try:
+        with pgbouncer(pg, application_name_add_host=1, unix_socket_dir=socket_dir) as bouncer:
+            with Wire(unix_path=f"{socket_dir}/.s.PGSQL.{bouncer.port}", timeout=10) as wire:
+                wire.login(user="app", password=USERS["app"])
+                assert wire.params["application_name"] == f"app - unix({os.getpid()}@{gethostname()}):{bouncer.port}"
+        pooler = pooler_factory(pool_mode="transaction", userlist=USERS, application_name_add_host=1,
+                                unix_socket_dir=socket_dir)
+        with Wire(unix_path=f"{socket_dir}/.s.PGSQL.{pooler.port}", timeout=10) as wire:
+            wire.login(user="app", password=USERS["app"])
+            expected = f"app - unix({os.getpid()}@{gethostname()}):{pooler.port}"
+            assert wire.params["application_name"] == expected
+            assert wire.rows("SELECT current_setting('application_name')") == [(expected,)]
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def test_application_name_add_host_gives_each_client_its_own_on_a_shared_server(pooler_factory, pg):
