@@ -38,13 +38,24 @@ def remote_refusal(remote_access: str, peer: object, user: str, dbname: str,
             f"({RESERVED_DATABASE}): remote_access = console")
 
 
-def peer_uid(sock) -> int | None:
-    """The OS user of the process at the other end of a Unix socket (SO_PEERCRED); None when unknown."""
+def _peer_credentials(sock) -> tuple[int, int, int] | None:
+    """pid, uid and gid of the process at the other end of a Unix socket (SO_PEERCRED); None when unknown."""
     try:
-        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     except (OSError, AttributeError):
         return None
-    return uid
+
+
+def peer_uid(sock) -> int | None:
+    """The OS user of the process at the other end of a Unix socket; None when unknown."""
+    credentials = _peer_credentials(sock)
+    return credentials[1] if credentials else None
+
+
+def peer_pid(sock) -> int | None:
+    """The process at the other end of a Unix socket; None when unknown."""
+    credentials = _peer_credentials(sock)
+    return credentials[0] if credentials else None
 
 
 def is_own_user(uid: int | None, own_uid: int, user: str, dbname: str) -> bool:

@@ -19,6 +19,7 @@ from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
 from .registry import Clients
+from .session import tracked_params
 from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
@@ -58,6 +59,8 @@ class Pooler:
         self.clients = Clients(self.cancel_keys)       # every client, each in one registry (registry.py)
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
+        # The session parameters kept per client; track_extra_parameters is read once, as PgBouncer reads it.
+        self.tracked = tracked_params(config.get("track_extra_parameters"))
         self.listeners: list[asyncio.AbstractServer] = []
         self.unix_listener: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task] = set()

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 from . import identity, protocol, sockopts
-from .access import OWN_CONSOLE_USER, is_own_user, peer_uid, remote_refusal
+from .access import OWN_CONSOLE_USER, is_own_user, peer_pid, peer_uid, remote_refusal
 from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, Tracker, client_data
@@ -24,7 +24,7 @@ from .config import RESERVED_DATABASE
 from .login import Database, Login, LoginField
 from .counters import next_socket_id
 from .server import Server
-from .session import TRACKED_PARAMS, param_key, shared_params
+from .session import param_key, shared_params
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -37,7 +37,6 @@ _inet_aton = socket.inet_aton
 _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
 
 STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
-_CANONICAL = {name.lower(): name for name in TRACKED_PARAMS}
 _TRUE = ("t", "tr", "tru", "true", "y", "ye", "yes", "on", "1")
 _FALSE = ("f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0")
 
@@ -62,23 +61,24 @@ def auth_failure(method: str) -> str:
 GREETINGS_KEPT = 1000
 
 
-def _welcome(welcome: dict[str, str], asked: dict[str, str], options: Mapping[str, str],
+def _welcome(tracked: dict[str, str], welcome: dict[str, str], asked: dict[str, str], options: Mapping[str, str],
              ) -> tuple[dict[str, str], dict[str, str], tuple, bytes]:
     """What a client that asked for `asked` and `options` is told at login, and keeps: (welcome, its tracked
     parameters with the server's values where it set none, their param_key, the ParameterStatus messages).
-    The same for every client that asks the same, so a pool keeps it (Pool.greetings)."""
+    The same for every client that asks the same, so a pool keeps it (Pool.greetings). A tracked parameter
+    the server does not report stays unset unless the client asks for it, so no server is set to an empty value."""
     reported = dict(welcome)
     params = dict(asked)
-    for name in TRACKED_PARAMS:
+    for name in tracked.values():
         if name in params:
             reported[name] = params[name]
-        else:
-            params[name] = welcome.get(name, "")
+        elif name in welcome:
+            params[name] = welcome[name]
     for name, value in options.items():
         if name in reported:         # a reported setting (search_path on PostgreSQL 18)
             reported[name] = value
     params = shared_params(params)
-    return (welcome, params, param_key(params, options),
+    return (welcome, params, param_key(tracked, params, options),
             b"".join([protocol.parameter_status(k, v) for k, v in reported.items()]))
 
 
@@ -201,10 +201,16 @@ class Client:
                 pos = end
                 break
             length = _unpack_int(scan, pos + 1)[0]
-            if kind == _Q or kind == _S or kind == _F:
+            if kind == _Q:
+                if pool.pqexec_disallowed:
+                    self.refuse_pqexec()
+                    return
                 syncs += 1
-                if kind == _S:
-                    unsynced = False
+            elif kind == _S:
+                syncs += 1
+                unsynced = False
+            elif kind == _F:
+                syncs += 1
             elif EXTENDED[kind]:
                 unsynced = True
             elif kind == _X:
@@ -403,6 +409,8 @@ class Client:
         if refused:
             self.fatal(protocol.INVALID_AUTHORIZATION, refused)
             return
+        if cfg.get("application_name_add_host"):
+            params["application_name"] = self._add_host(params.get("application_name"))
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
             # Relayed as it is to a server of its own: its parameters go there unchanged.
@@ -433,6 +441,18 @@ class Client:
             app.spawn(self._query_secret())
             return
         self._check_secret(secret)
+
+    def _add_host(self, application_name: str | None) -> str:
+        """application_name_add_host: PgBouncer's `<name> - <address>` (its pga_details; `app` when the client
+        gave no name), so that the server's pg_stat_activity says where each client connects from."""
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            address = f"[{peer[0]}]:{peer[1]}" if len(peer) == 4 else f"{peer[0]}:{peer[1]}"
+        else:
+            pid = peer_pid(self.transport.get_extra_info("socket"))
+            port = self.app.config.get("listen_port")
+            address = f"unix({pid}@{socket.gethostname()}):{port}" if pid else f"unix:{port}"
+        return f"{'app' if application_name is None else application_name} - {address}"
 
     async def _query_secret(self) -> None:
         """The secret of a user missing from the auth_file, from PostgreSQL; then the login goes on."""
@@ -497,10 +517,11 @@ class Client:
         except ValueError as exc:
             self.fatal(protocol.PROTOCOL_VIOLATION, str(exc))
             return False
+        names = self.app.tracked
         tracked = self.params
         options = {}      # no dict kept when there are none: most clients set nothing
         for name, value in settings:     # before the other parameters, which win over them, as in PostgreSQL
-            canonical = _CANONICAL.get(name.lower())
+            canonical = names.get(name.lower())
             if canonical is not None:
                 tracked[canonical] = value
             elif name.lower() not in ignored and "options" not in ignored:
@@ -508,7 +529,7 @@ class Client:
         if options:
             self.options = options
         for name, value in params.items():
-            canonical = _CANONICAL.get(name.lower())
+            canonical = names.get(name.lower())
             if canonical is not None:
                 tracked[canonical] = value
             elif name.lower() not in ignored:
@@ -602,10 +623,11 @@ class Client:
         when it has not gone out yet), in one write."""
         self.requested = False
         greetings = self.pool.greetings
-        asked = param_key(self.params, self.options)    # None where the client set nothing
+        tracked = self.app.tracked
+        asked = param_key(tracked, self.params, self.options)    # None where the client set nothing
         known = greetings.get(asked)
         if known is None or known[0] is not welcome:
-            known = greetings[asked] = _welcome(welcome, self.params, self.options)
+            known = greetings[asked] = _welcome(tracked, welcome, self.params, self.options)
             if len(greetings) > GREETINGS_KEPT:      # every client with an application_name of its own
                 greetings.clear()
         _, self.params, self.param_key, parameters = known
@@ -732,6 +754,12 @@ class Client:
         if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
             self.transport.write(protocol.fatal(sqlstate, text))
         self.close()
+
+    def refuse_pqexec(self) -> None:
+        """disable_pqexec: a simple query ends the client, with PgBouncer's error and log line. Its server goes
+        too: what came before the query in the same read never reached it."""
+        log.error("%s client used 'Q' packet type", self.describe())
+        self.protocol_violation("PQexec disallowed")
 
     def protocol_violation(self, text: str) -> None:
         server = self.server

@@ -63,8 +63,11 @@ cdef class Pool:
     cdef public bint transactional
     cdef public bint tracks_statements
     cdef public bint statement
+    cdef public bint pqexec_disallowed
+    cdef public bint round_robin
     cdef public Py_ssize_t max_length
 
+    cpdef Server next_idle(self)
     @cython.locals(server=Server)
     cpdef acquire(self, Client client)
     cpdef release(self, Server server, double now=*)

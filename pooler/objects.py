@@ -1,8 +1,9 @@
 """Pool bookkeeping: who waits, which servers are idle, and the limits that say whether one more may open.
 
 One `Pool` per (database, user). Servers are reused LIFO (PgBouncer's default, server_round_robin = 0), so
-a busy pool keeps its warm connections and lets the cold ones age out through server_idle_timeout.
-Clients wait FIFO.
+a busy pool keeps its warm connections and lets the cold ones age out through server_idle_timeout; with
+server_round_robin, the one idle longest goes first, which spreads the load over a round-robin address behind
+the database. Clients wait FIFO.
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ class Pool:
         # Named prepared statements need tracking only when a client's statements may land on any server.
         self.tracks_statements = self.transactional and cfg.get("max_prepared_statements") > 0
         self.statement = self.mode == "statement"
+        self.pqexec_disallowed = cfg.get("disable_pqexec")     # not reloadable: the same for every client
+        self.round_robin = cfg.get("server_round_robin")
         self.max_length = cfg.get("max_packet_size") or (1 << 31) - 1     # the longest message a client may send
         self.trim()
         self.serve_waiting()
@@ -127,7 +130,7 @@ class Pool:
         """Give `client` a server now if one is idle, else queue it and open a connection if allowed."""
         if self.idle and not (self.app.paused or self.db_limits.paused):
             self.stats.wait_buckets[0] += 1
-            server = self.idle.pop()
+            server = self.next_idle()
             server.assign(client)
             return
         if self.app.shutdown_mode == "wait_for_servers":      # SHUTDOWN WAIT_FOR_SERVERS: no new transaction
@@ -137,6 +140,11 @@ class Pool:
         self.waiting.append(client)
         if len(self.servers) < self.max_servers or self.last_connect_failure:
             self.grow()
+
+    def next_idle(self) -> "Server":
+        """The idle server to use next: the last one parked (LIFO), or with server_round_robin the one parked
+        longest ago (`idle` is in parking order)."""
+        return self.idle.pop(0) if self.round_robin else self.idle.pop()
 
     def cancel_wait(self, client: "Client") -> None:
         try:
@@ -190,7 +198,7 @@ class Pool:
         if self.paused():
             return
         while self.waiting and self.idle:
-            server = self.idle.pop()
+            server = self.next_idle()
             server.assign(self.waiting.popleft())
         if self.waiting:
             self.grow()

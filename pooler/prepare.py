@@ -281,6 +281,9 @@ def client_data(client: "Client", server: "Server", data: bytes) -> bool:
             out.append(data[pos:stop])
             queue.append((EXECUTE, None))
         elif kind == 0x53 or kind == 0x51 or kind == 0x46:   # Sync, Query, FunctionCall
+            if kind == 0x51 and client.pool.pqexec_disallowed:
+                client.refuse_pqexec()
+                return False
             out.append(data[pos:stop])
             queue.append((SYNC, None) if kind == 0x53 else (QUERY, None))
             syncs += 1

@@ -203,7 +203,7 @@ class Server:
             elif kind == _S:
                 name, value = protocol.parse_parameter_status(body)
                 self.params[name] = value
-                self.param_key = param_key(self.params, self.options)
+                self.param_key = param_key(self.app.tracked, self.params, self.options)
             elif kind == 0x4B:    # 'K' BackendKeyData
                 self.backend_pid, self.backend_key = struct.unpack("!II", body[:8])
             elif kind == _E:
@@ -301,7 +301,7 @@ class Server:
         client = self.client
         if not error and client is not None and self.options is not client.options:
             self.options = client.options       # applied, even if the client has left meanwhile
-            self.param_key = param_key(self.params, self.options)
+            self.param_key = param_key(self.app.tracked, self.params, self.options)
         if client is None or client.closed:
             self.client = None
             self.pool.release(self)
@@ -391,7 +391,7 @@ class Server:
                 self.close(f"server_reset_query failed: {error}")
             elif resets_settings and self.options:
                 self.options = {}
-                self.param_key = param_key(self.params)
+                self.param_key = param_key(self.app.tracked, self.params)
             done()
 
         self.run_internal(query, finished)
@@ -399,11 +399,12 @@ class Server:
     def _parameter_changed(self, body: bytes) -> None:
         name, value = protocol.parse_parameter_status(body)
         self.params[name] = value
-        self.param_key = param_key(self.params, self.options)
+        tracked = self.app.tracked
+        self.param_key = param_key(tracked, self.params, self.options)
         client = self.client
         if client is not None and name in client.params and client.params[name] != value:
             client.params = shared_params({**client.params, name: value})
-            client.param_key = param_key(client.params, client.options)
+            client.param_key = param_key(tracked, client.params, client.options)
 
     # -- relaying ---------------------------------------------------------------------------------------
 

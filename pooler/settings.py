@@ -64,18 +64,24 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("max_db_client_connections", "int", 0, "Client connections per database; 0 is unlimited."),
     _S("max_user_connections", "int", 0, "Server connections per user over all its pools; 0 is unlimited."),
     _S("max_user_client_connections", "int", 0, "Client connections per user; 0 is unlimited."),
-    _S("server_round_robin", "bool", False, "Reuse server connections round-robin instead of LIFO."),
+    _S("server_round_robin", "bool", False,
+       "Reuse the server idle longest (round-robin) instead of the one released last (LIFO), to spread the load "
+       "over a round-robin address behind a database."),
     _S("track_extra_parameters", "list", ("IntervalStyle",),
-       "Reported parameters, besides the built-in ones, kept per client and restored on the server.",
-       reloadable=False),
+       "Parameters PostgreSQL reports, besides client_encoding, DateStyle, TimeZone, standard_conforming_strings "
+       "and application_name, kept per client (from its startup packet, its options and its SETs) and set on "
+       "each server it gets; names in any case.", reloadable=False),
     _S("ignore_startup_parameters", "list", (), "Startup parameters to ignore instead of refusing the client."),
     _S("peer_id", "int", 0,
        "This process's id among peered poolers (1-16383), carried in every cancel key so that a cancel "
        "arriving at another peer is forwarded here; 0 disables peering. With workers, the first worker's id "
        "(0 counts as 1): worker k has peer_id + k - 1."),
-    _S("disable_pqexec", "bool", False, "Refuse the simple query protocol (only extended protocol clients work).",
-       reloadable=False),
-    _S("application_name_add_host", "bool", False, "Append the client address and port to application_name."),
+    _S("disable_pqexec", "bool", False,
+       "Refuse the simple query protocol: a client's Query closes it (08P01 PQexec disallowed), so only extended "
+       "protocol clients work. Not on the admin console, whose only protocol is the simple one.", reloadable=False),
+    _S("application_name_add_host", "bool", False,
+       "At login, append ' - ' and the client's address and port to its application_name ('app' when it gave "
+       "none), as PgBouncer does; a later SET is left as it is."),
     _S("conffile", "path", "", "Config file to read on RELOAD; defaults to the file given on the command line."),
     _S("service_name", "str", "pgbouncer", _NO_EFFECT + " (Windows service name.)", reloadable=False),
     _S("job_name", "str", "pgbouncer", _NO_EFFECT + " (Alias of service_name.)", reloadable=False),

@@ -67,6 +67,7 @@ CASES = {
                                         ("FATAL", "08P01", "query_timeout"), script=("hold", "SELECT 1")),
     "query_wait_timeout": Case({"query_wait_timeout": 1, "default_pool_size": 1, "max_db_connections": 1},
                                ("FATAL", "08P01", "query_wait_timeout"), script=("hold", "SELECT 1")),
+    "disable_pqexec": Case({"disable_pqexec": 1}, ("FATAL", "08P01", "PQexec disallowed"), script=("SELECT 1",)),
 }
 
 

@@ -208,13 +208,13 @@ class Wire:
             if kind == b"E" and error is None:
                 error = ServerError(error_fields(body))
             elif kind == b"D":
-                out.append(_data_row(body))
+                out.append(data_row(body))
         if error:
             raise error
         return out
 
 
-def _data_row(body: bytes) -> tuple:
+def data_row(body: bytes) -> tuple:
     (count,), pos, values = struct.unpack_from("!H", body), 2, []
     for _ in range(count):
         (length,) = struct.unpack_from("!i", body, pos)
