@@ -70,6 +70,7 @@ class Pooler:
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.log_disconnections = bool(config.get("log_disconnections"))
+        self.scram_iterations = config.get("scram_iterations")     # for a plain-text secret's SCRAM login
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload

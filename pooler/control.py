@@ -64,6 +64,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     if app.worker is None:          # a worker's peer id is fixed at its start, its siblings' follow it
         app.peer_id = new.get("peer_id")
     app.log_disconnections = bool(new.get("log_disconnections"))
+    app.scram_iterations = new.get("scram_iterations")
     app.load_userlist()
     app.hba = access
     if contexts is not None:

@@ -21,6 +21,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     reloadable: bool = True
     refused: str = ""       # why maitred refuses any value but the default: at load, on RELOAD and on SET
+    bounds: tuple[int, int] = ()    # the lowest and highest value maitred can use, refused outside them alike
 
 
 def _catalogue(*settings: Setting) -> dict[str, Setting]:
@@ -82,7 +83,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
     _S("max_prepared_statements", "int", 200,
        "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
-    _S("scram_iterations", "int", 4096, "SCRAM-SHA-256 iterations used when hashing a plain-text password."),
+    _S("scram_iterations", "int", 4096,
+       "SCRAM-SHA-256 iterations used when hashing a plain-text password of the auth_file for a SCRAM login "
+       "(and shown to unknown users alike). 4096 to 10000000: scramp refuses counts outside them.",
+       bounds=(4096, 10_000_000)),
     # Authentication
     _S("auth_type", "enum", "md5",
        "Client authentication: trust, plain, md5 or scram-sha-256 (md5 uses SCRAM when the secret is SCRAM); "
