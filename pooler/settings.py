@@ -130,7 +130,9 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("server_connect_timeout", "float_seconds", 15.0, "Give up a server connection and login after this."),
     _S("server_login_retry", "float_seconds", 15.0, "After a failed server login, wait this long to retry."),
     _S("client_login_timeout", "float_seconds", 60.0, "Disconnect a client that has not logged in after this."),
-    _S("autodb_idle_timeout", "float_seconds", 3600.0, "Free databases made from the * entry unused this long."),
+    _S("autodb_idle_timeout", "float_seconds", 3600.0,
+       "Free a database made from the * entry when none of its pools has had a client or a server this long "
+       "(its SHOW STATS counters go with it); 0 never."),
     _S("pool_idle_timeout", "float_seconds", 0.0, "Free a pool empty of clients and servers this long; 0 off."),
     _S("dns_max_ttl", "float_seconds", 15.0, "How long DNS answers are cached."),
     _S("dns_nxdomain_ttl", "float_seconds", 15.0, "How long DNS errors and NXDOMAIN answers are cached."),
