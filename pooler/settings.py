@@ -106,9 +106,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Database, of [databases], in which auth_query runs; not set means the target. pgbouncer is refused."),
     _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
     # Logging
-    _S("syslog", "bool", False, "Also log to syslog."),
-    _S("syslog_ident", "str", "pgbouncer", "Program name used in syslog messages."),
-    _S("syslog_facility", "str", "daemon", "Syslog facility: auth, authpriv, daemon, user or local0-7."),
+    _S("syslog", "bool", False, "Also log to the local syslog (/dev/log), INFO and above; RELOAD applies it."),
+    _S("syslog_ident", "str", "pgbouncer", "Program name of the syslog lines: ident[pid]: message."),
+    _S("syslog_facility", "str", "daemon",
+       "Syslog facility: auth, authpriv, daemon, user or local0-7; another name is daemon, with a warning."),
     _S("log_connections", "bool", True, "Log successful logins."),
     _S("log_disconnections", "bool", True, "Log disconnections with their reasons."),
     _S("log_pooler_errors", "bool", True, "Log the error messages the pooler sends to clients."),
