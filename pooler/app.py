@@ -19,6 +19,7 @@ from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
 from .registry import Clients
+from .resolver import Resolver
 from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
@@ -57,6 +58,7 @@ class Pooler:
         self.random_keys: list[int] = []    # drawn for cancel keys still to hand out; this process's own
         self.clients = Clients(self.cancel_keys)       # every client, each in one registry (registry.py)
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
+        self.resolver = Resolver(self)      # server host names, cached for dns_max_ttl
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         self.listeners: list[asyncio.AbstractServer] = []
         self.unix_listener: asyncio.AbstractServer | None = None
@@ -199,6 +201,9 @@ class Pooler:
         """Send the CancelRequest and wait for PostgreSQL to close the connection, which it does once the
         backend has been signalled; only then may the server's next client start a query on it."""
         address = server.address
+        if not address.startswith("unix:"):     # the backend's own address: its name may have several
+            host, port = server.transport.get_extra_info("peername")[:2]
+            address = f"{host}:{port}"
         try:
             await asyncio.wait_for(_cancel_exchange(address, server.backend_pid, server.backend_key),
                                    self.config.get("server_connect_timeout") or None)

@@ -135,8 +135,12 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Free a database made from the * entry when none of its pools has had a client or a server this long "
        "(its SHOW STATS counters go with it); 0 never."),
     _S("pool_idle_timeout", "float_seconds", 0.0, "Free a pool empty of clients and servers this long; 0 off."),
-    _S("dns_max_ttl", "float_seconds", 15.0, "How long DNS answers are cached."),
-    _S("dns_nxdomain_ttl", "float_seconds", 15.0, "How long DNS errors and NXDOMAIN answers are cached."),
+    _S("dns_max_ttl", "float_seconds", 15.0,
+       "How long a server host name's addresses are kept before new server connections look it up again (the "
+       "DNS TTL is ignored); 0 looks up for each. The addresses are taken in turn; servers at one a new answer "
+       "lacks reconnect as they are released."),
+    _S("dns_nxdomain_ttl", "float_seconds", 15.0,
+       "How long a failed lookup of a server host name is kept: new server connections fail at once meanwhile."),
     _S("dns_zone_check_period", "float_seconds", 0.0, _NO_EFFECT + " (DNS zone serial polling.)"),
     _S("resolv_conf", "path", "", _NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
     _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),
