@@ -56,10 +56,10 @@ def _free_empty_pools(app: "Pooler", now: float, timeout: float) -> None:
 def _free_unused_autodbs(app: "Pooler", now: float, timeout: float) -> None:
     """autodb_idle_timeout: a database made from the `*` entry none of whose pools has had a client or a server
     for this long is forgotten, its pools and their counters with it, as PgBouncer's; its next client makes it
-    again. A paused or disabled one is kept, with its state."""
-    if not timeout:
-        return
+    again. A paused or disabled one is kept, with its state. Without a `*` entry there is none to look for."""
     configured = app.config.databases
+    if not timeout or "*" not in configured:
+        return
     in_use: set[str] = set()
     unused_since: dict[str, float] = {}     # its pools' latest empty_since (_free_empty_pools keeps them)
     for pool in app.pools.values():
