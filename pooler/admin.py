@@ -769,8 +769,8 @@ def show_lists(app: "Pooler"):
     return LISTS, [("databases", len(_databases_in_use(app)) + 1), ("users", len(_user_names(app))),
                    ("peers", len(show_peers(app)[1])), ("pools", len(app.pools) + 1), ("peer_pools", 0), ("free_clients", 0),
                    ("used_clients", len(app.clients)), ("login_clients", logins), ("free_servers", 0),
-                   ("used_servers", servers), ("dns_names", 0), ("dns_zones", 0), ("dns_queries", 0),
-                   ("dns_pending", 0)]
+                   ("used_servers", servers), ("dns_names", len(app.resolver.answers)), ("dns_zones", 0),
+                   ("dns_queries", len(app.resolver.lookups)), ("dns_pending", 0)]
 
 
 def show_version(app: "Pooler"):
@@ -837,7 +837,7 @@ def show_peer_pools(app: "Pooler"):
 
 
 def show_dns_hosts(app: "Pooler"):
-    return columns("sqs", "hostname", "ttl", "addrs"), []
+    return columns("sqs", "hostname", "ttl", "addrs"), app.resolver.rows()
 
 
 def show_dns_zones(app: "Pooler"):

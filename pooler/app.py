@@ -19,6 +19,7 @@ from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
 from .registry import Clients
+from .resolver import Resolver
 from .session import tracked_params
 from .siblings import SiblingClient
 from .tls import build as build_tls
@@ -58,6 +59,7 @@ class Pooler:
         self.random_keys: list[int] = []    # drawn for cancel keys still to hand out; this process's own
         self.clients = Clients(self.cancel_keys)       # every client, each in one registry (registry.py)
         self.host_choices: dict[tuple, HostChoice] = {}     # per host= list: where the next server goes
+        self.resolver = Resolver(self)      # server host names, cached for dns_max_ttl
         self.statements = Registry()     # prepared statements' internal names, shared by all clients
         # The session parameters kept per client; track_extra_parameters is read once, as PgBouncer reads it.
         self.tracked = tracked_params(config.get("track_extra_parameters"))
@@ -74,6 +76,7 @@ class Pooler:
         self.log_connections = bool(config.get("log_connections"))
         self.log_disconnections = bool(config.get("log_disconnections"))
         self.socket_buffer = config.get("tcp_socket_buffer")     # 0: no system call per client (sockopts)
+        self.scram_iterations = config.get("scram_iterations")     # for a plain-text secret's SCRAM login
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload
@@ -202,6 +205,9 @@ class Pooler:
         """Send the CancelRequest and wait for PostgreSQL to close the connection, which it does once the
         backend has been signalled; only then may the server's next client start a query on it."""
         address = server.address
+        if not address.startswith("unix:"):     # the backend's own address: its name may have several
+            host, port = server.transport.get_extra_info("peername")[:2]
+            address = f"{host}:{port}"
         try:
             await asyncio.wait_for(_cancel_exchange(address, server.backend_pid, server.backend_key),
                                    self.config.get("server_connect_timeout") or None)

@@ -14,8 +14,10 @@ import struct
 from scramp import ScramClient, ScramException, ScramMechanism
 
 from . import protocol
+from .settings import SETTINGS
 
 SCRAM = "SCRAM-SHA-256"
+DEFAULT_ITERATIONS = SETTINGS["scram_iterations"].default
 _mechanism = ScramMechanism(SCRAM)
 
 
@@ -63,17 +65,18 @@ def password_matches(password: str, user: str, secret: str) -> bool:
     return hmac.compare_digest(stored, stored2) and hmac.compare_digest(server, server2)
 
 
-_plain_scram_infos: dict[str, tuple] = {}
+_plain_scram_infos: dict[tuple[str, int], tuple] = {}
 
 
-def plain_scram_info(password: str) -> tuple:
-    """A SCRAM verifier for a plain-text auth_file password, derived once and kept: PBKDF2 with 4096
-    iterations costs milliseconds, and every SCRAM login of that user would otherwise pay it again."""
-    info = _plain_scram_infos.get(password)
+def plain_scram_info(password: str, iterations: int) -> tuple:
+    """A SCRAM verifier for a plain-text auth_file password, derived once per scram_iterations and kept: PBKDF2
+    with 4096 iterations costs milliseconds, and every SCRAM login of that user would otherwise pay it again."""
+    key = (password, iterations)
+    info = _plain_scram_infos.get(key)
     if info is None:
         if len(_plain_scram_infos) >= 4096:
             _plain_scram_infos.clear()
-        info = _plain_scram_infos[password] = _mechanism.make_auth_info(password, iteration_count=4096)
+        info = _plain_scram_infos[key] = _mechanism.make_auth_info(password, iteration_count=iterations)
     return info
 
 
@@ -87,15 +90,17 @@ class ClientAuth:
     `start()` gives the first request to send; `feed(body)` returns (message to send or None, done); it
     raises AuthFailed when the client is not who it claims to be. An unknown user, or one whose secret
     is empty (PgBouncer disallows empty passwords), goes through the same exchange against a made-up
-    secret, so the answer does not tell which users exist.
+    secret, so the answer does not tell which users exist. `iterations`: scram_iterations, which a plain-text
+    secret is hashed with, and which the made-up secret shows too.
     """
 
-    def __init__(self, method: str, user: str, secret: str | None):
+    def __init__(self, method: str, user: str, secret: str | None, iterations: int = DEFAULT_ITERATIONS):
         self.user = user
         self.known = bool(secret)
+        self.iterations = iterations
         if not secret:      # the exchange PgBouncer's mock user gets: md5 stays md5
             secret = md5_secret(os.urandom(16).hex(), user) if method == "md5" else \
-                "SCRAM-SHA-256$4096:" + base64.b64encode(os.urandom(16)).decode() + "$AAAA:AAAA"
+                f"SCRAM-SHA-256${iterations}:" + base64.b64encode(os.urandom(16)).decode() + "$AAAA:AAAA"
         self.secret = secret
         if method == "md5" and secret_kind(self.secret) == "scram":
             method = "scram-sha-256"   # an md5 exchange cannot be checked against a SCRAM verifier
@@ -138,7 +143,7 @@ class ClientAuth:
                     raise AuthFailed("unsupported SASL mechanism " + mech.decode(errors="replace"))
                 (length,) = struct.unpack_from("!i", rest)
                 client_first = rest[4:4 + length].decode()
-                self._scram = _mechanism.make_server(_auth_fn(self.secret))
+                self._scram = _mechanism.make_server(_auth_fn(self.secret, self.iterations))
                 self._set_client_first(client_first)
                 return protocol.auth_sasl_continue(self._scram.get_server_first().encode()), False
             self._scram.set_client_final(body.decode())
@@ -173,10 +178,10 @@ class ClientAuth:
         self._scram.client_first_bare = bare
 
 
-def _auth_fn(secret: str):
+def _auth_fn(secret: str, iterations: int):
     """scramp's auth_fn for one secret. Not a method: the exchange would hold its ClientAuth and the ClientAuth the
     exchange, a reference cycle that outlives the login until a full garbage collection, in every SCRAM login."""
-    info = plain_scram_info(secret) if secret_kind(secret) == "plain" else parse_scram_secret(secret)
+    info = plain_scram_info(secret, iterations) if secret_kind(secret) == "plain" else parse_scram_secret(secret)
     return lambda _username: info
 
 

@@ -495,7 +495,7 @@ class Client:
             self._authenticated()
             return
         try:
-            self.auth = ClientAuth(method, self.user, secret)
+            self.auth = ClientAuth(method, self.user, secret, self.app.scram_iterations)
         except AuthFailed as exc:
             self.app.log_event(log, f"login failed: {exc}", self)
             self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(method))

@@ -188,6 +188,8 @@ def parse_value(setting: Setting, raw: str) -> object:
     value = _parse_value(setting, raw.strip())
     if setting.refused and value != setting.default:
         raise ValueError(f"{raw.strip()!r} is refused: {setting.refused}")
+    if setting.bounds and not setting.bounds[0] <= value <= setting.bounds[1]:
+        raise ValueError(f"{raw.strip()!r} is out of range: {setting.bounds[0]} to {setting.bounds[1]}")
     return value
 
 

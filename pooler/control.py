@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from . import hba, protocol, sockopts, tls
+from . import hba, protocol, sockopts, syslogsink, tls
 from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .objects import Limits
@@ -60,11 +60,14 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
             else:
                 messages.append(f"{name} changed from {before!r} to {after!r}")
     app.config = new
+    if any(old.get(name) != new.get(name) for name in syslogsink.SETTINGS):
+        syslogsink.apply(new)
     app.log_connections = bool(new.get("log_connections"))
     if app.worker is None:          # a worker's peer id is fixed at its start, its siblings' follow it
         app.peer_id = new.get("peer_id")
     app.log_disconnections = bool(new.get("log_disconnections"))
     app.socket_buffer = new.get("tcp_socket_buffer")
+    app.scram_iterations = new.get("scram_iterations")
     app.load_userlist()
     app.hba = access
     if contexts is not None:

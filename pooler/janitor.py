@@ -39,6 +39,7 @@ def sweep(app: "Pooler") -> None:
     for pool in list(app.pools.values()):
         _sweep_pool(pool, now, cfg)
     _free_empty_pools(app, now, cfg.get("pool_idle_timeout"))
+    _free_unused_autodbs(app, now, cfg.get("autodb_idle_timeout"))
 
 
 def _free_empty_pools(app: "Pooler", now: float, timeout: float) -> None:
@@ -50,6 +51,33 @@ def _free_empty_pools(app: "Pooler", now: float, timeout: float) -> None:
             pool.empty_since = now
         elif timeout and now - pool.empty_since > timeout:
             del app.pools[key]
+
+
+def _free_unused_autodbs(app: "Pooler", now: float, timeout: float) -> None:
+    """autodb_idle_timeout: a database made from the `*` entry none of whose pools has had a client or a server
+    for this long is forgotten, its pools and their counters with it, as PgBouncer's; its next client makes it
+    again. A paused or disabled one is kept, with its state. Without a `*` entry there is none to look for."""
+    configured = app.config.databases
+    if not timeout or "*" not in configured:
+        return
+    in_use: set[str] = set()
+    unused_since: dict[str, float] = {}     # its pools' latest empty_since (_free_empty_pools keeps them)
+    for pool in app.pools.values():
+        if pool.name in configured:
+            continue
+        if pool.empty_since:
+            unused_since[pool.name] = max(pool.empty_since, unused_since.get(pool.name, 0.0))
+        else:
+            in_use.add(pool.name)
+    for name, since in unused_since.items():
+        limits = app.db_limits.get(name)
+        if name in in_use or now - since <= timeout or limits is not None and (limits.paused or limits.disabled):
+            continue
+        for key in [key for key, pool in app.pools.items() if pool.name == name]:
+            del app.pools[key]
+        app.db_limits.pop(name, None)
+        app.db_clients.pop(name, None)
+        log.info("freed unused auto-database: db=%s", name)
 
 
 def _create_warm_pools(app: "Pooler", cfg) -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from . import compiled, control, endpoints, janitor, logsink, stats, systemd, watch
+from . import compiled, control, endpoints, janitor, logsink, stats, syslogsink, systemd, watch
 from .app import Pooler
 from .config import ConfigError, load_config
 from .workers import CANNOT_START, Supervisor, Worker
@@ -155,6 +155,7 @@ def run(path: str, switches: Switches = Switches()) -> int:
     if switches.daemon:
         detach()
     setup_logging(config.get("logfile"), switches.quiet or switches.daemon, switches.verbose)
+    syslogsink.apply(config)
     for warning in config.warnings:
         log.warning("%s", warning)
     raise_fd_limit()

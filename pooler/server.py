@@ -124,7 +124,7 @@ class Server:
                 coro = loop.create_unix_connection(lambda: self, path)
             else:
                 self.address = f"{target.host}:{target.port}"
-                coro = loop.create_connection(lambda: self, target.host, target.port)
+                coro = app.resolver.connect(lambda: self, target.host, target.port)
             await asyncio.wait_for(coro, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = "connect timeout" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))

@@ -21,6 +21,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     reloadable: bool = True
     refused: str = ""       # why maitred refuses any value but the default: at load, on RELOAD and on SET
+    bounds: tuple[int, int] = ()    # the lowest and highest value maitred can use, refused outside them alike
 
 
 def _catalogue(*settings: Setting) -> dict[str, Setting]:
@@ -88,7 +89,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
     _S("max_prepared_statements", "int", 200,
        "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
-    _S("scram_iterations", "int", 4096, "SCRAM-SHA-256 iterations used when hashing a plain-text password."),
+    _S("scram_iterations", "int", 4096,
+       "SCRAM-SHA-256 iterations used when hashing a plain-text password of the auth_file for a SCRAM login "
+       "(and shown to unknown users alike). 4096 to 10000000: scramp refuses counts outside them.",
+       bounds=(4096, 10_000_000)),
     # Authentication
     _S("auth_type", "enum", "md5",
        "Client authentication: trust, plain, md5 or scram-sha-256 (md5 uses SCRAM when the secret is SCRAM); "
@@ -108,9 +112,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Database, of [databases], in which auth_query runs; not set means the target. pgbouncer is refused."),
     _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
     # Logging
-    _S("syslog", "bool", False, "Also log to syslog."),
-    _S("syslog_ident", "str", "pgbouncer", "Program name used in syslog messages."),
-    _S("syslog_facility", "str", "daemon", "Syslog facility: auth, authpriv, daemon, user or local0-7."),
+    _S("syslog", "bool", False, "Also log to the local syslog (/dev/log), INFO and above; RELOAD applies it."),
+    _S("syslog_ident", "str", "pgbouncer", "Program name of the syslog lines: ident[pid]: message."),
+    _S("syslog_facility", "str", "daemon",
+       "Syslog facility: auth, authpriv, daemon, user or local0-7; another name is daemon, with a warning."),
     _S("log_connections", "bool", True, "Log successful logins."),
     _S("log_disconnections", "bool", True, "Log disconnections with their reasons."),
     _S("log_pooler_errors", "bool", True, "Log the error messages the pooler sends to clients."),
@@ -132,10 +137,16 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("server_connect_timeout", "float_seconds", 15.0, "Give up a server connection and login after this."),
     _S("server_login_retry", "float_seconds", 15.0, "After a failed server login, wait this long to retry."),
     _S("client_login_timeout", "float_seconds", 60.0, "Disconnect a client that has not logged in after this."),
-    _S("autodb_idle_timeout", "float_seconds", 3600.0, "Free databases made from the * entry unused this long."),
+    _S("autodb_idle_timeout", "float_seconds", 3600.0,
+       "Free a database made from the * entry when none of its pools has had a client or a server this long "
+       "(its SHOW STATS counters go with it); 0 never."),
     _S("pool_idle_timeout", "float_seconds", 0.0, "Free a pool empty of clients and servers this long; 0 off."),
-    _S("dns_max_ttl", "float_seconds", 15.0, "How long DNS answers are cached."),
-    _S("dns_nxdomain_ttl", "float_seconds", 15.0, "How long DNS errors and NXDOMAIN answers are cached."),
+    _S("dns_max_ttl", "float_seconds", 15.0,
+       "How long a server host name's addresses are kept before new server connections look it up again (the "
+       "DNS TTL is ignored); 0 looks up for each. The addresses are taken in turn; servers at one a new answer "
+       "lacks reconnect as they are released."),
+    _S("dns_nxdomain_ttl", "float_seconds", 15.0,
+       "How long a failed lookup of a server host name is kept: new server connections fail at once meanwhile."),
     _S("dns_zone_check_period", "float_seconds", 0.0, _NO_EFFECT + " (DNS zone serial polling.)"),
     _S("resolv_conf", "path", "", _NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
     _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),

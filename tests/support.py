@@ -49,8 +49,9 @@ class PoolerSet:
         self.workdir = Path(workdir)
         self.started: list[PoolerProcess] = []
 
-    def start(self, **kwargs) -> "PoolerProcess":
-        proc = PoolerProcess(self.pg, self.workdir / f"pooler{len(self.started)}", **kwargs)
+    def start(self, process: type["PoolerProcess"] | None = None, **kwargs) -> "PoolerProcess":
+        """A pooler started on `kwargs`; `process`: a PoolerProcess of another kind (tests/private_mounts.py)."""
+        proc = (process or PoolerProcess)(self.pg, self.workdir / f"pooler{len(self.started)}", **kwargs)
         self.started.append(proc)
         return proc.start()
 
@@ -117,11 +118,13 @@ class PoolerProcess:
     def launch(self, wait: bool = True) -> "PoolerProcess":
         """Run the pooler on `config_path` as it is on disk."""
         self.logfile = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "maitred.cli", "pooler", str(self.config_path)],
-                                     stdout=self.logfile, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=self.logfile, stderr=subprocess.STDOUT)
         if wait:
             self.wait_listening()
         return self
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "maitred.cli", "pooler", str(self.config_path)]
 
     def wait_listening(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
