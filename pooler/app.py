@@ -205,9 +205,9 @@ class Pooler:
         """Send the CancelRequest and wait for PostgreSQL to close the connection, which it does once the
         backend has been signalled; only then may the server's next client start a query on it."""
         address = server.address
-        if not address.startswith("unix:"):     # the backend's own address: its name may have several
-            host, port = server.transport.get_extra_info("peername")[:2]
-            address = f"{host}:{port}"
+        peer = None if address.startswith("unix:") else server.transport.get_extra_info("peername")
+        if peer:        # the backend's own address: its name may have several
+            address = f"{peer[0]}:{peer[1]}"
         try:
             await asyncio.wait_for(_cancel_exchange(address, server.backend_pid, server.backend_key),
                                    self.config.get("server_connect_timeout") or None)

@@ -11,7 +11,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from . import hba, protocol, sockopts, syslogsink, tls
+from . import hba, logsink, protocol, sockopts, syslogsink, tls
 from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .objects import Limits
@@ -66,6 +66,8 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     if app.worker is None:          # a worker's peer id is fixed at its start, its siblings' follow it
         app.peer_id = new.get("peer_id")
     app.log_disconnections = bool(new.get("log_disconnections"))
+    if old.get("verbose") != new.get("verbose"):     # RELOAD and SET take the file's value, as PgBouncer's
+        logging.getLogger().setLevel(logsink.level_for(new.get("verbose")))
     app.socket_buffer = new.get("tcp_socket_buffer")
     app.scram_iterations = new.get("scram_iterations")
     app.load_userlist()
@@ -119,6 +121,7 @@ def reload(app: "Pooler") -> list[str]:
     for warning in new.warnings:
         log.warning("%s", warning)
     messages = apply_config(app, new, tls.build(new))    # certificate files are read again, as PgBouncer does
+    logsink.reopen_logfile(new.get("logfile"))     # after a log rotation, as PgBouncer's RELOAD and SIGHUP
     app.auth_query.clear()      # secrets looked up in PostgreSQL are looked up again
     return messages
 
@@ -144,6 +147,8 @@ def set_setting(app: "Pooler", key: str, raw: str) -> str | None:
     (new.settings if key in new.settings else new.maitred)[key] = value
     if key not in tls.CLIENT_SETTINGS + tls.SERVER_SETTINGS:
         apply_config(app, new)
+        if key == "logfile":
+            logsink.reopen_logfile(value)
         return None
     try:
         contexts = tls.build(new)

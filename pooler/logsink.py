@@ -238,6 +238,33 @@ def file_handler(path: str) -> IterationHandler:
     return IterationHandler(open(path, "ab", buffering=0), owns_stream=True)
 
 
+def reopen_logfile(path: str) -> None:
+    """RELOAD and SIGHUP reopen the logfile, as PgBouncer's do: once logrotate has moved it away, the lines go to a
+    new file of that name (to the new name when `logfile` changed, nowhere when it was emptied)."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if type(h) is IterationHandler and h.owns_stream]
+    for handler in files:
+        if path:
+            old = handler.setStream(open(path, "ab", buffering=0))      # setStream flushes what is pending
+            if old is not None:
+                old.close()
+        else:
+            root.removeHandler(handler)
+            handler.close()
+    if path and not files:
+        handler = file_handler(path)
+        handler.setFormatter(Formatter())
+        for silent in [h for h in root.handlers if type(h) is logging.NullHandler]:     # -q had nowhere to log
+            root.removeHandler(silent)
+        root.addHandler(handler)
+    route_lines(root.handlers)
+
+
+def level_for(verbose: int) -> int:
+    """The root logger's level for a verbosity (-v switches plus the `verbose` setting): debug from 1 on."""
+    return logging.DEBUG if verbose > 0 else logging.INFO
+
+
 def use_cheap_records() -> None:
     """Skip what the line format never shows: the caller's file and line (a stack walk per record, logging's
     own documented optimisation) and the thread and multiprocessing names; and the pid, a system call per

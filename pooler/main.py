@@ -33,7 +33,7 @@ class Switches:
 
 
 def setup_logging(logfile: str | None, quiet: bool, verbose: int) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+    level = logsink.level_for(verbose)
     logsink.use_cheap_records()
     fmt = logsink.Formatter()
     handlers: list[logging.Handler] = [] if quiet else [logsink.IterationHandler(sys.stderr)]
@@ -154,7 +154,8 @@ def run(path: str, switches: Switches = Switches()) -> int:
         return 1
     if switches.daemon:
         detach()
-    setup_logging(config.get("logfile"), switches.quiet or switches.daemon, switches.verbose)
+    # -v and the `verbose` setting are one knob, as in PgBouncer: the switch adds to the file's value.
+    setup_logging(config.get("logfile"), switches.quiet or switches.daemon, switches.verbose + config.get("verbose"))
     syslogsink.apply(config)
     for warning in config.warnings:
         log.warning("%s", warning)

@@ -31,7 +31,7 @@ def _catalogue(*settings: Setting) -> dict[str, Setting]:
 _S = Setting
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 POOL_MODES = ("session", "transaction", "statement")
-_NO_EFFECT = "Accepted for PgBouncer compatibility, no effect in maitred."
+NO_EFFECT = "Accepted for PgBouncer compatibility, no effect in maitred."
 TLS13_REFUSED = "Python's ssl module cannot restrict TLS 1.3 cipher suites; OpenSSL's defaults are used"
 
 # auth_type values PgBouncer knows that maitred refuses, so the error can say "unsupported", not "invalid".
@@ -40,7 +40,8 @@ PASSWORD_AUTH_TYPES = ("trust", "plain", "md5", "scram-sha-256")     # the ones 
 
 SETTINGS: dict[str, Setting] = _catalogue(
     # Generic
-    _S("logfile", "path", "", "Log file, written besides stderr; not set means stderr only."),
+    _S("logfile", "path", "", "Log file, written besides stderr; not set means stderr only. RELOAD and SIGHUP "
+       "reopen it, for log rotation."),
     _S("pidfile", "path", "", "PID file written at startup and removed at exit; not set means none.",
        reloadable=False),
     _S("listen_addr", "str", "",
@@ -84,8 +85,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "At login, append ' - ' and the client's address and port to its application_name ('app' when it gave "
        "none), as PgBouncer does; a later SET is left as it is."),
     _S("conffile", "path", "", "Config file to read on RELOAD; defaults to the file given on the command line."),
-    _S("service_name", "str", "pgbouncer", _NO_EFFECT + " (Windows service name.)", reloadable=False),
-    _S("job_name", "str", "pgbouncer", _NO_EFFECT + " (Alias of service_name.)", reloadable=False),
+    _S("service_name", "str", "pgbouncer", NO_EFFECT + " (Windows service name.)", reloadable=False),
+    _S("job_name", "str", "pgbouncer", NO_EFFECT + " (Alias of service_name.)", reloadable=False),
     _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
     _S("max_prepared_statements", "int", 200,
        "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
@@ -110,7 +111,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "Query returning (user name, password or secret) for the user name given as $1."),
     _S("auth_dbname", "str", "",
        "Database, of [databases], in which auth_query runs; not set means the target. pgbouncer is refused."),
-    _S("auth_ldap_options", "str", "", _NO_EFFECT + " (auth_type ldap is not supported.)"),
+    _S("auth_ldap_options", "str", "", NO_EFFECT + " (auth_type ldap is not supported.)"),
     # Logging
     _S("syslog", "bool", False, "Also log to the local syslog (/dev/log), INFO and above; RELOAD applies it."),
     _S("syslog_ident", "str", "pgbouncer", "Program name of the syslog lines: ident[pid]: message."),
@@ -147,8 +148,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "lacks reconnect as they are released."),
     _S("dns_nxdomain_ttl", "float_seconds", 15.0,
        "How long a failed lookup of a server host name is kept: new server connections fail at once meanwhile."),
-    _S("dns_zone_check_period", "float_seconds", 0.0, _NO_EFFECT + " (DNS zone serial polling.)"),
-    _S("resolv_conf", "path", "", _NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
+    _S("dns_zone_check_period", "float_seconds", 0.0, NO_EFFECT + " (DNS zone serial polling.)"),
+    _S("resolv_conf", "path", "", NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
     _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),
     _S("login_notify_message", "str", "", "Notice sent to a client after login; empty sends none."),
     # TLS
@@ -161,7 +162,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("client_tls13_ciphers", "str", "", "Refused unless empty: TLS 1.3 suites are always OpenSSL's defaults.",
        refused=TLS13_REFUSED),
     _S("client_tls_ecdhcurve", "str", "auto", "ECDH curve for clients: none, auto or a curve name."),
-    _S("client_tls_dheparams", "str", "auto", _NO_EFFECT + " (DHE parameters.)"),
+    _S("client_tls_dheparams", "str", "auto", NO_EFFECT + " (DHE parameters.)"),
     _S("server_tls_sslmode", "enum", "prefer", "TLS for server connections.", choices=SSLMODES),
     _S("server_tls_ca_file", "path", "", "CA bundle that validates server certificates."),
     _S("server_tls_key_file", "path", "", "Private key presented to servers."),
@@ -179,11 +180,11 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("transaction_timeout", "float_seconds", 0.0, "Close a client in a transaction this long; 0 off."),
     _S("suspend_timeout", "float_seconds", 10.0, "How long SUSPEND waits for buffers to flush."),
     # Low-level network
-    _S("pkt_buf", "int", 4096, _NO_EFFECT + " (maitred forwards what each read brings, of any size.)",
+    _S("pkt_buf", "int", 4096, NO_EFFECT + " (maitred forwards what each read brings, of any size.)",
        reloadable=False),
     _S("max_packet_size", "int", 2147483647, "Largest protocol message accepted, in bytes."),
     _S("listen_backlog", "int", 128, "Backlog of listen(2).", reloadable=False),
-    _S("sbuf_loopcnt", "int", 5, _NO_EFFECT + " (libevent fairness knob.)"),
+    _S("sbuf_loopcnt", "int", 5, NO_EFFECT + " (libevent fairness knob.)"),
     _S("so_reuseport", "bool", False, "Set SO_REUSEPORT so several processes share the port.", reloadable=False),
     # The tcp_* settings hold for client and server TCP connections (pooler/sockopts.py); RELOAD and SET apply
     # them to the connections made next.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pooler.config import ConfigError, load_config, parse_value
-from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, PEER_KEYS, SETTINGS, USER_KEYS
+from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, NO_EFFECT, PEER_KEYS, SETTINGS, USER_KEYS
 from tests.support import require_binary
 
 
@@ -93,6 +93,17 @@ def test_an_empty_file_gives_pgbouncer_1_25_defaults(tmp_path):
 def test_every_pgbouncer_setting_is_known():
     assert set(PGBOUNCER_CONFIG_MD_SETTINGS) <= set(SETTINGS)
 
+
+def test_every_setting_is_read_by_the_code_unless_its_doc_says_it_has_no_effect_or_it_is_refused():
+    """A setting that does nothing is a defect: each is read outside the catalogue, by its name in quotes as
+    Config.get and the console take it, or says in its own doc that it has no effect, or is refused."""
+    root = Path(__file__).resolve().parent.parent
+    code = "".join(path.read_text() for folder in ("pooler", "maitred", "operator")
+                   for path in sorted((root / folder).rglob("*.py")) if path.name != "settings.py")
+    idle = [name for name, setting in {**SETTINGS, **MAITRED_SETTINGS}.items()
+            if not setting.doc.startswith(NO_EFFECT) and not setting.refused
+            and not re.search(rf"[\"']{name}[\"']", code)]
+    assert idle == []
 
 def test_settings_pgbouncer_does_not_reload_are_not_reloadable():
     assert {s.name for s in SETTINGS.values() if not s.reloadable} == PGBOUNCER_NOT_RELOADABLE

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -192,3 +193,55 @@ def test_without_verbose_debug_messages_are_not_logged(config):
     finally:
         config.stop()
     assert "got admin query" not in open(config.settings["logfile"]).read()
+
+
+def test_the_verbose_setting_logs_debug_messages_and_set_turns_them_off(config):
+    """`verbose` in the file is the -v switch's setting, as in PgBouncer; SET (and RELOAD) change it live."""
+    config.settings.update(admin_users="app", verbose=1)
+    config.write_config()
+    config.launch()
+    logfile = config.settings["logfile"]
+    try:
+        wait_serving(config)
+        with psycopg.connect(config.dsn(dbname="pgbouncer"), autocommit=True, prepare_threshold=None) as conn:
+            conn.execute("SHOW VERSION")
+            wait_for(lambda: "got admin query: SHOW VERSION" in open(logfile).read(), timeout=5,
+                     message="the debug line")
+            conn.execute("SET verbose = 0")
+            conn.execute("SHOW LISTS")
+            conn.execute("SET verbose = 2")
+            conn.execute("SHOW STATE")
+            wait_for(lambda: "got admin query: SHOW STATE" in open(logfile).read(), timeout=5,
+                     message="the debug line after SET verbose = 2")
+    finally:
+        config.stop()
+    assert "got admin query: SHOW LISTS" not in open(logfile).read()
+
+
+def test_reload_reopens_the_logfile_after_a_rotation_and_set_moves_it(config, tmp_path):
+    """logrotate moves the logfile away and sends SIGHUP (or runs RELOAD): the lines go to a new file of the
+    name, as PgBouncer's; SET logfile moves them to another file."""
+    config.settings.update(admin_users="app", log_connections=1)
+    config.write_config()
+    config.launch()
+    logfile = Path(config.settings["logfile"])
+    rotated, moved = tmp_path / "maitred.log.1", tmp_path / "elsewhere.log"
+    try:
+        wait_serving(config)
+        logfile.rename(rotated)
+        config.proc.send_signal(signal.SIGHUP)
+        wait_for(logfile.exists, timeout=5, message="the logfile opened again")
+        before = rotated.read_text().count("login attempt")       # wait_serving's
+        with psycopg.connect(config.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        wait_for(lambda: "login attempt" in logfile.read_text(), timeout=5, message="a login line in the new file")
+        with psycopg.connect(config.dsn(dbname="pgbouncer"), autocommit=True, prepare_threshold=None) as conn:
+            conn.execute(f"SET logfile = '{moved}'")
+        with psycopg.connect(config.dsn(), autocommit=True, application_name="after-set") as conn:
+            conn.execute("SELECT 1")
+        wait_for(lambda: moved.exists() and "login attempt" in moved.read_text(), timeout=5,
+                 message="a login line in the file SET named")
+    finally:
+        config.stop()
+    assert rotated.read_text().count("login attempt") == before
+    assert logfile.read_text().count("login attempt") == 2      # the console's own login, and the first client's
