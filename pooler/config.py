@@ -108,6 +108,9 @@ class PeerEntry:
     pool_size: int | None = None
 
 
+AUTO_ENTRIES_KEPT = 10_000
+
+
 @dataclass
 class Config:
     path: str
@@ -117,6 +120,9 @@ class Config:
     users: dict[str, UserEntry] = field(default_factory=dict)
     peers: dict[int, PeerEntry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # The entries made from `*`, by database name: one per name for as long as this config is in force, rather
+    # than a copy of `*` per login (RELOAD makes a new Config; the janitor drops a freed auto-database's).
+    auto_entries: dict[str, DatabaseEntry] = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, name: str) -> object:
         """The typed value of a [pgbouncer] or [maitred] setting."""
@@ -126,6 +132,9 @@ class Config:
         """The entry a client asking for database `name` uses: its own, else the `*` fallback."""
         if name in self.databases:
             return self.databases[name]
+        entry = self.auto_entries.get(name)
+        if entry is not None:
+            return entry
         fallback = self.databases.get("*")
         if fallback is None:
             return None
@@ -133,6 +142,9 @@ class Config:
         entry.name = name
         if fallback.dbname == "*":
             entry.dbname = name
+        if len(self.auto_entries) >= AUTO_ENTRIES_KEPT:     # names asked for and never freed: start again
+            self.auto_entries.clear()
+        self.auto_entries[name] = entry
         return entry
 
 

@@ -77,6 +77,7 @@ def _free_unused_autodbs(app: "Pooler", now: float, timeout: float) -> None:
             del app.pools[key]
         app.db_limits.pop(name, None)
         app.db_clients.pop(name, None)
+        app.config.auto_entries.pop(name, None)
         log.info("freed unused auto-database: db=%s", name)
 
 

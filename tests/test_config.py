@@ -472,3 +472,15 @@ stats_users = stat_collector
     assert config.warnings == []
     assert config.databases["template1"].auth_user == "someuser"
     assert (config.get("admin_users"), config.get("stats_users")) == (("someuser",), ("stat_collector",))
+
+
+def test_an_entry_made_from_the_fallback_is_made_once_per_name_while_the_config_stands(tmp_path):
+    """A login through `*` finds its entry made by an earlier one, rather than a copy of `*` each time; a
+    reloaded config, a new Config, makes its own from its own `*`."""
+    config = load(tmp_path, "[databases]\n* = host=10.0.0.1 port=5433\n")
+    first = config.database_for("orders")
+    assert config.database_for("orders") is first
+    assert (first.name, first.dbname, first.port) == ("orders", "orders", 5433)
+    assert config.database_for("billing") is not first
+    reloaded = load(tmp_path, "[databases]\n* = host=10.0.0.2\n")
+    assert reloaded.database_for("orders").host == "10.0.0.2"
