@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from maitred import __version__
 
 from . import control, protocol, siblings, stats
-from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP, login_notice
+from .client import ACTIVE, AUTH, LOGIN_WAIT, STARTUP
 from .config import RESERVED_DATABASE, ConfigError
 from .settings import MAITRED_SETTINGS, SETTINGS
 
@@ -92,7 +92,7 @@ class Console(asyncio.Protocol):
             ("DateStyle", "ISO"), ("TimeZone", "GMT"), ("standard_conforming_strings", "on"),
             ("is_superuser", "on"))]
         welcome += [protocol.backend_key_data(client.cancel_key),
-                    login_notice(self.app), protocol.ready_for_query()]
+                    self.app.rules.notice, protocol.ready_for_query()]
         self.transport.write(b"".join(welcome))
         self.app.log_event(log, f"login attempt: db={RESERVED_DATABASE} user={client.user}", client)
         leftover, client.startup = client.startup, b""

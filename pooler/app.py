@@ -15,6 +15,7 @@ from .auth_query import AuthQuery
 from .client import Client
 from .config import Config, DatabaseEntry, PeerEntry
 from .hosts import HostChoice
+from .login import LoginRules
 from .objects import Limits, Pool
 from .prepare import Registry
 from .protocol import cancel_request
@@ -75,6 +76,7 @@ class Pooler:
         self.stopped = asyncio.Event()  # set when the process should exit
         self.log_connections = bool(config.get("log_connections"))
         self.log_disconnections = bool(config.get("log_disconnections"))
+        self.rules = LoginRules(config)     # the settings each login reads, read once per config
         self.socket_buffer = config.get("tcp_socket_buffer")     # 0: no system call per client (sockopts)
         self.scram_iterations = config.get("scram_iterations")     # for a plain-text secret's SCRAM login
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
@@ -89,7 +91,7 @@ class Pooler:
         self.userlist = load_userlist(path) if path else {}
 
     def has_auth_file(self) -> bool:
-        return bool(self.config.get("auth_file"))
+        return self.rules.has_auth_file
 
     def user_secret(self, user: str) -> str | None:
         return self.userlist.get(user)
@@ -147,19 +149,19 @@ class Pooler:
     def admit(self, client: Client, db, dbname: str) -> str | None:
         """Count a logged-in client of `dbname` against max_db_client_connections and max_user_client_connections
         (its database's and its user's own, else the global ones; 0 is no limit); the limit it exceeds, if one."""
-        config = self.config
+        rules = self.rules
         db_count = self.db_clients.get(dbname, 0)
         limit = db.max_db_client_connections
         if limit is None:
-            limit = config.get("max_db_client_connections")
+            limit = rules.max_db_client_connections
         if limit and db_count >= limit:
             return "max_db_client_connections"
         name = client.user
-        user = config.users.get(name)
+        user = self.config.users.get(name)
         user_count = self.user_clients.get(name, 0)
         limit = user.max_user_client_connections if user is not None else None
         if limit is None:
-            limit = config.get("max_user_client_connections")
+            limit = rules.max_user_client_connections
         if limit and user_count >= limit:
             return "max_user_client_connections"
         self.db_clients[dbname] = db_count + 1

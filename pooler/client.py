@@ -47,12 +47,6 @@ _PAUSE = {"waiting": 1, "server": 2, "auth_query": 4, "suspend": 8}
 _NONE: Mapping[str, str] = MappingProxyType({})
 
 
-def login_notice(app: "Pooler") -> bytes:
-    """login_notify_message, as a NOTICE before the first ReadyForQuery; nothing when it is empty."""
-    text = app.config.get("login_notify_message")
-    return protocol.notice_response(text) if text else b""
-
-
 def auth_failure(method: str) -> str:
     """What PgBouncer tells a client whose credentials are wrong: the detail stays in the log."""
     return "SASL authentication failed" if method == "scram-sha-256" else "password authentication failed"
@@ -401,15 +395,14 @@ class Client:
             self.fatal(protocol.PROTOCOL_VIOLATION, "no username supplied")
             return
         dbname = login.dbname = sys.intern(params.pop("database", "") or user)
-        cfg = app.config
-        remote_access = cfg.get("remote_access")
+        rules = app.rules
+        remote_access = rules.remote_access
         refused = remote_access != "all" and remote_refusal(
-            remote_access, self.transport.get_extra_info("peername"), user, dbname,
-            cfg.get("admin_users") + cfg.get("stats_users"))
+            remote_access, self.transport.get_extra_info("peername"), user, dbname, rules.console_users)
         if refused:
             self.fatal(protocol.INVALID_AUTHORIZATION, refused)
             return
-        if cfg.get("application_name_add_host"):
+        if rules.add_host:
             params["application_name"] = self._add_host(params.get("application_name"))
         replication = params.pop("replication", "")
         if replication.lower() in _TRUE or replication == "database":
@@ -420,7 +413,7 @@ class Client:
             return
         elif not self._start_params(params):
             return
-        if app.client_count() > app.config.get("max_client_conn"):
+        if app.client_count() > rules.max_client_conn:
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
         if app.shutting_down and dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
@@ -509,8 +502,7 @@ class Client:
         As in PgBouncer, each `-c name=value` of `options` counts as a startup parameter of that name, and
         an ignored name, or `options` in ignore_startup_parameters, ignores it. Unlike PgBouncer, any other
         setting is kept rather than refused: the pooler applies it on every server the client lands on."""
-        ignored = self.app.config.get("ignore_startup_parameters")
-        ignored = {p.lower() for p in ignored} if ignored else ()
+        ignored = self.app.rules.ignored
         given = params.pop("options", "")
         try:
             settings = protocol.parse_options(given) if given else ()
@@ -634,7 +626,7 @@ class Client:
         self.cancel_key = self.app.register_cancel_key(self)
         self.transport.write(b"".join((
             greeting, parameters, protocol.backend_key_data(self.cancel_key),
-            login_notice(self.app), protocol.READY_FOR_QUERY)))
+            self.app.rules.notice, protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
         self.app.log_login(log, self)       # while the client still has its Login (tls_info)
         login, self.login = self.login, None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import hba, logsink, protocol, sockopts, syslogsink, tls
 from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
+from .login import LoginRules
 from .objects import Limits
 from .settings import MAITRED_SETTINGS, SETTINGS
 
@@ -66,6 +67,7 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     if app.worker is None:          # a worker's peer id is fixed at its start, its siblings' follow it
         app.peer_id = new.get("peer_id")
     app.log_disconnections = bool(new.get("log_disconnections"))
+    app.rules = LoginRules(new)
     if old.get("verbose") != new.get("verbose"):     # RELOAD and SET take the file's value, as PgBouncer's
         logging.getLogger().setLevel(logsink.level_for(new.get("verbose")))
     app.socket_buffer = new.get("tcp_socket_buffer")

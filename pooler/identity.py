@@ -20,7 +20,7 @@ FAILED = {"cert": "certificate authentication failed", "peer": "unix socket logi
 def choose(client: "Client") -> tuple[str | None, Rule | None]:
     """(method, the hba line that chose it); method None when the login is rejected."""
     app = client.app
-    method = app.config.get("auth_type")
+    method = app.rules.auth_type
     if method != "hba":
         return method, None
     transport = client.transport
