@@ -77,8 +77,6 @@ class Pooler:
         self.log_connections = bool(config.get("log_connections"))
         self.log_disconnections = bool(config.get("log_disconnections"))
         self.rules = LoginRules(config)     # the settings each login reads, read once per config
-        self.socket_buffer = config.get("tcp_socket_buffer")     # 0: no system call per client (sockopts)
-        self.scram_iterations = config.get("scram_iterations")     # for a plain-text secret's SCRAM login
         self.tls = build_tls(config)    # SSL contexts for both sides, rebuilt on reload (control.apply_config)
         self.auth_query = AuthQuery(self)   # secrets of users the auth_file lacks, from PostgreSQL
         self.hba = hba.load(config)         # auth_type = hba's rules, read again on every reload

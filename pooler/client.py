@@ -142,8 +142,9 @@ class Client:
         self.transport = transport
         app = self.app
         app.client_connected(self)
-        if app.socket_buffer:
-            sockopts.tune_client(transport, app.socket_buffer)
+        size = app.rules.socket_buffer
+        if size:
+            sockopts.tune_client(transport, size)
         if app.suspended:       # SUSPEND: a new connection waits, unread, until RESUME
             self.pause_reading("suspend")
 
@@ -488,7 +489,7 @@ class Client:
             self._authenticated()
             return
         try:
-            self.auth = ClientAuth(method, self.user, secret, self.app.scram_iterations)
+            self.auth = ClientAuth(method, self.user, secret, self.app.rules.scram_iterations)
         except AuthFailed as exc:
             self.app.log_event(log, f"login failed: {exc}", self)
             self.fatal(protocol.PROTOCOL_VIOLATION, auth_failure(method))

@@ -70,8 +70,6 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
     app.rules = LoginRules(new)
     if old.get("verbose") != new.get("verbose"):     # RELOAD and SET take the file's value, as PgBouncer's
         logging.getLogger().setLevel(logsink.level_for(new.get("verbose")))
-    app.socket_buffer = new.get("tcp_socket_buffer")
-    app.scram_iterations = new.get("scram_iterations")
     app.load_userlist()
     app.hba = access
     if contexts is not None:

@@ -74,7 +74,8 @@ class LoginRules:
     the path a connection per transaction runs every time."""
 
     __slots__ = ("auth_type", "has_auth_file", "remote_access", "console_users", "add_host", "max_client_conn",
-                 "ignored", "max_db_client_connections", "max_user_client_connections", "notice")
+                 "ignored", "max_db_client_connections", "max_user_client_connections", "notice", "scram_iterations",
+                 "socket_buffer")
 
     def __init__(self, config: "Config") -> None:
         get = config.get
@@ -90,3 +91,5 @@ class LoginRules:
         self.max_user_client_connections = get("max_user_client_connections")
         text = get("login_notify_message")      # a NOTICE before the first ReadyForQuery, when set
         self.notice = protocol.notice_response(text) if text else b""
+        self.scram_iterations = get("scram_iterations")      # what a plain-text secret is hashed with for SCRAM
+        self.socket_buffer = get("tcp_socket_buffer")        # 0: no system call per client (sockopts)

@@ -22,6 +22,7 @@ from tests.cutting_relay import CUTS, CuttingRelay
 from tests.support import PASSWORDS
 from tests.test_auth import REQUIRE_AUTH
 from tests.test_cancel import wait_until_sleeping
+from tests.test_server_fragments import two_statements
 from tests.wire import SYNC, TERMINATE, ServerError, Wire, bind, exchange, execute, message, parse, query
 
 USERS = {**PASSWORDS, "admin": "admin-secret"}
@@ -222,9 +223,7 @@ def test_asyncpg_statement_cache_of_three_clients_cut_in_pieces(front):
 
     async def client(conn: asyncpg.Connection, n: int) -> None:
         for i in range(5):
-            assert await conn.fetchval("SELECT $1::int * 3", i + n) == 3 * (i + n)
-            rows = await conn.fetch("SELECT g, $1::text FROM generate_series(1, $2::int) g", f"c{n}", i % 3 + 1)
-            assert [tuple(r) for r in rows] == [(g, f"c{n}") for g in range(1, i % 3 + 2)]
+            await two_statements(conn, n, i, spread=3)
             async with conn.transaction():
                 assert await conn.fetchval("SELECT $1::text || 'x'", f"t{n}.{i}") == f"t{n}.{i}x"
 

@@ -104,6 +104,14 @@ def test_a_parameter_change_cut_in_pieces_is_tracked_for_the_next_client_of_the_
 
 # -- prepared statements in transaction mode ---------------------------------------------------------------
 
+async def two_statements(conn: asyncpg.Connection, n: int, i: int, spread: int) -> None:
+    """Client `n`'s round `i` through asyncpg's statement cache: two statements whose results say which client
+    and round they belong to (up to `spread` rows); the client-side fragment tests run them too."""
+    assert await conn.fetchval("SELECT $1::int * 3", i + n) == 3 * (i + n)
+    rows = await conn.fetch("SELECT g, $1::text FROM generate_series(1, $2::int) g", f"c{n}", i % spread + 1)
+    assert [tuple(r) for r in rows] == [(g, f"c{n}") for g in range(1, i % spread + 2)]
+
+
 def test_prepared_statements_of_three_clients_on_one_server_with_its_answers_cut(through_relay, pg):
     """asyncpg's statement cache over a pool of one with room for two statements: the server prepares,
     closes and prepares again all the time, so swallowed ParseComplete and CloseComplete arrive cut; then a
@@ -114,9 +122,7 @@ def test_prepared_statements_of_three_clients_on_one_server_with_its_answers_cut
 
     async def client(conn: asyncpg.Connection, n: int, shape: tuple) -> None:
         for i in range(8):
-            assert await conn.fetchval("SELECT $1::int * 3", i + n) == 3 * (i + n)
-            rows = await conn.fetch("SELECT g, $1::text FROM generate_series(1, $2::int) g", f"c{n}", i % 4 + 1)
-            assert [tuple(r) for r in rows] == [(g, f"c{n}") for g in range(1, i % 4 + 2)]
+            await two_statements(conn, n, i, spread=4)
             async with conn.transaction():
                 assert await conn.fetchval("SELECT $1::text || 'x'", f"t{n}.{i}") == f"t{n}.{i}x"
                 assert [tuple(r) for r in await conn.fetch("SELECT * FROM frag_shape")] == [shape]
