@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import sockopts, systemd
-from .config import Config, PeerEntry
+from . import logsink, sockopts, systemd
+from .config import Config, ConfigError, PeerEntry, load_config
 
 log = logging.getLogger("maitred")
 
@@ -103,6 +103,7 @@ class Supervisor:
 
     def __init__(self, config: Config, user: str, work: Callable[[Worker], int]):
         self.config = config
+        self.logfile = config.get("logfile")     # where the supervisor's own lines go (SIGHUP may move them)
         self.count = config.get("workers")
         self.work = work
         self.run_dir = make_run_dir(self.count, user)
@@ -170,7 +171,20 @@ class Supervisor:
         if signum in STOPPING:
             self.stopping = True
             self._close_unix_socket()
+        if signum == signal.SIGHUP:
+            self._reopen_logfile()
         self._send(signum)
+
+    def _reopen_logfile(self) -> None:
+        """SIGHUP: the workers reload the config and reopen their logfile, and the supervisor's own lines follow
+        them, to a new file of the same name after logrotate, or to a new `logfile`. A config that does not load
+        leaves the path as it was: the workers keep their config too, and say why."""
+        try:
+            path = load_config(self.config.path).get("logfile")
+        except (ConfigError, OSError):
+            path = self.logfile
+        self.logfile = path
+        logsink.reopen_logfile(path)
 
     def _stop(self, signum: int | None = None) -> None:
         """No more workers; the supervisor's copy of the Unix socket goes, so it stops taking connections."""

@@ -236,3 +236,20 @@ def test_show_peers_lists_the_other_workers(pooler_factory):
         rows = show(con, "PEERS")
         assert len(rows) == 2 and len({row["peer_id"] for row in rows}) == 2
         assert {row["items"] for row in show(con, "LISTS") if row["list"] == "peers"} == {2}
+
+
+def test_sighup_reopens_the_supervisors_logfile_too(pooler_factory, tmp_path):
+    """logrotate moves the logfile and sends SIGHUP: the workers reopen theirs, and the supervisor's own lines (a
+    worker that died) go to the new file as well, not on into the moved one."""
+    logfile = tmp_path / "pooler.log"
+    pooler = start_workers(pooler_factory, logfile=str(logfile))
+    wait_for(lambda: logfile.exists() and "process up: maitred pooler supervisor" in logfile.read_text(),
+             message="the supervisor's line in the logfile")
+    rotated = tmp_path / "pooler.log.1"
+    logfile.rename(rotated)
+    os.kill(pooler.proc.pid, signal.SIGHUP)
+    wait_for(lambda: logfile.exists(), message="a new logfile")
+    victim = worker_pids(pooler)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: "killed by signal 9" in logfile.read_text(), message="the supervisor's line in the new file")
+    assert "killed by signal 9" not in rotated.read_text()
