@@ -88,12 +88,6 @@ class Pooler:
         path = self.config.get("auth_file")
         self.userlist = load_userlist(path) if path else {}
 
-    def has_auth_file(self) -> bool:
-        return self.rules.has_auth_file
-
-    def user_secret(self, user: str) -> str | None:
-        return self.userlist.get(user)
-
     # -- pools -------------------------------------------------------------------------------------------
 
     def get_pool(self, dbname: str, user: str, db: DatabaseEntry | None = None) -> Pool:
@@ -166,9 +160,6 @@ class Pooler:
         self.user_clients[name] = user_count + 1
         client.counted = True
         return None
-
-    def client_count(self) -> int:
-        return len(self.clients)
 
     def register_cancel_key(self, client: Client) -> int:
         """A fresh BackendKeyData for `client`, as one int: pid << 32 | secret key. Within 60 bits, where an int
@@ -318,18 +309,12 @@ class Pooler:
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
-    def log_login(self, logger: logging.Logger, client: Client) -> None:
-        """log_connections: PgBouncer's `login attempt: db=… user=… tls=…` line about `client` (a line per
-        connection: an f-string of its fields, not log_event's %-formatting)."""
-        if self.log_connections and logger.isEnabledFor(logging.INFO) and type(client) is not SiblingClient:
-            logsink.info(logger, f"{client.describe()} login attempt: db={client.dbname} user={client.user} "
-                                 f"tls={client.tls_info()}")
-
-    def log_closing(self, logger: logging.Logger, conn, reason: str) -> None:
-        """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about `conn`."""
-        if self.log_disconnections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
-            logsink.info(logger, f"{conn.describe()} closing because: {reason} "
-                                 f"(age={int(self.now() - conn.connected_at)}s)")    # %d's truncation
+    def log_closing(self, logger: logging.Logger, server, reason: str) -> None:
+        """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about a server (a client
+        writes its own: Client.log_closing)."""
+        if self.log_disconnections and logger.isEnabledFor(logging.INFO):
+            logsink.info(logger, f"{server.describe()} closing because: {reason} "
+                                 f"(age={int(self.now() - server.connected_at)}s)")    # %d's truncation
 
 
 async def _cancel_exchange(address: str, pid: int, key: int) -> None:

@@ -1,8 +1,13 @@
 cimport cython
+from pooler.session cimport param_key
 from pooler.server cimport Server
 from pooler.objects cimport Pool
+from pooler.logsink cimport info
 
 cdef bytearray EXTENDED, FRONTEND_TYPES
+
+@cython.locals(address=cython.uint, part=cython.uint, char=cython.Py_UCS4)
+cpdef unsigned int _ip4(str host)
 
 cdef class Client:
     cdef public object app
@@ -61,7 +66,12 @@ cdef class Client:
     @cython.locals(pool=Pool)
     cpdef _authenticated(self, scram_keys=*)
     cpdef finish_login(self, welcome, bytes greeting=*)
+    @cython.locals(address=size_t, ip=cython.uint)
     cpdef str describe(self)
-    @cython.locals(port=cython.ushort, ip=cython.uint)
+    cpdef log_login(self)
+    @cython.locals(age=long)
+    cpdef log_closing(self, str reason)
+    @cython.locals(ip=cython.uint)
     cpdef str peer(self)
+    cpdef _ask_peer(self)
     cpdef str tls_info(self)

@@ -21,7 +21,8 @@ from .auth import AuthFailed, ClientAuth
 from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, Tracker, client_data
 from .config import RESERVED_DATABASE
-from .login import Database, Login, LoginField
+from .login import RESTING, Login, LoginField
+from .logsink import info
 from .counters import next_socket_id
 from .server import Server
 from .session import param_key, shared_params
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
     from .objects import Pool
 
 log = logging.getLogger("maitred.client")
+_INFO = logging.INFO
 
 _unpack_int = struct.Struct("!I").unpack_from
-_inet_aton = socket.inet_aton
 _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
 
 STARTUP, AUTH, LOGIN_WAIT, ACTIVE, CLOSED = range(5)
@@ -45,6 +46,19 @@ PENDING_LIMIT = 256 * 1024
 
 _PAUSE = {"waiting": 1, "server": 2, "auth_query": 4, "suspend": 8}
 _NONE: Mapping[str, str] = MappingProxyType({})
+
+
+def _ip4(host: str) -> int:
+    """A dotted IPv4 address as one integer, read digit by digit: compiled, C arithmetic on the characters
+    instead of inet_aton and struct calls, once per client."""
+    address = part = 0
+    for char in host:
+        if char == ".":
+            address = address << 8 | part
+            part = 0
+        else:
+            part = part * 10 + (ord(char) - 48)
+    return address << 8 | part
 
 
 def auth_failure(method: str) -> str:
@@ -96,7 +110,6 @@ class Client:
     own_user = LoginField("own_user")
     unix = LoginField("unix")
     wait_notified = LoginField("wait_notified")     # told once it is queued (query_wait_notify): few ever are
-    dbname = Database("dbname")                     # its pool's name once it has a pool
 
     def __init__(self, app: "Pooler", unix: bool = False):
         self.app = app
@@ -132,6 +145,23 @@ class Client:
         self.counted = False                    # in app.db_clients and app.user_clients
         self.peer_ip4 = 0                       # an IPv4 peer's address and port, once a log line asked (peer)
         self.peer_port = 0
+
+    @property
+    def dbname(self) -> str:
+        """Its pool's name once it has a pool, else the database it asked for, kept in its Login (a compiled
+        property: every logout reads it)."""
+        pool = self.pool
+        if pool is not None:
+            return pool.name
+        login = self.login
+        return (RESTING if login is None else login).dbname
+
+    @dbname.setter
+    def dbname(self, value: str) -> None:
+        login = self.login
+        if login is None:
+            login = self.login = Login()
+        login.dbname = value
 
     def eof_received(self):
         return None
@@ -414,7 +444,7 @@ class Client:
             return
         elif not self._start_params(params):
             return
-        if app.client_count() > rules.max_client_conn:
+        if len(app.clients) > rules.max_client_conn:
             self.fatal(protocol.PROTOCOL_VIOLATION, "no more connections allowed (max_client_conn)")
             return
         if app.shutting_down and dbname != RESERVED_DATABASE:    # only the console, as PgBouncer
@@ -428,7 +458,7 @@ class Client:
             return
         # An unknown database is told only to a client that logs in (_authenticated); until then it gets the
         # same exchange as any other, and a user unknown to the auth_file a mock one (PgBouncer's fake database).
-        secret = app.user_secret(user)
+        secret = app.userlist.get(user)
         if secret is None and app.auth_query.enabled(dbname):
             self.state = LOGIN_WAIT            # nothing is read from the client until PostgreSQL answers
             self.pause_reading("auth_query")
@@ -472,7 +502,7 @@ class Client:
             self.app.log_event(log, "login failed: db=%s", self, self.dbname)
             self.fatal(protocol.PROTOCOL_VIOLATION, "no such user")
             return
-        known = secret is not None or not self.app.has_auth_file()
+        known = secret is not None or not self.app.rules.has_auth_file
         if method == "trust":
             if not known:
                 log.info("%s no such user: %s", self.describe(), self.user)
@@ -629,7 +659,7 @@ class Client:
             greeting, parameters, protocol.backend_key_data(self.cancel_key),
             self.app.rules.notice, protocol.READY_FOR_QUERY)))
         self.state = ACTIVE
-        self.app.log_login(log, self)       # while the client still has its Login (tls_info)
+        self.log_login()       # while the client still has its Login (tls_info)
         login, self.login = self.login, None
         # What the client sent without waiting for ReadyForQuery (after its startup packet or password, or while
         # the login waited for a server) is ordinary traffic.
@@ -741,7 +771,7 @@ class Client:
         """Tell the client why, then close it."""
         if self.closed:
             return
-        self.app.log_closing(log, self, text)
+        self.log_closing(text)
         if self.app.config.get("log_pooler_errors"):
             log.warning("%s pooler error: %s", self.describe(), text)
         if self.transport is not None and not self.transport.is_closing() and not self.handshaking:
@@ -773,7 +803,7 @@ class Client:
         if self.closed:
             return
         if reason is not None:
-            self.app.log_closing(log, self, reason)
+            self.log_closing(reason)
         self.state = CLOSED
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()      # after Terminate, as PostgreSQL does: a client may wait for the close
@@ -795,18 +825,37 @@ class Client:
             # Mid-transaction or mid-result: its transaction, locks and state must not reach anyone else.
             server.client = None
             server.close("client disconnect while server was not ready")
-        elif not pool.transactional or self.app.config.get("server_reset_query_always"):
+        elif not pool.transactional or self.app.rules.reset_always:
             server.client = None
             server.reset(server.detach)
         else:
             server.detach()
 
     def describe(self) -> str:
-        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port` (a line per login and logout: the
-        database read as the `dbname` field reads it, its pool's name, without the field's Python-level call)."""
+        """PgBouncer's log prefix for a client: `C-0x…: db/user@host:port`, in one string made from C fields
+        once the peer is known (a line per login and per logout)."""
         pool = self.pool
-        dbname = pool.name if pool is not None else self.dbname
-        return f"C-{hex(id(self))}: {dbname or '(nodb)'}/{self.user or '(nouser)'}@{self.peer()}"
+        dbname = (pool.name if pool is not None else self.dbname) or "(nodb)"
+        user = self.user or "(nouser)"
+        address = id(self)
+        if not self.peer_port:
+            other = self._ask_peer()
+            if other is not None:
+                return f"C-0x{address:x}: {dbname}/{user}@{other}"
+        ip = self.peer_ip4      # the whole prefix in one string, from the C fields
+        return f"C-0x{address:x}: {dbname}/{user}@{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{self.peer_port}"
+
+    def log_login(self) -> None:
+        """log_connections: PgBouncer's `login attempt: db=… user=… tls=…` line (a line per connection: read
+        and made here, in C calls when compiled, not through a Pooler method)."""
+        if self.app.log_connections and log.isEnabledFor(_INFO):
+            info(log, f"{self.describe()} login attempt: db={self.pool.name} user={self.user} tls={self.tls_info()}")
+
+    def log_closing(self, reason: str) -> None:
+        """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line (a line per connection)."""
+        if self.app.log_disconnections and log.isEnabledFor(_INFO):
+            age = int(self.app.now() - self.connected_at)      # %d's truncation
+            info(log, f"{self.describe()} closing because: {reason} (age={age}s)")
 
     def tls_info(self) -> str:
         """`no`, or the protocol and cipher, as PgBouncer's login line has them."""
@@ -822,14 +871,21 @@ class Client:
         """host:port of the client, asked of the socket when a log line first needs it. An IPv4 peer is then kept
         in two C integers of the compiled Client, which cost an idle client nothing (its object's size class stays
         the same), for the next line about it: a line per login and per logout."""
-        port = self.peer_port
-        if port:
-            ip = self.peer_ip4
-            return f"{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{port}"
+        if not self.peer_port:
+            other = self._ask_peer()
+            if other is not None:
+                return other
+        ip = self.peer_ip4
+        return f"{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{self.peer_port}"
+
+    def _ask_peer(self) -> str | None:
+        """Ask the socket for the peer: an IPv4 one is kept in peer_ip4 and peer_port (None is returned); any other
+        is returned as its text, `unix` or `host:port`."""
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         if not isinstance(peer, tuple):
             return "unix"
-        if len(peer) == 2:      # (host, port) of IPv4; IPv6 has four
-            self.peer_ip4 = _unpack_int(_inet_aton(peer[0]))[0]
+        if len(peer) == 2 and peer[1]:      # (host, port) of IPv4; IPv6 has four
+            self.peer_ip4 = _ip4(peer[0])
             self.peer_port = peer[1]
+            return None
         return f"{peer[0]}:{peer[1]}"

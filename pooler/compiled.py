@@ -14,7 +14,7 @@ from pathlib import Path
 HOT_MODULES = ("objects", "server", "client")
 # The rest of a login and a logout (a connection per transaction runs them all): compiled as they are, without
 # types, which takes the interpreter's dispatch out of their calls (bench/README.md, "A compiled hot path"), but
-# for the connection lines' path in logsink, typed in logsink.pxd.
+# for the connection lines' path in logsink and param_key in session, typed in their .pxd files.
 UNTYPED_MODULES = ("app", "logsink", "session", "protocol", "config", "identity", "registry", "login",
                    "counters", "tls", "access")
 COMPILED_MODULES = HOT_MODULES + UNTYPED_MODULES

@@ -57,17 +57,6 @@ class LoginField:
         setattr(login, self.name, value)
 
 
-class Database(LoginField):
-    """A client's database: kept in its Login until it has a pool, whose name it is from then on."""
-
-    __slots__ = ()
-
-    def __get__(self, client, owner: type | None = None):
-        if client is not None and client.pool is not None:
-            return client.pool.name
-        return super().__get__(client, owner)
-
-
 class LoginRules:
     """The settings a login reads, taken from the config when it comes into force (start, RELOAD, SET): an
     attribute each, where a Config.get per setting per login cost a method call each, some 600 instructions, on
@@ -75,7 +64,7 @@ class LoginRules:
 
     __slots__ = ("auth_type", "has_auth_file", "remote_access", "console_users", "add_host", "max_client_conn",
                  "ignored", "max_db_client_connections", "max_user_client_connections", "notice", "scram_iterations",
-                 "socket_buffer")
+                 "socket_buffer", "reset_always")
 
     def __init__(self, config: "Config") -> None:
         get = config.get
@@ -93,3 +82,4 @@ class LoginRules:
         self.notice = protocol.notice_response(text) if text else b""
         self.scram_iterations = get("scram_iterations")      # what a plain-text secret is hashed with for SCRAM
         self.socket_buffer = get("tcp_socket_buffer")        # 0: no system call per client (sockopts)
+        self.reset_always = get("server_reset_query_always")   # read at every logout

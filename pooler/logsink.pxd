@@ -1,4 +1,4 @@
-# The connection lines' path in C (logsink.info): a line is put together and queued for the iteration's end
+# The connection lines' path in C (logsink.info): a line is put together and queued for its batch's write
 # with C calls and C field reads, two lines per connection.
 cimport cython
 
@@ -28,6 +28,9 @@ cdef class Batch:
 
 
 cdef list _routes
+
+@cython.locals(written=Py_ssize_t)
+cpdef _write_all(int fd, bytes data)
 
 @cython.locals(created=double, msecs=int, clock=Clock, batch=Batch)
 cpdef info(logger, str text)

@@ -4,9 +4,11 @@
 The costs of Python's logging are cut: the line is put together directly in its one shape, with the date text
 formatted once per second and the pid asked of the OS once per process, not once per record; the lines about
 connections skip the LogRecord and logging's walk altogether when they go to the pooler's own handlers only
-(`info`); and lines are written once per event-loop iteration (all the lines of one iteration in one write and
-one flush; to the logfile one os.write of their bytes) instead of a write and a flush per line. A line is never
-held past the iteration that made it; outside a running loop (start, shutdown) it is written at once.
+(`info`); and lines are written together, at most HOLD after the first of them (all the lines of that time in
+one write and one flush; to the logfile one os.write of their bytes), instead of a write and a flush per line:
+under a connection per transaction a write then carries the lines of a dozen connections, where one per event-loop
+iteration carried one or two. A line waits HOLD at most, until the loop's first timer turn after that; outside
+a running loop (start, shutdown) it is written at once.
 
 Compiled, the connection lines' path (`info`, Clock, Batch) is typed by logsink.pxd: it reads C fields and
 makes C calls from the line's text to the logfile's write.
@@ -79,33 +81,37 @@ class Formatter(logging.Formatter):
                 f"{record.name}: {record.message}")
 
 
-class Batch:
-    """An IterationHandler's lines of one event-loop iteration, waiting for its end."""
+# How long a line may wait for the lines that follow it, in seconds: invisible to a person reading the log, and
+# under load the lines of many connections in one write.
+HOLD = 0.001
 
-    def __init__(self, handler: "IterationHandler") -> None:
+
+class Batch:
+    """A BatchHandler's lines waiting for their write, at most HOLD after the first of them."""
+
+    def __init__(self, handler: "BatchHandler") -> None:
         self.lines: list[str] = []
         self.scheduled_on: asyncio.AbstractEventLoop | None = None
         self.handler = handler
         self.fd = -1        # the handler's raw descriptor (_raw_fd), which `write` writes to; -1: its flush writes
 
     def add(self, line: str) -> None:
-        """Hold `line` for the end of this iteration (at once outside a running loop)."""
+        """Hold `line` for at most HOLD, with those that come meanwhile (at once outside a running loop)."""
         self.lines.append(line)
         scheduled = self.scheduled_on
         if scheduled is not None and scheduled.is_running():
-            return          # this iteration's flush is already on its way
+            return          # the write is on its way
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.handler.flush()
             return
-        if scheduled is not loop:
-            self.scheduled_on = loop
-            loop.call_soon(self.write if self.fd >= 0 else self.handler.flush)
+        self.scheduled_on = loop
+        loop.call_later(HOLD, self.write if self.fd >= 0 else self.handler.flush)
 
     def write(self) -> None:
-        """The iteration's end, for the logfile: its lines' bytes in one write, under the handler's lock as its
-        flush takes it (the handler's path costs a few thousand instructions more, per iteration that logs)."""
+        """HOLD is up, for the logfile: the lines' bytes in one write, under the handler's lock as its flush takes
+        it (the handler's path costs a few thousand instructions more per write)."""
         lock = self.handler.lock
         lock.acquire()
         try:
@@ -117,11 +123,11 @@ class Batch:
             lock.release()
 
 
-_handlers: "weakref.WeakSet[IterationHandler]" = weakref.WeakSet()
+_handlers: "weakref.WeakSet[BatchHandler]" = weakref.WeakSet()
 
 
-class IterationHandler(logging.StreamHandler):
-    """A stream handler that writes the lines of one event-loop iteration together, at its end."""
+class BatchHandler(logging.StreamHandler):
+    """A stream handler that writes its lines together, at most HOLD after the first (Batch)."""
 
     def __init__(self, stream, owns_stream: bool = False) -> None:
         super().__init__(stream)
@@ -147,7 +153,7 @@ class IterationHandler(logging.StreamHandler):
         self.batch.add(line)
 
     def flush(self) -> None:
-        with self.lock:     # the handler's RLock itself: acquire() and release() are two calls more per iteration
+        with self.lock:     # the handler's RLock itself: acquire() and release() are two calls more per write
             batch = self.batch
             batch.scheduled_on = None
             if batch.lines and self.stream is not None:
@@ -182,7 +188,7 @@ class IterationHandler(logging.StreamHandler):
 
 def _raw_fd(stream) -> int:
     """The descriptor of an unbuffered binary file (the logfile), written with os.write: the text layer's
-    encoding, copy and flush per iteration cost more than the write itself. -1 for any other stream."""
+    encoding, copy and flush per write cost more than the write itself. -1 for any other stream."""
     return stream.fileno() if type(stream) is io.FileIO else -1
 
 
@@ -211,10 +217,10 @@ _routes: list[tuple[Clock, Batch]] = []
 
 
 def route_lines(handlers: list[logging.Handler]) -> None:
-    """Let `info` write straight to `handlers` when they are the root logger's only ones, all IterationHandlers
+    """Let `info` write straight to `handlers` when they are the root logger's only ones, all BatchHandlers
     with the Formatter, and no filter is set: the pooler's own logging (main.setup_logging), which nothing
     changes afterwards."""
-    direct = all(type(h) is IterationHandler and type(h.formatter) is Formatter and not h.filters for h in handlers)
+    direct = all(type(h) is BatchHandler and type(h.formatter) is Formatter and not h.filters for h in handlers)
     _routes[:] = [(h.formatter.clock, h.batch) for h in handlers] if direct and handlers else []
 
 
@@ -232,17 +238,17 @@ def info(logger: logging.Logger, text: str) -> None:
         batch.add(clock.info_line(created, msecs, name, text))
 
 
-def file_handler(path: str) -> IterationHandler:
-    """The logfile, appended to as PgBouncer does, in UTF-8; unbuffered, as the handler writes an iteration's
+def file_handler(path: str) -> BatchHandler:
+    """The logfile, appended to as PgBouncer does, in UTF-8; unbuffered, as the handler writes its batch's
     lines in one write of their bytes (_raw_fd)."""
-    return IterationHandler(open(path, "ab", buffering=0), owns_stream=True)
+    return BatchHandler(open(path, "ab", buffering=0), owns_stream=True)
 
 
 def reopen_logfile(path: str) -> None:
     """RELOAD and SIGHUP reopen the logfile, as PgBouncer's do: once logrotate has moved it away, the lines go to a
     new file of that name (to the new name when `logfile` changed, nowhere when it was emptied)."""
     root = logging.getLogger()
-    files = [h for h in root.handlers if type(h) is IterationHandler and h.owns_stream]
+    files = [h for h in root.handlers if type(h) is BatchHandler and h.owns_stream]
     for handler in files:
         if path:
             old = handler.setStream(open(path, "ab", buffering=0))      # setStream flushes what is pending

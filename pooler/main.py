@@ -36,7 +36,7 @@ def setup_logging(logfile: str | None, quiet: bool, verbose: int) -> None:
     level = logsink.level_for(verbose)
     logsink.use_cheap_records()
     fmt = logsink.Formatter()
-    handlers: list[logging.Handler] = [] if quiet else [logsink.IterationHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [] if quiet else [logsink.BatchHandler(sys.stderr)]
     if logfile:
         handlers.append(logsink.file_handler(logfile))
     if not handlers:        # -q without a logfile: nothing anywhere, not even logging's last-resort stderr

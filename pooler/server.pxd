@@ -1,4 +1,5 @@
 cimport cython
+from pooler.session cimport param_key
 from pooler.client cimport Client
 from pooler.objects cimport Pool, Stats
 

@@ -31,7 +31,7 @@ def param_key(tracked: dict[str, str], params: dict[str, str], options: dict[str
     """The `tracked` parameters, and the settings from `options` when there are any, as one interned tuple:
     equal sets of values are the same object, so the hand-off compares a client and a server with `is`
     instead of a lookup per parameter."""
-    key = tuple(map(params.get, tracked.values()))
+    key = tuple([params.get(name) for name in tracked.values()])
     if options:
         key += (tuple(sorted(options.items())),)
     return _param_keys.setdefault(key, key)

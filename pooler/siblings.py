@@ -44,6 +44,12 @@ class SiblingClient(Client):
         self.transport = transport
         self.unix = True
 
+    def log_login(self) -> None:
+        """Not logged: nobody's client."""
+
+    def log_closing(self, reason: str) -> None:
+        """Not logged: nobody's client."""
+
 
 def execute(con: admin.Console, sql: str) -> bytes | Awaitable[bytes] | None:
     """admin.execute for the whole pooler."""

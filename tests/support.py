@@ -162,10 +162,10 @@ class PoolerProcess:
             return ""
 
     def wait_log(self, *texts: str, count: int = 1, timeout: float = 10, path: str | Path | None = None) -> str:
-        """The log once each of `texts` is in it `count` times or more. The pooler writes the lines of an
-        event-loop iteration together at the iteration's end (pooler/logsink.py), after what the iteration sent
-        to its clients: a client can be answered before its line is in the file, so a test waits for the line
-        rather than reading the log once. `path`: the pooler's `logfile` instead of its output."""
+        """The log once each of `texts` is in it `count` times or more. The pooler writes its lines together,
+        up to logsink.HOLD after the first (pooler/logsink.py), after what it sent to its clients meanwhile: a
+        client can be answered before its line is in the file, so a test waits for the line rather than reading
+        the log once. `path`: the pooler's `logfile` instead of its output."""
         assert texts, "wait_log needs a text to wait for"
 
         def read() -> str:

@@ -1,4 +1,4 @@
-"""The pooler's log sink: lines of one event-loop iteration are written together at its end, never later;
+"""The pooler's log sink: lines are written together, at most logsink.HOLD after the first of them;
 outside a loop at once; the line keeps logging's default shape; a forked child does not repeat its parent's."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import re
 from pooler import logsink
 
 
-def sink() -> tuple[logging.Logger, io.StringIO, logsink.IterationHandler]:
+def sink() -> tuple[logging.Logger, io.StringIO, logsink.BatchHandler]:
     out = io.StringIO()
-    handler = logsink.IterationHandler(out)
+    handler = logsink.BatchHandler(out)
     handler.setFormatter(logsink.Formatter())
     logger = logging.getLogger(f"maitred.test.sink{id(out)}")
     logger.handlers = [handler]
@@ -22,18 +22,19 @@ def sink() -> tuple[logging.Logger, io.StringIO, logsink.IterationHandler]:
     return logger, out, handler
 
 
-def test_lines_of_one_iteration_are_written_together_at_its_end():
+def test_lines_are_written_together_within_hold_of_the_first():
     logger, out, _ = sink()
 
     async def main() -> list[str]:
         seen = []
         logger.info("first")
+        await asyncio.sleep(0)
         logger.info("second")
-        seen.append(out.getvalue())          # still in this iteration: nothing written yet
-        await asyncio.sleep(0)
-        seen.append(out.getvalue())          # the next iteration: both lines, in order
+        seen.append(out.getvalue())          # an iteration later: both still wait
+        await asyncio.sleep(logsink.HOLD * 3)
+        seen.append(out.getvalue())          # HOLD later: both lines, in order, in one write
         logger.info("third")
-        await asyncio.sleep(0)
+        await asyncio.sleep(logsink.HOLD * 3)
         seen.append(out.getvalue())
         return seen
 
@@ -71,7 +72,7 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
 
     async def main() -> None:
         logger.info("parent's line")
-        pid = os.fork()                            # the line is still pending in this iteration
+        pid = os.fork()                            # the line is still pending
         if pid == 0:
             logger.info("child's line")
             handler.flush()
@@ -84,7 +85,7 @@ def test_a_forked_child_does_not_write_its_parents_pending_lines(tmp_path):
     assert sorted(lines) == ["child's line", "parent's line"]
 
 
-def _direct_and_logged(logger: logging.Logger, handler: logsink.IterationHandler, text: str, written) -> None:
+def _direct_and_logged(logger: logging.Logger, handler: logsink.BatchHandler, text: str, written) -> None:
     """`text` once straight to `handler` (`info`) and once through logging, in one loop iteration; `written()`
     is what the handler has written so far."""
     async def main() -> None:
@@ -92,8 +93,8 @@ def _direct_and_logged(logger: logging.Logger, handler: logsink.IterationHandler
         try:
             logsink.info(logger, text)
             logger.info("%s", text)
-            assert not written()            # both wait for the end of the iteration
-            await asyncio.sleep(0)
+            assert not written()            # both wait for the batch's write
+            await asyncio.sleep(logsink.HOLD * 3)
         finally:
             logsink.route_lines([])
 
