@@ -166,7 +166,7 @@ def run(path: str, switches: Switches = Switches()) -> int:
     user = switches.user or config.get("user")
     try:
         if config.get("workers") > 1:
-            return Supervisor(config, user, lambda worker: serve_process(config, user, worker)).run()
+            return Supervisor(config, user, lambda worker, given: serve_process(given, user, worker)).run()
         return serve_process(config, user)
     except OSError as exc:         # the supervisor could not bind the Unix socket
         log.error("cannot start: %s", exc)

@@ -101,9 +101,9 @@ def make_run_dir(count: int, user: str) -> str:
 class Supervisor:
     """Starts the workers, replaces those that die, passes signals on; `run` returns the exit status."""
 
-    def __init__(self, config: Config, user: str, work: Callable[[Worker], int]):
+    def __init__(self, config: Config, user: str, work: Callable[[Worker, Config], int]):
         self.config = config
-        self.logfile = config.get("logfile")     # where the supervisor's own lines go (SIGHUP may move them)
+        self.latest = config        # the config file as last read (SIGHUP, a new worker), for new workers
         self.count = config.get("workers")
         self.work = work
         self.run_dir = make_run_dir(self.count, user)
@@ -132,15 +132,16 @@ class Supervisor:
         log.info("all workers stopped")
         return self.status
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, replacing: bool = False) -> None:
         worker = Worker(index, self.count, self.run_dir, self.unix_socket, self.config.get("peer_id") or 1)
+        config = self._config_now() if replacing else self.latest
         pid = os.fork()
         if pid == 0:
             for signum in FORWARDED:
                 signal.signal(signum, signal.SIG_DFL)
             status = 70
             try:
-                status = self.work(worker)
+                status = self.work(worker, config)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -165,7 +166,7 @@ class Supervisor:
         if time.monotonic() - started < RESTART_DELAY:
             time.sleep(RESTART_DELAY)
         if not self.stopping:
-            self._start(index)
+            self._start(index, replacing=True)
 
     def _signal(self, signum: int, _frame) -> None:
         if signum in STOPPING:
@@ -179,12 +180,18 @@ class Supervisor:
         """SIGHUP: the workers reload the config and reopen their logfile, and the supervisor's own lines follow
         them, to a new file of the same name after logrotate, or to a new `logfile`. A config that does not load
         leaves the path as it was: the workers keep their config too, and say why."""
+        logsink.reopen_logfile(self._config_now(quiet=True).get("logfile"))
+
+    def _config_now(self, quiet: bool = False) -> Config:
+        """The config file as it is now: what the other workers serve since their last RELOAD, SIGHUP or config
+        watch, so what a new worker starts with (changes made with SET live in the workers' memory only). When
+        the file no longer loads, the last config that did, as the workers keep theirs."""
         try:
-            path = load_config(self.config.path).get("logfile")
-        except (ConfigError, OSError):
-            path = self.logfile
-        self.logfile = path
-        logsink.reopen_logfile(path)
+            self.latest = load_config(self.config.path)
+        except (ConfigError, OSError) as exc:
+            if not quiet:
+                log.warning("config file not read, the new worker starts with the one read before: %s", exc)
+        return self.latest
 
     def _stop(self, signum: int | None = None) -> None:
         """No more workers; the supervisor's copy of the Unix socket goes, so it stops taking connections."""

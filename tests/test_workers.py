@@ -253,3 +253,35 @@ def test_sighup_reopens_the_supervisors_logfile_too(pooler_factory, tmp_path):
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: "killed by signal 9" in logfile.read_text(), message="the supervisor's line in the new file")
     assert "killed by signal 9" not in rotated.read_text()
+
+
+def _pool_sizes_seen(pooler, tries: int = 24) -> set[str]:
+    """default_pool_size as the workers answer it, over new console sessions (the kernel spreads them)."""
+    seen = set()
+    for _ in range(tries):
+        with console(pooler) as con:
+            seen.add({row["key"]: row["value"] for row in show(con, "CONFIG")}["default_pool_size"])
+    return seen
+
+
+def test_a_new_worker_reads_the_config_file_as_it_is_then(pooler_factory):
+    """A worker started in place of a dead one serves the config file as it is now (what the others would serve
+    after a RELOAD), not the one the pooler was started with; a file that no longer loads leaves it the last
+    one that did."""
+    pooler = start_workers(pooler_factory, default_pool_size=5)
+    pooler.settings["default_pool_size"] = "9"
+    pooler.write_config()                   # no RELOAD: the running workers keep 5
+    victim = worker_pids(pooler)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(worker_pids(pooler)) == WORKERS and victim not in worker_pids(pooler),
+             message="a new worker")
+    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS,
+             message="the new worker to listen")
+    assert _pool_sizes_seen(pooler) == {"5", "9"}
+    pooler.config_path.write_text("[pgbouncer]\ndefault_pool_size = many\n")
+    victim = worker_pids(pooler)[0]
+    os.kill(victim, signal.SIGKILL)
+    pooler.wait_log("the new worker starts with the one read before")
+    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS + 1,
+             message="another new worker to listen")
+    assert "9" in _pool_sizes_seen(pooler)
