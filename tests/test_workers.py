@@ -159,14 +159,20 @@ def _refused(pooler) -> bool:
     return False
 
 
-def test_a_killed_worker_is_replaced(pooler_factory):
-    pooler = start_workers(pooler_factory)
+def kill_a_worker(pooler, replaced_before: int = 0) -> None:
+    """SIGKILL one worker; return once a new one has taken its place and listens (`replaced_before`: how many
+    workers this pooler replaced already)."""
     victim = worker_pids(pooler)[0]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(worker_pids(pooler)) == WORKERS and victim not in worker_pids(pooler),
              message="a new worker")
-    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS,
+    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS + replaced_before,
              message="the new worker to listen")
+
+
+def test_a_killed_worker_is_replaced(pooler_factory):
+    pooler = start_workers(pooler_factory)
+    kill_a_worker(pooler)
     for _ in range(8):
         with psycopg.connect(pooler.dsn(), autocommit=True) as client:
             assert client.execute("SELECT 1").fetchone() == (1,)
@@ -271,17 +277,9 @@ def test_a_new_worker_reads_the_config_file_as_it_is_then(pooler_factory):
     pooler = start_workers(pooler_factory, default_pool_size=5)
     pooler.settings["default_pool_size"] = "9"
     pooler.write_config()                   # no RELOAD: the running workers keep 5
-    victim = worker_pids(pooler)[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(worker_pids(pooler)) == WORKERS and victim not in worker_pids(pooler),
-             message="a new worker")
-    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS,
-             message="the new worker to listen")
+    kill_a_worker(pooler)
     assert _pool_sizes_seen(pooler) == {"5", "9"}
     pooler.config_path.write_text("[pgbouncer]\ndefault_pool_size = many\n")
-    victim = worker_pids(pooler)[0]
-    os.kill(victim, signal.SIGKILL)
-    pooler.wait_log("the new worker starts with the one read before")
-    wait_for(lambda: pooler.log_text().count(f"listening on 127.0.0.1:{pooler.port}") > WORKERS + 1,
-             message="another new worker to listen")
+    kill_a_worker(pooler, replaced_before=1)
+    assert "the new worker starts with the one read before" in pooler.log_text()
     assert "9" in _pool_sizes_seen(pooler)
