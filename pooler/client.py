@@ -843,7 +843,8 @@ class Client:
             if other is not None:
                 return f"C-0x{address:x}: {dbname}/{user}@{other}"
         ip = self.peer_ip4      # the whole prefix in one string, from the C fields
-        return f"C-0x{address:x}: {dbname}/{user}@{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{self.peer_port}"
+        return (f"C-0x{address:x}: {dbname}/{user}@"
+                f"{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}:{self.peer_port}")
 
     def log_login(self) -> None:
         """log_connections: PgBouncer's `login attempt: db=… user=… tls=…` line (a line per connection: read
