@@ -104,6 +104,8 @@ def apply_config(app: "Pooler", new: Config, contexts: tls.Contexts | None = Non
         resize_statement_caches(app, new.get("max_prepared_statements"))
     for message in messages:
         log.info("%s", message)
+    if app.worker is not None:
+        app.worker.keep_running_settings(new)
     return messages
 
 

@@ -113,6 +113,8 @@ def change_user(name: str) -> None:
 
 async def serve(config, user: str = "", worker: Worker | None = None) -> None:
     app = Pooler(config, worker)
+    if worker is not None:
+        worker.keep_running_settings(config)
     await app.listen()
     http = await endpoints.start(app)
     if user:

@@ -10,10 +10,13 @@ in a private run directory, where its siblings forward the cancels meant for it 
 A worker that exits 0 was told to stop (SHUTDOWN, SIGTERM): it is not replaced, and once one has, none is. A
 worker that cannot start (exit 1: a port in use, a bad certificate) stops the whole pooler, since its
 replacement would fail alike. Any other end (a crash, SIGKILL, the OOM killer) is replaced at once, or after
-RESTART_DELAY when the worker had not lived that long.
+RESTART_DELAY when the worker had not lived that long. The new worker runs the settings the others run (with what
+SET changed, such as the autotuner's pool sizes), which they keep in the run directory (RUNNING_SETTINGS).
 """
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 import pwd
@@ -27,11 +30,13 @@ from typing import Callable
 
 from . import logsink, sockopts, systemd
 from .config import Config, ConfigError, PeerEntry, load_config
+from .settings import MAITRED_SETTINGS, SETTINGS
 
 log = logging.getLogger("maitred")
 
 CANNOT_START = 1
 RESTART_DELAY = 1.0
+RUNNING_SETTINGS = "running-settings.json"      # in the run directory (Worker.keep_running_settings)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
@@ -69,6 +74,45 @@ class Worker:
     def sibling_peers(self, port: int) -> list[PeerEntry]:
         return [self.peer(self.first_peer_id + k - 1, port) for k in self.siblings()]
 
+    def keep_running_settings(self, config: Config) -> None:
+        """Leave the reloadable settings this worker runs (at its start, and after each RELOAD, SIGHUP, config
+        watch or SET, which every worker applies alike) where the supervisor reads them for a worker it starts
+        in place of a dead one. Plain values in JSON, which the supervisor checks against the catalogue: it may
+        run as root, the workers as `user`. Written to a file of this worker's, then renamed over the shared
+        one, so that a reader never sees half of it."""
+        running = {name: config.get(name) for name in _RELOADABLE}
+        path = os.path.join(self.run_dir, RUNNING_SETTINGS)
+        own = f"{path}.{self.index}"
+        try:
+            with open(own, "w") as f:
+                json.dump(running, f)
+            os.replace(own, path)
+        except OSError as exc:
+            log.warning("worker %d: running settings not kept for a replacement worker: %s", self.index, exc)
+
+
+_RELOADABLE = {name: s for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if s.reloadable}
+_JSON_TYPES = {"int": int, "float_seconds": (int, float), "bool": bool, "enum": str, "str": str, "path": str,
+               "list": list}
+
+
+def with_running_settings(config: Config, running: dict) -> list[str]:
+    """Put the workers' running settings (as keep_running_settings wrote them) into `config`, which the file
+    gave; the names of those that differ. A name or value that is not a reloadable setting's is left out."""
+    changed = []
+    for name, value in running.items():
+        setting = _RELOADABLE.get(name)
+        if setting is None or not isinstance(value, _JSON_TYPES[setting.kind]) or \
+                (setting.kind == "int" and isinstance(value, bool)):
+            continue
+        if setting.kind == "list":
+            value = tuple(str(item) for item in value)
+        section = config.settings if name in config.settings else config.maitred
+        if section[name] != value:
+            section[name] = value
+            changed.append(name)
+    return changed
+
 
 def bind_unix_socket(config: Config) -> socket.socket | None:
     """The pooler's Unix socket, as Pooler.listen makes it, bound once for all workers."""
@@ -103,7 +147,7 @@ class Supervisor:
 
     def __init__(self, config: Config, user: str, work: Callable[[Worker, Config], int]):
         self.config = config
-        self.latest = config        # the config file as last read (SIGHUP, a new worker), for new workers
+        self.latest = config        # the config file as last read (SIGHUP, a new worker)
         self.count = config.get("workers")
         self.work = work
         self.run_dir = make_run_dir(self.count, user)
@@ -134,7 +178,7 @@ class Supervisor:
 
     def _start(self, index: int, replacing: bool = False) -> None:
         worker = Worker(index, self.count, self.run_dir, self.unix_socket, self.config.get("peer_id") or 1)
-        config = self._config_now() if replacing else self.latest
+        config = self._replacement_config() if replacing else self.latest
         pid = os.fork()
         if pid == 0:
             for signum in FORWARDED:
@@ -182,10 +226,25 @@ class Supervisor:
         leaves the path as it was: the workers keep their config too, and say why."""
         logsink.reopen_logfile(self._config_now(quiet=True).get("logfile"))
 
+    def _replacement_config(self) -> Config:
+        """What a worker started in place of a dead one runs: the settings the other workers run, and the
+        databases, users and peers of the config file as it is now (what the others serve since their last
+        RELOAD, SIGHUP or config watch, unless the file was changed since without one)."""
+        config = copy.deepcopy(self._config_now())
+        try:
+            with open(os.path.join(self.run_dir, RUNNING_SETTINGS)) as f:
+                running = json.load(f)
+        except (OSError, ValueError) as exc:
+            log.warning("the workers' running settings not read, the new worker takes the file's: %s", exc)
+            return config
+        changed = with_running_settings(config, running if isinstance(running, dict) else {})
+        if changed:
+            log.info("the new worker runs the other workers' %s, not the file's", ", ".join(sorted(changed)))
+        return config
+
     def _config_now(self, quiet: bool = False) -> Config:
-        """The config file as it is now: what the other workers serve since their last RELOAD, SIGHUP or config
-        watch, so what a new worker starts with (changes made with SET live in the workers' memory only). When
-        the file no longer loads, the last config that did, as the workers keep theirs."""
+        """The config file as it is now; when it no longer loads, the last one that did, as the workers keep
+        theirs."""
         try:
             self.latest = load_config(self.config.path)
         except (ConfigError, OSError) as exc:

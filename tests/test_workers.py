@@ -11,6 +11,8 @@ import psycopg
 import pytest
 
 from maitred.local.postgres import free_port
+from pooler.config import load_config
+from pooler.workers import with_running_settings
 from tests.support import run_threads, server_connections, wait_for
 from tests.test_admin import USERS, console, show
 from tests.test_cancel import cancel_from_another_thread
@@ -270,16 +272,39 @@ def _pool_sizes_seen(pooler, tries: int = 24) -> set[str]:
     return seen
 
 
-def test_a_new_worker_reads_the_config_file_as_it_is_then(pooler_factory):
-    """A worker started in place of a dead one serves the config file as it is now (what the others would serve
-    after a RELOAD), not the one the pooler was started with; a file that no longer loads leaves it the last
-    one that did."""
+def test_a_new_worker_runs_the_settings_the_others_run(pooler_factory):
+    """A worker started in place of a dead one runs what the others run: a SET (the autotuner's pool sizes) is not
+    lost with the dead worker, nor a file changed without RELOAD served by one worker only; after a RELOAD
+    all run the file. A file that no longer loads leaves it the settings the others run."""
     pooler = start_workers(pooler_factory, default_pool_size=5)
     pooler.settings["default_pool_size"] = "9"
     pooler.write_config()                   # no RELOAD: the running workers keep 5
     kill_a_worker(pooler)
-    assert _pool_sizes_seen(pooler) == {"5", "9"}
-    pooler.config_path.write_text("[pgbouncer]\ndefault_pool_size = many\n")
+    assert _pool_sizes_seen(pooler) == {"5"}
+    with console(pooler) as con:
+        con.execute("SET default_pool_size = 7")
     kill_a_worker(pooler, replaced_before=1)
+    assert _pool_sizes_seen(pooler) == {"7"}
+    assert "the new worker runs the other workers' default_pool_size, not the file's" in pooler.log_text()
+    with console(pooler) as con:
+        con.execute("RELOAD")
+    assert _pool_sizes_seen(pooler) == {"9"}
+    pooler.config_path.write_text("[pgbouncer]\ndefault_pool_size = many\n")
+    kill_a_worker(pooler, replaced_before=2)
     assert "the new worker starts with the one read before" in pooler.log_text()
-    assert "9" in _pool_sizes_seen(pooler)
+    assert _pool_sizes_seen(pooler) == {"9"}
+
+
+def test_a_new_worker_takes_only_reloadable_settings_of_their_kind_from_the_run_directory(tmp_path):
+    """The supervisor may run as root and the workers as `user`: what it reads from them is checked, and a name
+    that is no reloadable setting, or a value not of its kind, is left out."""
+    path = tmp_path / "pooler.ini"
+    path.write_text("[databases]\napp = host=127.0.0.1\n[pgbouncer]\ndefault_pool_size = 5\n")
+    config = load_config(str(path))
+    running = {"default_pool_size": 7, "listen_port": 1, "min_pool_size": "3", "query_timeout": 2,
+               "ignore_startup_parameters": ["extra_float_digits"], "log_connections": 0, "no_such": 1}
+    assert with_running_settings(config, running) == ["default_pool_size", "query_timeout",
+                                                      "ignore_startup_parameters"]
+    assert config.get("default_pool_size") == 7 and config.get("listen_port") == 6432
+    assert config.get("ignore_startup_parameters") == ("extra_float_digits",)
+    assert config.get("min_pool_size") == 0 and config.get("log_connections") is True
