@@ -26,6 +26,7 @@ from pooler.settings import (
     UNSUPPORTED_CHOICES,
     USER_KEYS,
     Setting,
+    inert,
 )
 
 MAX_INCLUDE_DEPTH = 10
@@ -378,6 +379,8 @@ def load_config(path: str | Path) -> Config:
                     values[key] = parse_value(known[key], raw)
                 except ValueError as exc:
                     raise ConfigError(f"invalid value for {key}: {exc}", file, line, key) from None
+                if values[key] != known[key].default and inert(known[key]):
+                    config.warnings.append(f"{file}:{line}: {inert(known[key])}")
     config.settings["conffile"] = config.settings["conffile"] or path
     _check_peering(config)
     return config

@@ -16,7 +16,7 @@ from .client import ACTIVE
 from .config import RESERVED_DATABASE, Config, load_config, parse_value
 from .login import LoginRules
 from .objects import Limits
-from .settings import MAITRED_SETTINGS, SETTINGS
+from .settings import MAITRED_SETTINGS, SETTINGS, inert
 
 if TYPE_CHECKING:
     from .app import Pooler
@@ -151,7 +151,7 @@ def set_setting(app: "Pooler", key: str, raw: str) -> str | None:
         apply_config(app, new)
         if key == "logfile":
             logsink.reopen_logfile(value)
-        return None
+        return inert(setting) or None
     try:
         contexts = tls.build(new)
     except tls.TLSConfigError as exc:
@@ -159,7 +159,7 @@ def set_setting(app: "Pooler", key: str, raw: str) -> str | None:
         apply_config(app, new, app.tls)
         return TLS_KEPT
     apply_config(app, new, contexts)
-    return None
+    return inert(setting) or None
 
 
 # -- pools -------------------------------------------------------------------------------------------------

@@ -85,8 +85,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "At login, append ' - ' and the client's address and port to its application_name ('app' when it gave "
        "none), as PgBouncer does; a later SET is left as it is."),
     _S("conffile", "path", "", "Config file to read on RELOAD; defaults to the file given on the command line."),
-    _S("service_name", "str", "pgbouncer", NO_EFFECT + " (Windows service name.)", reloadable=False),
-    _S("job_name", "str", "pgbouncer", NO_EFFECT + " (Alias of service_name.)", reloadable=False),
+    _S("service_name", "str", "pgbouncer", NO_EFFECT + " (A Windows service name: maitred runs no Windows service.)", reloadable=False),
+    _S("job_name", "str", "pgbouncer", NO_EFFECT + " (An alias of service_name: maitred runs no Windows service.)", reloadable=False),
     _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
     _S("max_prepared_statements", "int", 200,
        "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
@@ -148,8 +148,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "lacks reconnect as they are released."),
     _S("dns_nxdomain_ttl", "float_seconds", 15.0,
        "How long a failed lookup of a server host name is kept: new server connections fail at once meanwhile."),
-    _S("dns_zone_check_period", "float_seconds", 0.0, NO_EFFECT + " (DNS zone serial polling.)"),
-    _S("resolv_conf", "path", "", NO_EFFECT + " (Custom resolv.conf.)", reloadable=False),
+    _S("dns_zone_check_period", "float_seconds", 0.0, NO_EFFECT + " (DNS zone serial polling: maitred looks host names up through the system's resolver, again once dns_max_ttl has passed.)"),
+    _S("resolv_conf", "path", "", NO_EFFECT + " (A resolv.conf of its own: maitred looks host names up through the system's resolver, which reads /etc/resolv.conf.)", reloadable=False),
     _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),
     _S("login_notify_message", "str", "", "Notice sent to a client after login; empty sends none."),
     # TLS
@@ -162,7 +162,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
     _S("client_tls13_ciphers", "str", "", "Refused unless empty: TLS 1.3 suites are always OpenSSL's defaults.",
        refused=TLS13_REFUSED),
     _S("client_tls_ecdhcurve", "str", "auto", "ECDH curve for clients: none, auto or a curve name."),
-    _S("client_tls_dheparams", "str", "auto", NO_EFFECT + " (DHE parameters.)"),
+    _S("client_tls_dheparams", "str", "auto", NO_EFFECT + " (DHE parameters: OpenSSL's defaults are used.)"),
     _S("server_tls_sslmode", "enum", "prefer", "TLS for server connections.", choices=SSLMODES),
     _S("server_tls_ca_file", "path", "", "CA bundle that validates server certificates."),
     _S("server_tls_key_file", "path", "", "Private key presented to servers."),
@@ -184,7 +184,7 @@ SETTINGS: dict[str, Setting] = _catalogue(
        reloadable=False),
     _S("max_packet_size", "int", 2147483647, "Largest protocol message accepted, in bytes."),
     _S("listen_backlog", "int", 128, "Backlog of listen(2).", reloadable=False),
-    _S("sbuf_loopcnt", "int", 5, NO_EFFECT + " (libevent fairness knob.)"),
+    _S("sbuf_loopcnt", "int", 5, NO_EFFECT + " (A libevent fairness knob: maitred's event loop has no per-socket read budget.)"),
     _S("so_reuseport", "bool", False, "Set SO_REUSEPORT so several processes share the port.", reloadable=False),
     # The tcp_* settings hold for client and server TCP connections (pooler/sockopts.py); RELOAD and SET apply
     # them to the connections made next.
@@ -277,3 +277,13 @@ USER_KEYS: dict[str, Setting] = _catalogue(
     _S("transaction_timeout", "float_seconds", None, "Overrides transaction_timeout."),
     _S("client_idle_timeout", "float_seconds", None, "Overrides client_idle_timeout."),
 )
+
+
+def inert(setting: Setting) -> str:
+    """A setting accepted for PgBouncer's config files that does nothing in maitred: `NAME has no effect in
+    maitred (why)`, "" for any other. Set to other than its default, it is a warning at load and RELOAD, and a
+    notice on SET."""
+    if not setting.doc.startswith(NO_EFFECT):
+        return ""
+    why = setting.doc[len(NO_EFFECT):].strip().removeprefix("(").removesuffix(")").rstrip(".")
+    return f"{setting.name} has no effect in maitred ({why})"

@@ -451,6 +451,23 @@ def test_reload_applies_the_edited_file_and_a_broken_one_is_refused(pooler_facto
         assert row(show(con, "CONFIG"), key="default_pool_size")["value"] == "7"
 
 
+def test_a_setting_with_no_effect_in_maitred_says_so_at_reload_and_on_set(pooler_factory):
+    """resolv_conf, pkt_buf and the other settings kept for PgBouncer's config files change nothing: a value other
+    than the default is a warning in the log at load and RELOAD, and SET answers with a notice."""
+    pooler = start(pooler_factory)
+    with console(pooler) as con:
+        notices = []
+        con.add_notice_handler(lambda n: notices.append(n.message_primary))
+        assert con.execute("SET dns_zone_check_period = 60").statusmessage == "SET dns_zone_check_period=60"
+        assert notices == ["dns_zone_check_period has no effect in maitred (DNS zone serial polling: maitred looks "
+                           "host names up through the system's resolver, again once dns_max_ttl has passed)"]
+        pooler.settings["sbuf_loopcnt"] = 10
+        pooler.write_config()
+        con.execute("RELOAD")
+    pooler.wait_log(f"{pooler.config_path}:")
+    assert "sbuf_loopcnt has no effect in maitred (A libevent fairness knob" in pooler.log_text()
+
+
 def test_shutdown_ends_the_process(pooler_factory):
     pooler = start(pooler_factory, expect_alive=False)
     client = psycopg.connect(pooler.dsn(), autocommit=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pooler.config import ConfigError, load_config, parse_value
-from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, NO_EFFECT, PEER_KEYS, SETTINGS, USER_KEYS
+from pooler.settings import DATABASE_KEYS, MAITRED_SETTINGS, NO_EFFECT, PEER_KEYS, SETTINGS, USER_KEYS, inert
 from tests.support import require_binary
 
 
@@ -261,6 +261,16 @@ def test_an_unknown_setting_is_a_warning_naming_file_line_and_key(tmp_path):
     ]
 
 
+def test_a_setting_with_no_effect_in_maitred_is_a_warning_unless_left_at_its_default(tmp_path):
+    config = load(tmp_path, "[pgbouncer]\nresolv_conf = /etc/other.conf\ndns_zone_check_period = 0\npkt_buf = 8192\n")
+    assert config.get("resolv_conf") == "/etc/other.conf"
+    assert config.warnings == [
+        f"{tmp_path / 'pooler.ini'}:2: resolv_conf has no effect in maitred (A resolv.conf of its own: maitred "
+        "looks host names up through the system's resolver, which reads /etc/resolv.conf)",
+        f"{tmp_path / 'pooler.ini'}:4: pkt_buf has no effect in maitred (maitred forwards what each read brings, "
+        "of any size)"]
+
+
 def test_an_unknown_section_is_one_warning_and_its_keys_are_ignored(tmp_path):
     config = load(tmp_path, "[fleet]\n1 = host=/tmp/a\n2 = host=/tmp/b\n[pgbouncer]\nlisten_port = 7000\n")
     assert config.get("listen_port") == 7000
@@ -446,11 +456,14 @@ def test_debians_shipped_pgbouncer_ini_loads_without_warnings(debian_ini):
     assert config.get("auth_file") == "/etc/pgbouncer/userlist.txt"
 
 
-def test_every_setting_commented_out_in_debians_pgbouncer_ini_loads_without_warnings(tmp_path, debian_ini):
+def test_every_setting_commented_out_in_debians_pgbouncer_ini_loads_warning_only_of_what_does_nothing(tmp_path,
+                                                                                               debian_ini):
+    """Its example of resolv_conf names a file of its own, which maitred's resolver never reads: said, not refused."""
     text = debian_ini.read_text().split("[pgbouncer]", 1)[1]
     examples = [line[1:] for line in text.splitlines() if re.match(r";[a-z0-9_]+ *=", line)]
     assert len(examples) > 50
-    assert load(tmp_path, "[pgbouncer]\n" + "\n".join(examples)).warnings == []
+    warnings = load(tmp_path, "[pgbouncer]\n" + "\n".join(examples)).warnings
+    assert [w.split(": ", 1)[1] for w in warnings] == [inert(SETTINGS["resolv_conf"])]
 
 
 def test_the_pgbouncer_docs_example_loads(tmp_path):
