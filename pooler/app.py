@@ -22,7 +22,6 @@ from .protocol import cancel_request
 from .registry import Clients
 from .resolver import Resolver
 from .session import tracked_params
-from .siblings import SiblingClient
 from .tls import build as build_tls
 from .userlist import load_userlist
 
@@ -278,6 +277,7 @@ class Pooler:
             path = self.worker.socket_path(self.worker.index, port)
             if os.path.exists(path):
                 os.unlink(path)
+            from .siblings import SiblingClient      # here: siblings imports client, which cimports this module
             self.peer_listener = await self.loop.create_unix_server(lambda: SiblingClient(self), path,
                                                                     backlog=backlog)
             os.chmod(path, 0o777)       # the run directory, 0700, is what keeps others out
@@ -306,6 +306,7 @@ class Pooler:
 
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
+        from .siblings import SiblingClient      # here, as in listen
         if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
             logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 

@@ -3,6 +3,7 @@ from pooler.session cimport param_key
 from pooler.server cimport Server
 from pooler.objects cimport Pool
 from pooler.logsink cimport info
+from pooler.app cimport Pooler
 
 cdef bytearray EXTENDED, FRONTEND_TYPES
 
@@ -10,7 +11,7 @@ cdef bytearray EXTENDED, FRONTEND_TYPES
 cpdef unsigned int _ip4(str host)
 
 cdef class Client:
-    cdef public object app
+    cdef public Pooler app
     cdef public object transport
     cdef public int state
     cdef public Pool pool

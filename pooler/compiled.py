@@ -10,13 +10,14 @@ import importlib.util
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-# The relay: compiled with the C types of their .pxd files, which cimport each other's.
-HOT_MODULES = ("objects", "server", "client")
+# The relay, and the pooler state and login settings a login and a logout read: compiled with the C types of
+# their .pxd files, which cimport each other's.
+HOT_MODULES = ("objects", "server", "client", "app", "login")
 # The rest of a login and a logout (a connection per transaction runs them all): compiled as they are, without
 # types, which takes the interpreter's dispatch out of their calls (bench/README.md, "A compiled hot path"), but
 # for the connection lines' path in logsink and param_key in session, typed in their .pxd files.
-UNTYPED_MODULES = ("app", "logsink", "session", "protocol", "config", "identity", "registry", "login",
-                   "counters", "tls", "access")
+UNTYPED_MODULES = ("logsink", "session", "protocol", "config", "identity", "registry", "counters", "tls",
+                   "access")
 COMPILED_MODULES = HOT_MODULES + UNTYPED_MODULES
 REBUILD = "scripts/build-hotpath.sh"
 PACKAGE = Path(__file__).parent
@@ -24,7 +25,7 @@ PACKAGE = Path(__file__).parent
 
 def build_problems(package: Path = PACKAGE) -> list[str]:
     """What is wrong with the checkout's built modules: one older than its .py (or, for a hot module, a hot .pxd),
-    or only some of them built (the hot three cimport each other's types, so they work only together; the rest
+    or only some of them built (the hot modules cimport each other's types, so they work only together; the rest
     are built with them). None outside a checkout (no setup.py next to the package): an install's file times
     mean nothing."""
     if not (package.parent / "setup.py").exists():
@@ -32,7 +33,7 @@ def build_problems(package: Path = PACKAGE) -> list[str]:
     found, unbuilt = [], []
     pxds = [package / f"{m}.pxd" for m in HOT_MODULES]
     for name in COMPILED_MODULES:
-        # A module's own .pxd types it; one of the hot three's reaches all three.
+        # A module's own .pxd types it; one of the hot modules' reaches them all.
         own = [package / f"{name}.py", package / f"{name}.pxd"]
         sources = [p for p in dict.fromkeys(own + (pxds if name in HOT_MODULES else [])) if p.exists()]
         built = [package / f"{name}{suffix}" for suffix in EXTENSION_SUFFIXES if (package / f"{name}{suffix}").exists()]

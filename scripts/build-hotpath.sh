@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:-.venv/bin/python}"
 
-# The hot three cimport each other's types and work only together, and the set is built as a whole: any
+# The hot modules cimport each other's types and work only together, and the set is built as a whole: any
 # missing or stale, all are rebuilt, and removed first so that a failed build leaves the pure-Python modules
 # rather than a stale or partial set. The names are COMPILED_MODULES in pooler/compiled.py.
 modules=$(sed -n '/^HOT_MODULES = (/,/^COMPILED_MODULES/p' pooler/compiled.py | grep -v "^#" | grep -o '"[a-z_]*"' | tr -d '"')

@@ -134,6 +134,7 @@ def test_cancel_for_an_idle_client_does_not_touch_the_server_it_used(pooler_fact
 
 def test_cancel_keys_stay_distinct_past_one_block_of_randomness(tmp_path):
     from pooler.app import Pooler
+    from pooler.client import Client
     from pooler.config import load_config
 
     ini = tmp_path / "pooler.ini"
@@ -141,7 +142,7 @@ def test_cancel_keys_stay_distinct_past_one_block_of_randomness(tmp_path):
 
     async def keys() -> list[int]:
         app = Pooler(load_config(ini))
-        return [app.register_cancel_key(object()) for _ in range(2000)]
+        return [app.register_cancel_key(Client(app)) for _ in range(2000)]
 
     handed = asyncio.run(keys())
     assert len(set(handed)) == len(handed)

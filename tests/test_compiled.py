@@ -63,7 +63,7 @@ def test_an_up_to_date_build_is_not_stale(tmp_path):
 
 
 @pytest.mark.parametrize("edited, stale", [("client.py", ["client"]), ("app.py", ["app"]),
-                                           ("objects.pxd", ["objects", "server", "client"]),
+                                           ("objects.pxd", ["objects", "server", "client", "app", "login"]),
                                            ("logsink.pxd", ["logsink"])])
 def test_a_source_edited_after_the_build_makes_its_built_modules_stale(tmp_path, edited, stale):
     package = scratch_tree(tmp_path) / "pooler"
