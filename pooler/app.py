@@ -307,13 +307,13 @@ class Pooler:
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
         from .siblings import SiblingClient      # here, as in listen
-        if self.log_connections and logger.isEnabledFor(logging.INFO) and type(conn) is not SiblingClient:
+        if self.log_connections and logsink.info_enabled(logger) and type(conn) is not SiblingClient:
             logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
     def log_closing(self, logger: logging.Logger, server, reason: str) -> None:
         """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line about a server (a client
         writes its own: Client.log_closing)."""
-        if self.log_disconnections and logger.isEnabledFor(logging.INFO):
+        if self.log_disconnections and logsink.info_enabled(logger):
             logsink.info(logger, f"{server.describe()} closing because: {reason} "
                                  f"(age={int(self.now() - server.connected_at)}s)")    # %d's truncation
 

@@ -2,7 +2,7 @@ cimport cython
 from pooler.session cimport param_key
 from pooler.server cimport Server
 from pooler.objects cimport Pool
-from pooler.logsink cimport info
+from pooler.logsink cimport info, info_enabled
 from pooler.app cimport Pooler
 
 cdef bytearray EXTENDED, FRONTEND_TYPES

@@ -22,7 +22,7 @@ from .auth_query import LookupFailed
 from .prepare import EXTENDED, FRONTEND_TYPES, Tracker, client_data
 from .config import RESERVED_DATABASE
 from .login import RESTING, Login, LoginField
-from .logsink import info
+from .logsink import info, info_enabled
 from .counters import next_socket_id
 from .server import Server
 from .session import param_key, shared_params
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .objects import Pool
 
 log = logging.getLogger("maitred.client")
-_INFO = logging.INFO
 
 _unpack_int = struct.Struct("!I").unpack_from
 _Q, _S, _F, _X = 0x51, 0x53, 0x46, 0x58
@@ -494,7 +493,10 @@ class Client:
             self._login_data(b"")
 
     def _check_secret(self, secret: str | None, queried: bool = False) -> None:
-        method, rule = identity.choose(self)
+        method = self.app.rules.auth_type
+        rule = None
+        if method == "hba":      # else the method is auth_type's, without a call (identity.choose says the same)
+            method, rule = identity.choose(self)
         if method is None:
             self.fatal(protocol.PROTOCOL_VIOLATION, identity.LOGIN_REJECTED)
             return
@@ -849,12 +851,12 @@ class Client:
     def log_login(self) -> None:
         """log_connections: PgBouncer's `login attempt: db=… user=… tls=…` line (a line per connection: read
         and made here, in C calls when compiled, not through a Pooler method)."""
-        if self.app.log_connections and log.isEnabledFor(_INFO):
+        if self.app.log_connections and info_enabled(log):
             info(log, f"{self.describe()} login attempt: db={self.pool.name} user={self.user} tls={self.tls_info()}")
 
     def log_closing(self, reason: str) -> None:
         """log_disconnections: PgBouncer's `closing because: REASON (age=Ns)` line (a line per connection)."""
-        if self.app.log_disconnections and log.isEnabledFor(_INFO):
+        if self.app.log_disconnections and info_enabled(log):
             age = int(self.app.now() - self.connected_at)      # %d's truncation
             info(log, f"{self.describe()} closing because: {reason} (age={age}s)")
 

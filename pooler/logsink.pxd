@@ -32,5 +32,7 @@ cdef list _routes
 @cython.locals(written=Py_ssize_t)
 cpdef _write_all(int fd, bytes data)
 
+cpdef bint info_enabled(logger)
+
 @cython.locals(created=double, msecs=int, clock=Clock, batch=Batch)
 cpdef info(logger, str text)

@@ -224,6 +224,15 @@ def route_lines(handlers: list[logging.Handler]) -> None:
     _routes[:] = [(h.formatter.clock, h.batch) for h in handlers] if direct and handlers else []
 
 
+def info_enabled(logger: logging.Logger) -> bool:
+    """logger.isEnabledFor(INFO), from the answer logging keeps per logger once it has one (setLevel and
+    logging.disable clear it): each connection line asks, and the method is a Python-level call."""
+    if logger.disabled:
+        return False
+    answer = logger._cache.get(logging.INFO)
+    return logger.isEnabledFor(logging.INFO) if answer is None else answer
+
+
 def info(logger: logging.Logger, text: str) -> None:
     """An INFO line, exactly as logger.info("%s", text) writes it (the caller checked the level), without a
     LogRecord and logging's walk when the lines go to the pooler's own handlers only: PgBouncer logs a line per

@@ -153,3 +153,19 @@ def test_the_logfile_holds_the_utf8_bytes_of_its_lines_as_a_text_file_would(tmp_
     lines = written.decode("utf-8").splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == [text, text, "after the loop: ✓"]
     assert written.endswith("after the loop: ✓\n".encode("utf-8"))
+
+
+def test_info_enabled_answers_as_is_enabled_for_after_each_change_of_level():
+    logger = logging.getLogger("maitred.test.enabled")
+    try:
+        for change in (lambda: logger.setLevel(logging.WARNING), lambda: logger.setLevel(logging.DEBUG),
+                       lambda: logging.disable(logging.INFO), lambda: logging.disable(logging.NOTSET),
+                       lambda: setattr(logger, "disabled", True), lambda: setattr(logger, "disabled", False)):
+            change()
+            logger.isEnabledFor(logging.INFO)       # fills logging's cache, which info_enabled reads
+            assert logsink.info_enabled(logger) == (not logger.disabled and logger.isEnabledFor(logging.INFO))
+        logger.setLevel(logging.ERROR)
+        assert not logsink.info_enabled(logger)     # before logging's cache has an answer
+    finally:
+        logger.setLevel(logging.NOTSET)
+        logging.disable(logging.NOTSET)
