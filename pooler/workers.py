@@ -92,6 +92,7 @@ class Worker:
 
 
 _RELOADABLE = {name: s for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if s.reloadable}
+_FIXED = {name: s for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if not s.reloadable}
 _JSON_TYPES = {"int": int, "float_seconds": (int, float), "bool": bool, "enum": str, "str": str, "path": str,
                "list": list}
 
@@ -227,10 +228,13 @@ class Supervisor:
         logsink.reopen_logfile(self._config_now(quiet=True).get("logfile"))
 
     def _replacement_config(self) -> Config:
-        """What a worker started in place of a dead one runs: the settings the other workers run, and the
-        databases, users and peers of the config file as it is now (what the others serve since their last
-        RELOAD, SIGHUP or config watch, unless the file was changed since without one)."""
+        """What a worker started in place of a dead one runs: the settings the other workers run (those that
+        need a restart as the pooler started), and the databases, users and peers of the config file as it is
+        now (what the others serve since their last RELOAD, SIGHUP or config watch, unless the file was changed
+        since without one)."""
         config = copy.deepcopy(self._config_now())
+        for name, setting in _FIXED.items():      # what cannot change without a restart, as the others started
+            (config.settings if name in config.settings else config.maitred)[name] = self.config.get(name)
         try:
             with open(os.path.join(self.run_dir, RUNNING_SETTINGS)) as f:
                 running = json.load(f)

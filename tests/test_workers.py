@@ -274,10 +274,12 @@ def _pool_sizes_seen(pooler, tries: int = 24) -> set[str]:
 
 def test_a_new_worker_runs_the_settings_the_others_run(pooler_factory):
     """A worker started in place of a dead one runs what the others run: a SET (the autotuner's pool sizes) is not
-    lost with the dead worker, nor a file changed without RELOAD served by one worker only; after a RELOAD
-    all run the file. A file that no longer loads leaves it the settings the others run."""
+    lost with the dead worker, nor a file changed without RELOAD served by one worker only, nor a port changed
+    without a restart; after a RELOAD all run the file. A file that no longer loads leaves it the settings the
+    others run."""
     pooler = start_workers(pooler_factory, default_pool_size=5)
     pooler.settings["default_pool_size"] = "9"
+    pooler.settings["listen_port"] = free_port()      # needs a restart: the new worker listens where the others do
     pooler.write_config()                   # no RELOAD: the running workers keep 5
     kill_a_worker(pooler)
     assert _pool_sizes_seen(pooler) == {"5"}
