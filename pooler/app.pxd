@@ -1,6 +1,7 @@
 # The pooler process's state as C fields: a login and a logout read a score of them (a connection per transaction
-# runs both every time), each a struct load instead of a dictionary lookup by name; and the methods they call are
-# C calls. client.pxd cimports this, so app is built with the hot modules (compiled.py).
+# runs both every time), and a hand-off of a server several, each a struct load instead of a dictionary lookup by
+# name; and the methods they call are C calls. client.pxd, server.pxd and objects.pxd cimport this, so app is built
+# with the hot modules (compiled.py).
 from pooler.login cimport LoginRules
 from pooler.client cimport Client
 

@@ -10,8 +10,8 @@ import importlib.util
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-# The relay, and the pooler state and login settings a login and a logout read: compiled with the C types of
-# their .pxd files, which cimport each other's.
+# The relay, and the pooler state and login settings that a login, a logout and a hand-off read: compiled with
+# the C types of their .pxd files, which cimport each other's.
 HOT_MODULES = ("objects", "server", "client", "app", "login")
 # The rest of a login and a logout (a connection per transaction runs them all): compiled as they are, without
 # types, which takes the interpreter's dispatch out of their calls (bench/README.md, "A compiled hot path"), but

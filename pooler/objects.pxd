@@ -1,6 +1,7 @@
 cimport cython
 from pooler.client cimport Client
 from pooler.server cimport Server
+from pooler.app cimport Pooler
 
 
 cdef class Limits:
@@ -30,7 +31,7 @@ cdef class Stats:
 @cython.final
 cdef class Pool:
     cdef dict __dict__
-    cdef public object app
+    cdef public Pooler app
     cdef public object name
     cdef public object db
     cdef public object user

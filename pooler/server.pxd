@@ -2,6 +2,7 @@ cimport cython
 from pooler.session cimport param_key
 from pooler.client cimport Client
 from pooler.objects cimport Pool, Stats
+from pooler.app cimport Pooler
 
 cdef bytearray _READ
 
@@ -11,7 +12,7 @@ cdef inline Py_ssize_t _length(const unsigned char *data, Py_ssize_t pos) noexce
 @cython.final
 cdef class Server:
     cdef public Pool pool
-    cdef public object app
+    cdef public Pooler app
     cdef public object transport
     cdef public Client client
     cdef public object dedicated

@@ -126,7 +126,8 @@ def test_fifty_clients_share_five_servers_in_transaction_mode(pooler_factory, pg
     assert result.returncode == 0, result.stderr
     assert "number of failed transactions: 0 " in result.stdout
     assert int(re.search(r"number of transactions actually processed: (\d+)", result.stdout).group(1)) > 0
-    assert len(seen) > 10 and max(seen) <= 5, seen
+    # Some samples at least (each opens a connection to PostgreSQL: few when the machine is busy), none above 5.
+    assert len(seen) > 3 and max(seen) <= 5, seen
 
 
 @pytest.mark.parametrize("protocol", ["extended", "prepared-simple-mix"])
