@@ -306,8 +306,10 @@ class Pooler:
 
     def log_event(self, logger: logging.Logger, text: str, conn, *args: object) -> None:
         """log_connections: `text % args` about `conn`, built only when the line is logged."""
+        if not (self.log_connections and logsink.info_enabled(logger)):
+            return
         from .siblings import SiblingClient      # here, as in listen
-        if self.log_connections and logsink.info_enabled(logger) and type(conn) is not SiblingClient:
+        if type(conn) is not SiblingClient:
             logsink.info(logger, f"{conn.describe()} {text % args if args else text}")
 
     def log_closing(self, logger: logging.Logger, server, reason: str) -> None:

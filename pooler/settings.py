@@ -85,8 +85,10 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "At login, append ' - ' and the client's address and port to its application_name ('app' when it gave "
        "none), as PgBouncer does; a later SET is left as it is."),
     _S("conffile", "path", "", "Config file to read on RELOAD; defaults to the file given on the command line."),
-    _S("service_name", "str", "pgbouncer", NO_EFFECT + " (A Windows service name: maitred runs no Windows service.)", reloadable=False),
-    _S("job_name", "str", "pgbouncer", NO_EFFECT + " (An alias of service_name: maitred runs no Windows service.)", reloadable=False),
+    _S("service_name", "str", "pgbouncer", NO_EFFECT + " (A Windows service name: maitred runs no Windows service.)",
+       reloadable=False),
+    _S("job_name", "str", "pgbouncer", NO_EFFECT + " (An alias of service_name: maitred runs no Windows service.)",
+       reloadable=False),
     _S("stats_period", "int", 60, "Seconds between updates of the averages in SHOW STATS and the stats log line."),
     _S("max_prepared_statements", "int", 200,
        "Protocol-level prepared statements tracked per server in transaction/statement mode; 0 disables."),
@@ -148,8 +150,12 @@ SETTINGS: dict[str, Setting] = _catalogue(
        "lacks reconnect as they are released."),
     _S("dns_nxdomain_ttl", "float_seconds", 15.0,
        "How long a failed lookup of a server host name is kept: new server connections fail at once meanwhile."),
-    _S("dns_zone_check_period", "float_seconds", 0.0, NO_EFFECT + " (DNS zone serial polling: maitred looks host names up through the system's resolver, again once dns_max_ttl has passed.)"),
-    _S("resolv_conf", "path", "", NO_EFFECT + " (A resolv.conf of its own: maitred looks host names up through the system's resolver, which reads /etc/resolv.conf.)", reloadable=False),
+    _S("dns_zone_check_period", "float_seconds", 0.0,
+       NO_EFFECT + " (DNS zone serial polling: maitred looks host names up through the system's resolver, again "
+       "once dns_max_ttl has passed.)"),
+    _S("resolv_conf", "path", "",
+       NO_EFFECT + " (A resolv.conf of its own: maitred looks host names up through the system's resolver, which "
+       "reads /etc/resolv.conf.)", reloadable=False),
     _S("query_wait_notify", "int", 5, "Seconds a client waits in the queue before it is notified; 0 disables."),
     _S("login_notify_message", "str", "", "Notice sent to a client after login; empty sends none."),
     # TLS
@@ -184,7 +190,8 @@ SETTINGS: dict[str, Setting] = _catalogue(
        reloadable=False),
     _S("max_packet_size", "int", 2147483647, "Largest protocol message accepted, in bytes."),
     _S("listen_backlog", "int", 128, "Backlog of listen(2).", reloadable=False),
-    _S("sbuf_loopcnt", "int", 5, NO_EFFECT + " (A libevent fairness knob: maitred's event loop has no per-socket read budget.)"),
+    _S("sbuf_loopcnt", "int", 5,
+       NO_EFFECT + " (A libevent fairness knob: maitred's event loop has no per-socket read budget.)"),
     _S("so_reuseport", "bool", False, "Set SO_REUSEPORT so several processes share the port.", reloadable=False),
     # The tcp_* settings hold for client and server TCP connections (pooler/sockopts.py); RELOAD and SET apply
     # them to the connections made next.
