@@ -129,6 +129,10 @@ class Config:
         """The typed value of a [pgbouncer] or [maitred] setting."""
         return self.settings[name] if name in self.settings else self.maitred[name]
 
+    def set(self, name: str, value: object) -> None:
+        """Give a [pgbouncer] or [maitred] setting a typed value (SET, a replacement worker's settings)."""
+        (self.settings if name in self.settings else self.maitred)[name] = value
+
     def database_for(self, name: str) -> DatabaseEntry | None:
         """The entry a client asking for database `name` uses: its own, else the `*` fallback."""
         if name in self.databases:
@@ -379,8 +383,8 @@ def load_config(path: str | Path) -> Config:
                     values[key] = parse_value(known[key], raw)
                 except ValueError as exc:
                     raise ConfigError(f"invalid value for {key}: {exc}", file, line, key) from None
-                if values[key] != known[key].default and inert(known[key]):
-                    config.warnings.append(f"{file}:{line}: {inert(known[key])}")
+                if values[key] != known[key].default and (why := inert(known[key])):
+                    config.warnings.append(f"{file}:{line}: {why}")
     config.settings["conffile"] = config.settings["conffile"] or path
     _check_peering(config)
     return config

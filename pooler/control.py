@@ -146,7 +146,7 @@ def set_setting(app: "Pooler", key: str, raw: str) -> str | None:
     value = parse_value(setting, raw.strip())
     new = copy.deepcopy(app.config)
     new.warnings = []
-    (new.settings if key in new.settings else new.maitred)[key] = value
+    new.set(key, value)
     if key not in tls.CLIENT_SETTINGS + tls.SERVER_SETTINGS:
         apply_config(app, new)
         if key == "logfile":

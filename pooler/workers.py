@@ -92,7 +92,7 @@ class Worker:
 
 
 _RELOADABLE = {name: s for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if s.reloadable}
-_FIXED = {name: s for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if not s.reloadable}
+_FIXED = tuple(name for catalogue in (SETTINGS, MAITRED_SETTINGS) for name, s in catalogue.items() if not s.reloadable)
 _JSON_TYPES = {"int": int, "float_seconds": (int, float), "bool": bool, "enum": str, "str": str, "path": str,
                "list": list}
 
@@ -108,9 +108,8 @@ def with_running_settings(config: Config, running: dict) -> list[str]:
             continue
         if setting.kind == "list":
             value = tuple(str(item) for item in value)
-        section = config.settings if name in config.settings else config.maitred
-        if section[name] != value:
-            section[name] = value
+        if config.get(name) != value:
+            config.set(name, value)
             changed.append(name)
     return changed
 
@@ -233,8 +232,8 @@ class Supervisor:
         now (what the others serve since their last RELOAD, SIGHUP or config watch, unless the file was changed
         since without one)."""
         config = copy.deepcopy(self._config_now())
-        for name, setting in _FIXED.items():      # what cannot change without a restart, as the others started
-            (config.settings if name in config.settings else config.maitred)[name] = self.config.get(name)
+        for name in _FIXED:      # what cannot change without a restart, as the others started
+            config.set(name, self.config.get(name))
         try:
             with open(os.path.join(self.run_dir, RUNNING_SETTINGS)) as f:
                 running = json.load(f)
