@@ -54,6 +54,21 @@ PARTITIONS = _result(["n", "partstrat", "count"], [b"1", None, b"0"])
 ROW = _result(["abalance"], [b"0"])
 
 
+def welcome(buf: bytes, transport: asyncio.Transport) -> tuple[bool, bytes]:
+    """Read the start of a connection: refuse SSLRequest and GSSENCRequest, answer a StartupMessage with WELCOME.
+    Whether the StartupMessage came, and the bytes after what was read."""
+    while len(buf) >= 8:
+        length, code = struct.unpack_from("!II", buf)
+        if len(buf) < length:
+            break
+        buf = buf[length:]
+        if code not in (SSL_REQUEST, GSSENC_REQUEST):
+            transport.write(WELCOME)
+            return True, buf
+        transport.write(b"N")
+    return False, buf
+
+
 class Canned(asyncio.Protocol):
     """One client: a StartupMessage first (SSLRequest and GSSENCRequest refused), then typed messages."""
 
@@ -67,20 +82,9 @@ class Canned(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data
-        while True:
-            if not self.started:
-                if len(buf) < 8:
-                    break
-                length, code = struct.unpack_from("!II", buf)
-                if len(buf) < length:
-                    break
-                buf = buf[length:]
-                if code in (SSL_REQUEST, GSSENC_REQUEST):
-                    self.transport.write(b"N")
-                    continue
-                self.started = True
-                self.transport.write(WELCOME)
-                continue
+        if not self.started:
+            self.started, buf = welcome(buf, self.transport)
+        while self.started:
             if len(buf) < 5:
                 break
             end = 1 + _LENGTH.unpack_from(buf, 1)[0]

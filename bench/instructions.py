@@ -1,5 +1,5 @@
 """`python3 -m bench instructions`: user-space instructions per S2 connection and per S1 transaction, counted by
-callgrind, for PgBouncer, maitred and the uvloop floor.
+callgrind, for PgBouncer, maitred and the uvloop floors.
 
 On a shared, noisy machine the rates of one build move by 1.5x between rounds; an instruction count does not, so
 it shows what a change to the connect path or the relay saves when timings cannot. It leaves out the kernel (the
@@ -110,9 +110,10 @@ def measure(target, load: Load, out_dir: str) -> float:
 
 
 def table(rows: dict[str, dict[str, float | str]], labels: dict[str, str]) -> str:
-    """Markdown: a row per load, a column per target, and maitred's ratios to PgBouncer and to the floor."""
+    """Markdown: a row per load, a column per target, and maitred's ratios to PgBouncer and to the floors."""
     names = list(labels)
-    ratios = [(a, b) for a, b in (("maitred", "baseline"), ("maitred", "pgbouncer"), ("maitred", "floor"))
+    ratios = [(a, b) for a, b in (("maitred", "baseline"), ("maitred", "pgbouncer"), ("maitred", "floor"),
+                                  ("maitred", "relay-floor"), ("relay-floor", "pgbouncer"))
               if a in names and b in names]
     head = ["load", "instructions per", *(labels[n] for n in names), *(f"{labels[a]}/{labels[b]}" for a, b in ratios)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench instructions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="pgbouncer,maitred,floor",
-                   help="comma-separated, from pgbouncer,maitred,maitred-py,floor (default pgbouncer,maitred,floor)")
+                   help="comma-separated, from pgbouncer,maitred,maitred-py,floor,relay-floor "
+                        "(default pgbouncer,maitred,floor)")
     p.add_argument("--loads", default="S2,S1", help="comma-separated, from S2,S1 (default both)")
     p.add_argument("--baseline", metavar="TREE",
                    help="also count maitred from this checkout (e.g. `git worktree add TREE COMMIT`, then "
@@ -144,7 +146,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     loads = [n.strip() for n in args.loads.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("pgbouncer", "maitred", "maitred-py", "floor")] + \
+    bad = [n for n in names if n not in ("pgbouncer", "maitred", "maitred-py", "floor", "relay-floor")] + \
           [n for n in loads if n not in LOADS]
     if bad or not names or not loads or args.scale <= 0:
         print(f"unknown or empty: {', '.join(bad) or 'targets, loads or scale'}", file=sys.stderr)

@@ -9,9 +9,10 @@ from datetime import datetime
 from .scenarios import SCENARIOS, Scale
 
 LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2",
-          "maitred-py": "maitred pure Python", "floor": "uvloop floor"}
+          "maitred-py": "maitred pure Python", "floor": "uvloop floor", "relay-floor": "uvloop relay floor"}
 RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"),
-          ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"), ("floor", "pgbouncer"), ("maitred", "floor"))
+          ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"), ("floor", "pgbouncer"), ("maitred", "floor"),
+          ("relay-floor", "pgbouncer"), ("maitred", "relay-floor"))
 
 
 def cell(outcomes: list[dict], key: str) -> dict:

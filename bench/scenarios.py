@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import idle_clients, pgbench, processes
+from . import conntrack, idle_clients, pgbench, processes
 from .targets import Endpoint, PoolSettings, TargetError
 from .tls import TlsFiles
 
@@ -160,7 +160,12 @@ def run_load(load: str, target, scale: Scale, auth_type: str, ids: list[str],
                             tls=tls if load == "tls" else None)
     try:
         with target.serve(settings) as ep:
+            dropped = conntrack.drops()
             outcomes = LOADS[load](ep, scale)
+            dropped = conntrack.drops() - dropped
+        if dropped:
+            return {sid: failed(f"the kernel dropped {dropped} packet(s) for a full connection-tracking table "
+                                f"(bench/conntrack.py): clients waited seconds to connect") for sid in ids}
         return {sid: outcomes[sid] for sid in ids}
     except (TargetError, pgbench.PgbenchFailed, idle_clients.IdleClientsFailed) as exc:
         return {sid: failed(str(exc)) for sid in ids}
@@ -173,6 +178,13 @@ def run(targets: list, scenario_ids: list[str], scale: Scale, auth_type: str,
     `tls`: the certificate S6 needs."""
     results: dict[str, dict[str, list[dict]]] = {sid: {t.name: [] for t in targets} for sid in scenario_ids}
     runs = list(dict.fromkeys((SCENARIOS[sid].load, SCENARIOS[sid].auth_type(auth_type)) for sid in scenario_ids))
+    with conntrack.roomy_table(say):
+        _run(targets, runs, scenario_ids, scale, auth_type, say, tls, results)
+    return results
+
+
+def _run(targets: list, runs: list[tuple[str, str]], scenario_ids: list[str], scale: Scale, auth_type: str,
+         say: Callable[[str], None], tls: TlsFiles | None, results: dict[str, dict[str, list[dict]]]) -> None:
     for load, auth in runs:
         wanted = [sid for sid in scenario_ids if (SCENARIOS[sid].load, SCENARIOS[sid].auth_type(auth_type))
                   == (load, auth)]
@@ -182,7 +194,6 @@ def run(targets: list, scenario_ids: list[str], scale: Scale, auth_type: str,
                 for sid in wanted:
                     results[sid][target.name].append(outcomes[sid])
                     say(f"{sid} round {round_no}/{scale.rounds} {target.name}: {_brief(outcomes[sid])}")
-    return results
 
 
 def _brief(outcome: dict) -> str:

@@ -348,11 +348,33 @@ class UvloopFloor(_Pooler):
         return checkout_env()
 
 
-TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor")
+@dataclass
+class UvloopRelayFloor(UvloopFloor):
+    """Not a pooler: bench/relay_floor.py, canned logins and a bare relay to pooled PostgreSQL connections on
+    uvloop, for the least a transaction pooler on uvloop pays per connection (S2) and per transaction (S1, S5)."""
+
+    name: str = "relay-floor"
+    label: str = "uvloop relay floor"
+
+    def inapplicable(self, load: str, auth_type: str) -> str | None:
+        if load in ("steady", "idle") or (load == "churn" and auth_type == "trust"):
+            return None     # under steady and idle loads a login is once per client, and skipping it costs nothing
+        return ("the relay floor lets any login in and relays plain text to servers it keeps, with no prepared "
+                "statements: it is for S1, S2 with trust, S4 and S5")
+
+    def argv(self, config_path: str) -> list[str]:
+        return [sys.executable, "-m", "bench.relay_floor", self.port, str(self.pg.port), self.pool_size]
+
+    def config(self, settings, run_dir):
+        self.pool_size = settings["pgbouncer"]["default_pool_size"]
+        return super().config(settings, run_dir)
+
+
+TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor", "relay-floor")
 DEFAULT_TARGETS = ("direct", "pgbouncer", "maitred")
 
 
 def make_targets(names: list[str], pg: LocalPostgres) -> list:
     kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers,
-             "maitred-py": MaitredPurePython, "floor": UvloopFloor}
+             "maitred-py": MaitredPurePython, "floor": UvloopFloor, "relay-floor": UvloopRelayFloor}
     return [kinds[name](pg) for name in names]

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bench import instructions, pgbench, poolconf, report, scenarios, targets
+from bench import conntrack, instructions, pgbench, poolconf, report, scenarios, targets
 from bench.pgclient import md5_password, startup_message
 from tests.support import missing
 
@@ -237,6 +237,86 @@ def test_the_uvloop_floor_answers_pgbench_connection_churn_and_is_not_applicable
     for sid in ("S1", "S2-scram"):
         (outcome,) = results[sid]["floor"]
         assert outcome["status"] == "n/a" and "the floor is for S2" in outcome["reason"], (sid, outcome)
+
+
+def _fake_conntrack(tmp_path, monkeypatch, size: int, drops: tuple[int, int]) -> str:
+    """The two kernel files conntrack.py reads, as files: tests cannot fill the real table on purpose."""
+    (tmp_path / "nf_conntrack_max").write_text(f"{size}\n")
+    (tmp_path / "stat").write_text("entries  clashres found new invalid ignore delete chainlength insert "
+                                   "insert_failed drop early_drop icmp_error\n"
+                                   + "".join(f"0002a665  00000000 00000000 00000000 00000008 00000000 00000000 "
+                                             f"00000000 00000000 00000000 {d:08x} 00000000 00000000\n" for d in drops))
+    monkeypatch.setattr(conntrack, "PROC", str(tmp_path))
+    monkeypatch.setattr(conntrack, "STAT", str(tmp_path / "stat"))
+    return str(tmp_path / "nf_conntrack_max")
+
+
+def test_a_small_connection_tracking_table_is_enlarged_for_the_run_and_put_back(tmp_path, monkeypatch):
+    path = _fake_conntrack(tmp_path, monkeypatch, 262_144, (0x2C, 0x4D))
+    assert conntrack.tracking() and conntrack.drops() == 0x2C + 0x4D
+    said = []
+    with conntrack.roomy_table(said.append):
+        assert open(path).read() == str(conntrack.ROOMY)
+    assert open(path).read() == "262144"
+    assert said == [f"connection tracking is on: its table raised from 262,144 to {conntrack.ROOMY:,} entries for "
+                    "this run, so that connection churn does not fill it"]
+    _fake_conntrack(tmp_path, monkeypatch, conntrack.ROOMY * 2, (0, 0))
+    with conntrack.roomy_table(said.append):
+        pass
+    assert len(said) == 1 and open(path).read() == f"{conntrack.ROOMY * 2}\n"      # left alone
+
+
+def test_a_run_during_which_the_kernel_dropped_packets_for_a_full_table_is_a_failed_run(tmp_path, monkeypatch):
+    """scenarios.run_load reads the drop counters around the measured load: drops make it a failure."""
+    _fake_conntrack(tmp_path, monkeypatch, conntrack.ROOMY, (0, 0))
+
+    def load(ep, scale):
+        (tmp_path / "stat").write_text((tmp_path / "stat").read_text().replace("00000000 00000000 00000000\n",
+                                                                             "00000011 00000000 00000000\n", 1))
+        return {"S2": scenarios.ok(tps=1000.0)}
+
+    monkeypatch.setitem(scenarios.LOADS, "churn", load)
+    (outcome,) = scenarios.run_load("churn", _Recorder(), scenarios.QUICK, "trust", ["S2"]).values()
+    assert outcome["status"] == "failed" and "dropped 17 packet(s) for a full connection-tracking table" in \
+        outcome["reason"], outcome
+
+
+def test_the_real_connection_tracking_table_is_roomy_inside_a_run_and_as_it_was_after():
+    if not conntrack.tracking():
+        return          # nothing to enlarge: this kernel tracks no connections here (checked by the test above)
+    path = os.path.join(conntrack.PROC, "nf_conntrack_max")
+    before = int(open(path).read())
+    with conntrack.roomy_table(lambda line: None):
+        assert int(open(path).read()) >= conntrack.ROOMY or os.geteuid() != 0
+    assert int(open(path).read()) == before
+
+
+def _psql(port: int, sql: str) -> str:
+    out = subprocess.run(["psql", "-X", "-tA", "-h", targets.HOST, "-p", str(port), "-U", targets.USER, "-d",
+                          targets.DATABASE, "-c", sql], env=targets.client_env(), capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_uvloop_relay_floor_relays_to_its_own_postgresql_connections_and_serves_s1_and_s2():
+    """The relay floor (bench/relay_floor.py) answers from PostgreSQL through the servers it keeps, and serves
+    S1, S2 and S5 as a pooler would be measured; not S2 with SCRAM, nor prepared statements."""
+    _require(shutil.which("pgbench") is not None and shutil.which("psql") is not None, "pgbench and psql")
+    with targets.bench_postgres() as pg:
+        floor = targets.UvloopRelayFloor(pg)
+        with floor.serve(targets.PoolSettings(pool_size=2, max_client_conn=20, auth_type="trust")) as ep:
+            assert _psql(ep.port, "SELECT inet_server_port()") == str(pg.port)
+            count = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            assert _psql(pg.port, count) == "3"         # its two servers, and this psql
+        results = scenarios.run([floor], ["S1", "S2", "S5", "S2-scram", "S3"], scenarios.QUICK, "scram-sha-256",
+                                say=lambda line: None)
+    for sid, key in (("S1", "tps"), ("S2", "tps"), ("S5", "cpu_ms_per_1000_tx")):
+        (outcome,) = results[sid]["relay-floor"]
+        assert outcome["status"] == "ok" and outcome["values"][key] > 0, (sid, outcome)
+    for sid in ("S2-scram", "S3"):
+        (outcome,) = results[sid]["relay-floor"]
+        assert outcome["status"] == "n/a" and "the relay floor" in outcome["reason"], (sid, outcome)
 
 
 # -- instructions per connection and per transaction (bench/instructions.py) ---------------------------------
