@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "maitred-py (maitred's pure-Python hot path, for the compiled one's gain), "
                         "floor (canned answers on uvloop: the least a uvloop pooler pays per connection; S2 only), "
                         "relay-floor (canned logins and a bare relay to pooled servers on uvloop: the least a uvloop "
-                        "transaction pooler pays; S1, S2, S4, S5) "
+                        "transaction pooler pays; S1, S2, S4, S5), relay-floor-c (the same compiled by Cython) "
                         "(default direct,pgbouncer,maitred)")
     p.add_argument("--auth", choices=("scram-sha-256", "md5", "trust"), default="scram-sha-256",
                    help="auth_type of both poolers in every scenario but S2 (trust) and S2-scram "

@@ -72,5 +72,8 @@ def roomy_table(say: Callable[[str], None]) -> Iterator[None]:
     try:
         yield
     finally:
-        with open(path, "w") as f:
-            f.write(str(old))
+        try:
+            with open(path, "w") as f:
+                f.write(str(old))
+        except OSError as exc:
+            say(f"the connection-tracking table could not be put back to {old:,} entries ({exc.strerror})")

@@ -113,7 +113,8 @@ def table(rows: dict[str, dict[str, float | str]], labels: dict[str, str]) -> st
     """Markdown: a row per load, a column per target, and maitred's ratios to PgBouncer and to the floors."""
     names = list(labels)
     ratios = [(a, b) for a, b in (("maitred", "baseline"), ("maitred", "pgbouncer"), ("maitred", "floor"),
-                                  ("maitred", "relay-floor"), ("relay-floor", "pgbouncer"))
+                                  ("maitred", "relay-floor"), ("relay-floor", "pgbouncer"),
+                                  ("maitred", "relay-floor-c"), ("relay-floor-c", "pgbouncer"))
               if a in names and b in names]
     head = ["load", "instructions per", *(labels[n] for n in names), *(f"{labels[a]}/{labels[b]}" for a, b in ratios)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench instructions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="pgbouncer,maitred,floor",
-                   help="comma-separated, from pgbouncer,maitred,maitred-py,floor,relay-floor "
+                   help="comma-separated, from pgbouncer,maitred,maitred-py,floor,relay-floor,relay-floor-c "
                         "(default pgbouncer,maitred,floor)")
     p.add_argument("--loads", default="S2,S1", help="comma-separated, from S2,S1 (default both)")
     p.add_argument("--baseline", metavar="TREE",
@@ -146,7 +147,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     loads = [n.strip() for n in args.loads.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("pgbouncer", "maitred", "maitred-py", "floor", "relay-floor")] + \
+    bad = [n for n in names if n not in ("pgbouncer", "maitred", "maitred-py", "floor", "relay-floor",
+                                         "relay-floor-c")] + \
           [n for n in loads if n not in LOADS]
     if bad or not names or not loads or args.scale <= 0:
         print(f"unknown or empty: {', '.join(bad) or 'targets, loads or scale'}", file=sys.stderr)

@@ -9,10 +9,12 @@ from datetime import datetime
 from .scenarios import SCENARIOS, Scale
 
 LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "maitred": "maitred", "maitred-w2": "maitred workers=2",
-          "maitred-py": "maitred pure Python", "floor": "uvloop floor", "relay-floor": "uvloop relay floor"}
+          "maitred-py": "maitred pure Python", "floor": "uvloop floor", "relay-floor": "uvloop relay floor",
+          "relay-floor-c": "uvloop relay floor, compiled"}
 RATIOS = (("maitred", "pgbouncer"), ("maitred", "direct"), ("maitred-w2", "maitred"), ("maitred-w2", "pgbouncer"),
           ("maitred", "maitred-py"), ("maitred-py", "pgbouncer"), ("floor", "pgbouncer"), ("maitred", "floor"),
-          ("relay-floor", "pgbouncer"), ("maitred", "relay-floor"))
+          ("relay-floor", "pgbouncer"), ("maitred", "relay-floor"), ("relay-floor-c", "pgbouncer"),
+          ("maitred", "relay-floor-c"))
 
 
 def cell(outcomes: list[dict], key: str) -> dict:

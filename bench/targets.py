@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -358,7 +360,7 @@ class UvloopRelayFloor(UvloopFloor):
 
     def inapplicable(self, load: str, auth_type: str) -> str | None:
         if load in ("steady", "idle") or (load == "churn" and auth_type == "trust"):
-            return None     # under steady and idle loads a login is once per client, and skipping it costs nothing
+            return None     # steady and idle: a login per client, whose skipped authentication nothing measures
         return ("the relay floor lets any login in and relays plain text to servers it keeps, with no prepared "
                 "statements: it is for S1, S2 with trust, S4 and S5")
 
@@ -370,11 +372,72 @@ class UvloopRelayFloor(UvloopFloor):
         return super().config(settings, run_dir)
 
 
-TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor", "relay-floor")
+@dataclass
+class CompiledRelayFloor(UvloopRelayFloor):
+    """The relay floor compiled by Cython, as maitred's hot path is, from a copy of this package (built once, and
+    kept in the user's cache): the least a transaction pooler on uvloop pays, its Python compiled."""
+
+    name: str = "relay-floor-c"
+    label: str = "uvloop relay floor, compiled"
+    _tree: str = ""
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("Cython") is None:
+            return "Cython is not installed (scripts/build-hotpath.sh installs it)"
+        return super().unavailable()
+
+    def config(self, settings, run_dir):
+        self._tree = self._tree or compiled_relay_floor()
+        return super().config(settings, run_dir)
+
+    def argv(self, config_path: str) -> list[str]:
+        return [sys.executable, "-c", "import sys; from bench.relay_floor import main; main(sys.argv[1:])",
+                self.port, str(self.pg.port), self.pool_size]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = self._tree + os.pathsep + env["PYTHONPATH"]
+        return env
+
+
+def compiled_relay_floor() -> str:
+    """A folder holding a copy of the bench package with relay_floor.py compiled in place, in the user's cache
+    under the hash of the package's sources, so that later runs reuse it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(name for name in os.listdir(here) if name.endswith(".py"))
+    digest = hashlib.sha256()
+    for name in sources:
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tree = os.path.join(cache, "maitred", f"relay-floor-{digest.hexdigest()[:16]}")
+    package = os.path.join(tree, "bench")
+    if glob.glob(os.path.join(package, "relay_floor.*.so")):
+        return tree
+    os.makedirs(os.path.dirname(tree), exist_ok=True)
+    building = tempfile.mkdtemp(prefix="relay-floor-", dir=os.path.dirname(tree))
+    os.mkdir(os.path.join(building, "bench"))
+    for name in sources:
+        shutil.copy(os.path.join(here, name), os.path.join(building, "bench", name))
+    build = subprocess.run([sys.executable, "-m", "Cython.Build.Cythonize", "-i", "-3", "-q",
+                            os.path.join(building, "bench", "relay_floor.py")], cwd=building, capture_output=True,
+                           text=True, timeout=300)
+    if build.returncode != 0:
+        shutil.rmtree(building, ignore_errors=True)
+        raise TargetError(f"compiling bench/relay_floor.py failed:\n{build.stderr[-2000:]}")
+    try:
+        os.rename(building, tree)
+    except OSError:         # another run built it meanwhile
+        shutil.rmtree(building, ignore_errors=True)
+    return tree
+
+
+TARGETS = ("direct", "pgbouncer", "maitred", "maitred-w2", "maitred-py", "floor", "relay-floor", "relay-floor-c")
 DEFAULT_TARGETS = ("direct", "pgbouncer", "maitred")
 
 
 def make_targets(names: list[str], pg: LocalPostgres) -> list:
     kinds = {"direct": Direct, "pgbouncer": PgBouncer, "maitred": Maitred, "maitred-w2": MaitredWorkers,
-             "maitred-py": MaitredPurePython, "floor": UvloopFloor, "relay-floor": UvloopRelayFloor}
+             "maitred-py": MaitredPurePython, "floor": UvloopFloor, "relay-floor": UvloopRelayFloor,
+             "relay-floor-c": CompiledRelayFloor}
     return [kinds[name](pg) for name in names]

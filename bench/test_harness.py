@@ -299,23 +299,33 @@ def _psql(port: int, sql: str) -> str:
     return out.stdout.strip()
 
 
-def test_the_uvloop_relay_floor_relays_to_its_own_postgresql_connections_and_serves_s1_and_s2():
-    """The relay floor (bench/relay_floor.py) answers from PostgreSQL through the servers it keeps, and serves
-    S1, S2 and S5 as a pooler would be measured; not S2 with SCRAM, nor prepared statements."""
+@pytest.mark.parametrize("kind", [targets.UvloopRelayFloor, targets.CompiledRelayFloor])
+def test_the_uvloop_relay_floor_relays_to_its_own_postgresql_connections_and_serves_s1_and_s2(kind, tmp_path,
+                                                                                               monkeypatch):
+    """The relay floor (bench/relay_floor.py), as Python and compiled, answers from PostgreSQL through the servers
+    it keeps, and serves S1, S2 and S5 as a pooler would be measured; not S2 with SCRAM, nor prepared statements."""
     _require(shutil.which("pgbench") is not None and shutil.which("psql") is not None, "pgbench and psql")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))      # the compiled one is built here, not reused
     with targets.bench_postgres() as pg:
-        floor = targets.UvloopRelayFloor(pg)
+        floor = kind(pg)
+        reason = floor.unavailable()
+        if reason:
+            missing(reason)
         with floor.serve(targets.PoolSettings(pool_size=2, max_client_conn=20, auth_type="trust")) as ep:
             assert _psql(ep.port, "SELECT inet_server_port()") == str(pg.port)
             count = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             assert _psql(pg.port, count) == "3"         # its two servers, and this psql
+            compiled = glob.glob(str(tmp_path / "maitred" / "relay-floor-*" / "bench" / "relay_floor.*.so"))
+            assert len(compiled) == (kind is targets.CompiledRelayFloor)
+            with open(f"/proc/{ep.pid}/maps") as maps:
+                assert any(path in maps.read() for path in compiled) == bool(compiled)
         results = scenarios.run([floor], ["S1", "S2", "S5", "S2-scram", "S3"], scenarios.QUICK, "scram-sha-256",
                                 say=lambda line: None)
     for sid, key in (("S1", "tps"), ("S2", "tps"), ("S5", "cpu_ms_per_1000_tx")):
-        (outcome,) = results[sid]["relay-floor"]
+        (outcome,) = results[sid][floor.name]
         assert outcome["status"] == "ok" and outcome["values"][key] > 0, (sid, outcome)
     for sid in ("S2-scram", "S3"):
-        (outcome,) = results[sid]["relay-floor"]
+        (outcome,) = results[sid][floor.name]
         assert outcome["status"] == "n/a" and "the relay floor" in outcome["reason"], (sid, outcome)
 
 
