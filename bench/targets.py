@@ -383,7 +383,7 @@ class CompiledRelayFloor(UvloopRelayFloor):
 
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("Cython") is None:
-            return "Cython is not installed (scripts/build-hotpath.sh installs it)"
+            return "Cython is not installed (the bench extra, maitred[bench], has it)"
         return super().unavailable()
 
     def config(self, settings, run_dir):
