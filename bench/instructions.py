@@ -127,12 +127,15 @@ def table(rows: dict[str, dict[str, float | str]], labels: dict[str, str]) -> st
     return "\n".join(lines)
 
 
+# The targets a count can run: every one but PostgreSQL itself and the supervisor's several processes.
+COUNTED = tuple(name for name in targets.TARGETS if name not in ("direct", "maitred-w2"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench instructions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="pgbouncer,maitred,floor",
-                   help="comma-separated, from pgbouncer,maitred,maitred-py,floor,relay-floor,relay-floor-c "
-                        "(default pgbouncer,maitred,floor)")
+                   help=f"comma-separated, from {','.join(COUNTED)} (default pgbouncer,maitred,floor)")
     p.add_argument("--loads", default="S2,S1", help="comma-separated, from S2,S1 (default both)")
     p.add_argument("--baseline", metavar="TREE",
                    help="also count maitred from this checkout (e.g. `git worktree add TREE COMMIT`, then "
@@ -147,8 +150,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     loads = [n.strip() for n in args.loads.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("pgbouncer", "maitred", "maitred-py", "floor", "relay-floor",
-                                         "relay-floor-c")] + \
+    bad = [n for n in names if n not in COUNTED] + \
           [n for n in loads if n not in LOADS]
     if bad or not names or not loads or args.scale <= 0:
         print(f"unknown or empty: {', '.join(bad) or 'targets, loads or scale'}", file=sys.stderr)
